@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 
@@ -50,7 +53,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 # Hub ids such as "openai-community/gpt2" name the same checkpoints.
 for _name in list(PRESETS):
-    PRESETS[f"openai-community/{_name}" if _name != "distilgpt2" else "distilbert/distilgpt2"] = PRESETS[_name]
+    PRESETS[f"openai-community/{_name}" if _name != "distilgpt2" else "distilbert/distilgpt2"] = PRESETS[
+        _name
+    ]
 
 
 def _default_id2label(n: int) -> dict[int, str]:
@@ -112,7 +117,9 @@ class GPT2Config:
             if alias in kwargs:
                 value = kwargs.pop(alias)
                 if name in kwargs and kwargs[name] != value:
-                    raise ValueError(f"{alias}={value} contradicts {name}={kwargs[name]}; pass only one of them")
+                    raise ValueError(
+                        f"{alias}={value} contradicts {name}={kwargs[name]}; pass only one of them"
+                    )
                 kwargs[name] = value
         known = {f.name: f for f in fields(self)}
         extra = dict(kwargs.pop("extra", None) or {})
@@ -126,12 +133,17 @@ class GPT2Config:
         extra.update(kwargs)
         self.extra = extra
 
+        # As in transformers: an explicit id2label wins over num_labels (from_dict overrides work the other way).
         if self.id2label is not None:
             self.id2label = {int(k): v for k, v in self.id2label.items()}
-        if num_labels is not None and (self.id2label is None or len(self.id2label) != num_labels):
-            self.id2label = _default_id2label(int(num_labels))
-        if self.id2label is None:
-            self.id2label = _default_id2label(2)
+            if num_labels is not None and len(self.id2label) != num_labels:
+                logger.warning(
+                    "num_labels=%s does not match id2label (%d labels); keeping id2label",
+                    num_labels,
+                    len(self.id2label),
+                )
+        else:
+            self.id2label = _default_id2label(int(num_labels) if num_labels is not None else 2)
         if self.label2id is None or set(self.label2id.values()) != set(self.id2label.keys()):
             self.label2id = {v: k for k, v in self.id2label.items()}
         self.validate()
@@ -148,10 +160,13 @@ class GPT2Config:
             self.id2label = _default_id2label(n)
             self.label2id = {v: k for k, v in self.id2label.items()}
 
-    hidden_size = property(lambda self: self.n_embd)
-    max_position_embeddings = property(lambda self: self.n_positions)
-    num_attention_heads = property(lambda self: self.n_head)
-    num_hidden_layers = property(lambda self: self.n_layer)
+    # Readable and writable, like transformers' attribute_map.
+    hidden_size = property(lambda self: self.n_embd, lambda self, v: setattr(self, "n_embd", v))
+    max_position_embeddings = property(
+        lambda self: self.n_positions, lambda self, v: setattr(self, "n_positions", v)
+    )
+    num_attention_heads = property(lambda self: self.n_head, lambda self, v: setattr(self, "n_head", v))
+    num_hidden_layers = property(lambda self: self.n_layer, lambda self, v: setattr(self, "n_layer", v))
     model_type = "gpt2"
 
     @property
@@ -208,7 +223,12 @@ class GPT2Config:
             raise ValueError(
                 f"GPT2Config.summary_type must be one of last, first, mean, cls_index, attn; got {self.summary_type!r}"
             )
-        if self.problem_type not in (None, "regression", "single_label_classification", "multi_label_classification"):
+        if self.problem_type not in (
+            None,
+            "regression",
+            "single_label_classification",
+            "multi_label_classification",
+        ):
             raise ValueError(
                 "GPT2Config.problem_type must be None, 'regression', 'single_label_classification' or "
                 f"'multi_label_classification', got {self.problem_type!r}"
@@ -240,16 +260,34 @@ class GPT2Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], **overrides: Any) -> GPT2Config:
+        """Build from config.json's keys; `overrides` win, and num_labels=n resizes the label maps."""
         model_type = data.get("model_type", "gpt2")
         if model_type != "gpt2":
             raise ValueError(
                 f"this config describes a {model_type!r} model, not GPT-2; gpt2kit loads only model_type 'gpt2'"
             )
-        return cls(**{**data, **overrides})
+        num_labels = overrides.pop("num_labels", None)
+        if (
+            num_labels is not None
+            and overrides.get("id2label") is not None
+            and len(overrides["id2label"]) != num_labels
+        ):
+            raise ValueError(
+                f"num_labels={num_labels} contradicts id2label with {len(overrides['id2label'])} labels; "
+                "pass only one of them"
+            )
+        config = cls(**{**data, **overrides})
+        if num_labels is not None:
+            # As transformers' from_pretrained(..., num_labels=n): the override replaces the file's label map.
+            config.num_labels = int(num_labels)
+        return config
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> GPT2Config:
-        path = Path(path)
+        return cls.from_dict(cls._read_json(Path(path)))
+
+    @staticmethod
+    def _read_json(path: Path) -> dict[str, Any]:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -258,7 +296,7 @@ class GPT2Config:
             raise ValueError(f"{path} is not valid JSON ({e}); re-save it or pass another config") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
-        return cls.from_dict(data)
+        return data
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **overrides: Any) -> GPT2Config:
@@ -273,14 +311,13 @@ class GPT2Config:
         overrides.pop("revision", None)
         path = Path(name_or_path)
         if path.is_file():
-            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")) | overrides)
+            return cls.from_dict(cls._read_json(path), **overrides)
         folder = hub.find_model_dir(name_or_path, local_files_only=local_files_only, required=False)
         if folder is not None and (folder / CONFIG_NAME).is_file():
-            cfg = cls.from_json_file(folder / CONFIG_NAME)
-            return cls(**(cfg.to_dict() | overrides)) if overrides else cfg
+            return cls.from_dict(cls._read_json(folder / CONFIG_NAME), **overrides)
         key = str(name_or_path)
         if key in PRESETS:
-            return cls(**{**PRESETS[key], **overrides})
+            return cls.from_dict(dict(PRESETS[key]), **overrides)
         if folder is not None:
             raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}; a GPT-2 model folder needs one")
         raise FileNotFoundError(hub.not_found_message(name_or_path, [CONFIG_NAME]))
