@@ -58,9 +58,12 @@ def hf_cache_dir() -> Path:
 
 
 def is_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or os.environ.get(
-        "TRANSFORMERS_OFFLINE", "0"
-    ).lower() in ("1", "true", "yes")
+    """HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE set to a true value, spelled as huggingface_hub accepts it."""
+    truthy = ("1", "on", "true", "yes")
+    return (
+        os.environ.get("HF_HUB_OFFLINE", "0").lower() in truthy
+        or os.environ.get("TRANSFORMERS_OFFLINE", "0").lower() in truthy
+    )
 
 
 def _candidate_repo_ids(name: str) -> list[str]:
@@ -87,6 +90,8 @@ def find_in_cache(name: str, revision: str | None = None) -> Path | None:
                 return snap
         if revision and (snapshots / revision).is_dir():
             return snapshots / revision
+        if revision:
+            continue  # that revision is not cached: another snapshot would silently be the wrong files
         # No ref for it: take the most recently written snapshot.
         snaps = sorted((p for p in snapshots.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
         if snaps:
