@@ -1,0 +1,195 @@
+"""Causal self-attention and cross-attention.
+
+Shape legend used in this package: B batch, T new positions (queries), S all key positions (cache + new),
+C n_embd, nh n_head, hs head_dim = C // nh.
+
+Two paths compute the same thing:
+- fast (the default): torch's scaled_dot_product_attention, with `is_causal` or a boolean mask;
+- exact: the explicit softmax(QK^T)V of transformers' eager attention, step for step, used only when the
+  caller asks for the attention probabilities (`output_attentions`) or masks heads (`head_mask`), since
+  those need the probability matrix that SDPA never materialises.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gpt2kit.config import GPT2Config
+from gpt2kit.model.cache import Cache
+from gpt2kit.model.linear import Linear
+
+
+@dataclass
+class AttentionMask:
+    """The masks of one forward pass, built once by GPT2Model and shared by every layer.
+
+    fast path: `is_causal` (no mask tensor needed) or `sdpa`, a bool (B, 1, T, S), True = may attend.
+    exact path: `causal`, a bool (T, S), and `additive`, a float (B, 1, T, S) of 0 / dtype-min, the same
+    tensors transformers' eager attention applies, so even fully masked rows come out the same.
+    """
+
+    is_causal: bool = False
+    sdpa: torch.Tensor | None = None
+    causal: torch.Tensor | None = None
+    additive: torch.Tensor | None = None
+
+    @classmethod
+    def build(
+        cls,
+        attention_mask: torch.Tensor | None,
+        batch_size: int,
+        query_len: int,
+        past_len: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        exact: bool,
+    ) -> AttentionMask:
+        """attention_mask: (B, S) of 1 (attend) / 0 (padding), or None for no padding."""
+        key_len = past_len + query_len
+        padded = attention_mask is not None and not bool(attention_mask.all())
+        # Query i sits at absolute position past_len + i and may see keys 0 .. past_len + i.
+        causal = torch.ones(query_len, key_len, dtype=torch.bool, device=device).tril(diagonal=past_len)
+        key_ok = attention_mask.bool()[:, None, None, :] if padded else None  # (B, 1, 1, S)
+        if exact:
+            allowed = (
+                causal[None, None] & key_ok if padded else causal[None, None].expand(batch_size, 1, -1, -1)
+            )
+            additive = torch.zeros(allowed.shape, dtype=dtype, device=device)
+            additive.masked_fill_(~allowed, torch.finfo(dtype).min)
+            return cls(causal=causal, additive=additive)
+        if not padded:
+            if query_len == 1:  # one new token sees everything cached: no mask at all
+                return cls()
+            if past_len == 0:
+                return cls(is_causal=True)
+            return cls(sdpa=causal[None, None])
+        allowed = causal[None, None] & key_ok
+        # A padding query (left padding) may see no key at all. torch >= 2.5 returns zeros for such a row, older
+        # versions NaN, and a NaN at a pad position leaks into real rows through 0 * NaN in the next layer.
+        # Letting such rows see their causal keys keeps every version finite; pad positions are garbage anyway.
+        empty = ~allowed.any(dim=-1, keepdim=True)
+        return cls(sdpa=allowed | (empty & causal[None, None]))
+
+
+def cross_attention_mask(
+    encoder_attention_mask: torch.Tensor | None, dtype: torch.dtype, exact: bool
+) -> AttentionMask:
+    """encoder_attention_mask: (B, S_enc) of 1/0, or None."""
+    if encoder_attention_mask is None or bool(encoder_attention_mask.all()):
+        return AttentionMask()
+    keep = encoder_attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S_enc)
+    if exact:
+        additive = (1.0 - keep.to(dtype)) * torch.finfo(dtype).min
+        return AttentionMask(additive=additive)
+    return AttentionMask(sdpa=keep)
+
+
+class Attention(nn.Module):
+    """Multi-head attention; causal self-attention, or cross-attention over encoder states."""
+
+    def __init__(self, config: GPT2Config, layer_idx: int, is_cross_attention: bool = False) -> None:
+        super().__init__()
+        C = config.n_embd
+        self.n_head = config.n_head
+        self.head_dim = config.head_dim
+        self.layer_idx = layer_idx
+        self.is_cross_attention = is_cross_attention
+        self.reorder_and_upcast = config.reorder_and_upcast_attn
+        # GPT-2 divides scores by sqrt(hs); some configs also by (layer_idx + 1), or not at all.
+        scale = 1.0 / math.sqrt(self.head_dim) if config.scale_attn_weights else 1.0
+        if config.scale_attn_by_inverse_layer_idx:
+            scale /= float(layer_idx + 1)
+        self.scale = scale
+        self.scale_attn_weights = config.scale_attn_weights
+        self.scale_by_layer = config.scale_attn_by_inverse_layer_idx
+        if is_cross_attention:
+            self.c_attn = Linear(C, 2 * C)  # keys and values from the encoder
+            self.q_attn = Linear(C, C)
+        else:
+            self.c_attn = Linear(C, 3 * C)  # queries, keys, values in one matmul
+        self.c_proj = Linear(C, C)
+        self.attn_dropout = nn.Dropout(config.attn_pdrop)
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        return x.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: AttentionMask,
+        cache: Cache | None = None,
+        head_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        encoder_hidden_states: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: (B, T, C) -> (B, T, C), and the attention probabilities (B, nh, T, S) when asked for."""
+        B, T, C = x.shape
+        if self.is_cross_attention:
+            q = self._heads(self.q_attn(x))
+            k, v = self.c_attn(encoder_hidden_states).split(C, dim=2)
+            k, v = self._heads(k), self._heads(v)
+        else:
+            q, k, v = self.c_attn(x).split(C, dim=2)
+            q, k, v = self._heads(q), self._heads(k), self._heads(v)
+            if cache is not None:
+                k, v = cache.update(self.layer_idx, k, v)  # (B, nh, S, hs)
+
+        if output_attentions or head_mask is not None:
+            y, probs = self._exact(q, k, v, mask, head_mask)
+        else:
+            y, probs = self._fast(q, k, v, mask), None
+
+        y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble heads side by side
+        return self.resid_dropout(self.c_proj(y)), probs
+
+    def _fast(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask) -> torch.Tensor:
+        dtype = q.dtype
+        if self.reorder_and_upcast and dtype in (torch.float16, torch.bfloat16):
+            q, k, v = q.float(), k.float(), v.float()  # the config asks for fp32 scores
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask.sdpa,
+            dropout_p=self.attn_dropout.p if self.training else 0.0,
+            is_causal=mask.is_causal and not self.is_cross_attention,
+            scale=self.scale,
+        )
+        return y.to(dtype)
+
+    def _exact(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: AttentionMask,
+        head_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # The operations and their order are transformers' eager attention's, so the probabilities match it.
+        if self.reorder_and_upcast:
+            scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * self.scale
+        else:
+            scores = torch.matmul(q, k.transpose(-1, -2))
+            if self.scale_attn_weights:
+                scores = scores / torch.full([], v.size(-1) ** 0.5, dtype=scores.dtype, device=scores.device)
+            if self.scale_by_layer:
+                scores = scores / float(self.layer_idx + 1)
+        min_value = torch.finfo(scores.dtype).min
+        if not self.is_cross_attention and mask.causal is not None:
+            scores = torch.where(mask.causal, scores, torch.full([], min_value, dtype=scores.dtype))
+        if mask.additive is not None:
+            scores = scores + mask.additive.to(scores.dtype)
+        elif mask.sdpa is not None:  # a cross mask built for the fast path
+            scores = scores.masked_fill(~mask.sdpa, min_value)
+        probs = F.softmax(scores, dim=-1).type(v.dtype)
+        probs = self.attn_dropout(probs)
+        if head_mask is not None:
+            probs = probs * head_mask
+        return torch.matmul(probs, v), probs

@@ -1,0 +1,29 @@
+"""The projection layer of GPT-2's blocks, with its weight stored (in, out).
+
+OpenAI's TensorFlow checkpoints store these weights input-major, and every GPT-2 checkpoint since keeps that
+layout (transformers calls the layer Conv1D). Storing the weight the same way means checkpoints load and
+save name-for-name with no transpose anywhere, and no copy of the weights at load time.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Linear(nn.Module):
+    """y = x @ weight + bias, with weight (in_features, out_features)."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight = nn.Parameter(torch.empty(in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.addmm(self.bias, x.reshape(-1, self.in_features), self.weight)
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
