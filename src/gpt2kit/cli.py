@@ -18,12 +18,53 @@ from collections.abc import Callable, Sequence
 # (filled in by the tokenizer work)
 
 # --- info -------------------------------------------------------------------------------------------------
-# (filled in by the model work)
 
 
-def _commands() -> dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]]:
+def _info_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a model folder, or a name in the local Hugging Face cache")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _info(args: argparse.Namespace) -> int:
+    import json
+
+    from gpt2kit import hub
+    from gpt2kit.config import GPT2Config
+    from gpt2kit.model.weights import inspect_checkpoint
+
+    folder = hub.find_model_dir(args.model, files=("config.json", "model.safetensors"))
+    config = GPT2Config.from_pretrained(folder)
+    summary = inspect_checkpoint(folder)
+    summary["config"] = config.to_dict()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    c = config
+    print(f"model       {summary['path']}")
+    print(f"class       {', '.join(c.architectures or ['GPT2Model'])}")
+    print(
+        f"shape       {c.n_layer} layers x {c.n_embd} wide, {c.n_head} heads, MLP {c.inner_dim}, "
+        f"context {c.n_positions}, vocabulary {c.vocab_size}"
+    )
+    print(f"parameters  {summary['num_parameters']:,} ({summary['num_parameters'] / 1e6:.1f} M)")
+    print(f"dtype       {', '.join(f'{k} ({n} tensors)' for k, n in summary['dtypes'].items())}")
+    for f in summary["weight_files"]:
+        print(f"file        {f['name']}  {f['bytes'] / 2**20:.1f} MiB")
+    if summary["other_files"]:
+        print(f"also        {', '.join(summary['other_files'])}")
+    print(
+        f"activation  {c.activation_function}; dropout resid/embd/attn {c.resid_pdrop}/{c.embd_pdrop}/{c.attn_pdrop}"
+    )
+    return 0
+
+
+def _commands() -> dict[
+    str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+]:
     """name -> (help, declare arguments, run)."""
-    return {}
+    return {
+        "info": ("show a model folder's config, parameter count, files and dtype", _info_args, _info),
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:

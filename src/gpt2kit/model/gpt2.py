@@ -216,7 +216,7 @@ class GPT2PreTrainedModel(nn.Module):
         else:
             config = copy.deepcopy(config)
         if kwargs:
-            config = GPT2Config(**{**config.to_dict(), **kwargs})
+            config = GPT2Config.from_dict(config.to_dict(), **kwargs)
 
         device = load.get("device") or load.get("device_map")
         device = "cpu" if device in (None, "auto") else device

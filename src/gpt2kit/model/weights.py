@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -218,3 +219,51 @@ def parse_size(size: int | str) -> int:
             except ValueError:
                 break
     raise ValueError(f"max_shard_size must be bytes or a size like '5GB' or '200MB', got {size!r}")
+
+
+def _safetensors_header(path: Path) -> dict[str, dict]:
+    """The tensor table of a safetensors file (name -> dtype, shape, offsets), read without loading data."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if not 0 < n < 100_000_000:
+            raise ValueError(f"{path} is not a safetensors file (header size {n}); it is probably corrupt")
+        try:
+            header = json.loads(f.read(n))
+        except json.JSONDecodeError:
+            raise ValueError(f"{path} has a corrupt safetensors header; re-download or re-save it") from None
+    header.pop("__metadata__", None)
+    return header
+
+
+_ST_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64"}
+
+
+def inspect_checkpoint(folder: Path) -> dict:
+    """A plain summary of a checkpoint folder: files, tensor count, parameters, dtypes. Reads headers only
+    for safetensors (a .bin is memory-mapped), so it is fast on any size."""
+    files = find_weight_files(folder)
+    shapes: dict[str, tuple[int, ...]] = {}
+    dtypes: dict[str, int] = {}
+    for path in files:
+        if path.suffix == ".safetensors":
+            for name, info in _safetensors_header(path).items():
+                shapes[name] = tuple(info["shape"])
+                dt = _ST_DTYPES.get(info["dtype"], info["dtype"].lower())
+                dtypes[dt] = dtypes.get(dt, 0) + 1
+        else:
+            for name, t in _read_bin(path, "cpu").items():
+                shapes[name] = tuple(t.shape)
+                dt = str(t.dtype).removeprefix("torch.")
+                dtypes[dt] = dtypes.get(dt, 0) + 1
+    tensors = {k: v for k, v in shapes.items() if not k.endswith(_IGNORED_SUFFIXES)}
+    # A separately saved lm_head is the tied embedding in GPT-2; count it once, as num_parameters() does.
+    counted = {k: v for k, v in tensors.items() if k != "lm_head.weight"}
+    extra = [p for p in folder.iterdir() if p not in files and p.name != "config.json"]
+    return {
+        "path": str(folder),
+        "weight_files": [{"name": p.name, "bytes": p.stat().st_size} for p in files],
+        "other_files": sorted(p.name + ("/" if p.is_dir() else "") for p in extra),
+        "tensors": len(tensors),
+        "num_parameters": sum(math.prod(s) for s in counted.values()),
+        "dtypes": dtypes,
+    }
