@@ -1,0 +1,70 @@
+"""Generation: settings (config.py) and logits processors (processors.py).
+
+Only re-exports. Names resolve lazily (PEP 562), so reading a GenerationConfig does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__all__ = [
+    "GENERATION_CONFIG_NAME",
+    "ForcedEOSTokenLogitsProcessor",
+    "GenerationConfig",
+    "LogitNormalization",
+    "LogitsProcessor",
+    "LogitsProcessorList",
+    "MinLengthLogitsProcessor",
+    "MinNewTokensLengthLogitsProcessor",
+    "MinPLogitsWarper",
+    "NoBadWordsLogitsProcessor",
+    "NoRepeatNGramLogitsProcessor",
+    "PresenceFrequencyPenaltyLogitsProcessor",
+    "RepetitionPenaltyLogitsProcessor",
+    "SuppressTokensAtBeginLogitsProcessor",
+    "SuppressTokensLogitsProcessor",
+    "TemperatureLogitsWarper",
+    "TopKLogitsWarper",
+    "TopPLogitsWarper",
+    "TypicalLogitsWarper",
+    "build_processors",
+]
+_FROM_CONFIG = {"GENERATION_CONFIG_NAME", "GenerationConfig"}  # everything else is in processors.py
+
+
+def __getattr__(name: str):
+    if name not in __all__:
+        raise AttributeError(f"module 'gpt2kit.generation' has no attribute {name!r}")
+    module = "gpt2kit.generation.config" if name in _FROM_CONFIG else "gpt2kit.generation.processors"
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the eager spelling of the lazy lookup above
+    from gpt2kit.generation.config import GENERATION_CONFIG_NAME, GenerationConfig
+    from gpt2kit.generation.processors import (
+        ForcedEOSTokenLogitsProcessor,
+        LogitNormalization,
+        LogitsProcessor,
+        LogitsProcessorList,
+        MinLengthLogitsProcessor,
+        MinNewTokensLengthLogitsProcessor,
+        MinPLogitsWarper,
+        NoBadWordsLogitsProcessor,
+        NoRepeatNGramLogitsProcessor,
+        PresenceFrequencyPenaltyLogitsProcessor,
+        RepetitionPenaltyLogitsProcessor,
+        SuppressTokensAtBeginLogitsProcessor,
+        SuppressTokensLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+        TypicalLogitsWarper,
+        build_processors,
+    )
