@@ -1,0 +1,446 @@
+"""Logits processors: small functions of (tokens so far, next-token scores) -> new scores.
+
+Each processor is called as `proc(input_ids, scores)` with input_ids (B, T) LongTensor (prompt and the
+tokens generated so far) and scores (B, V) FloatTensor (next-token logits), and returns new (B, V) scores;
+the input tensors are never changed in place. The math, names and order are transformers 4.57's, so the
+same settings give the same distribution; `build_processors` assembles the list `generate()` applies.
+
+Legend: B batch rows (sequences or beams), T tokens so far, V vocabulary size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from gpt2kit.generation.config import GenerationConfig
+
+NEG_INF = -math.inf
+
+
+def _ids_tensor(ids: int | Iterable[int] | torch.Tensor) -> torch.Tensor:
+    """One token id or several, as a 1-D LongTensor."""
+    if isinstance(ids, torch.Tensor):
+        return ids.reshape(-1).long()
+    if isinstance(ids, int):
+        return torch.tensor([ids], dtype=torch.long)
+    return torch.tensor(list(ids), dtype=torch.long)
+
+
+def _vocab_mask(ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """(V,) bool, True at the given ids; ids outside the vocabulary are ignored (as transformers)."""
+    return torch.isin(torch.arange(scores.shape[-1], device=scores.device), ids.to(scores.device))
+
+
+def _check_min_tokens_to_keep(min_tokens_to_keep: int) -> None:
+    if not isinstance(min_tokens_to_keep, int) or min_tokens_to_keep < 1:
+        raise ValueError(f"min_tokens_to_keep must be an integer >= 1, got {min_tokens_to_keep!r}")
+
+
+class LogitsProcessor:
+    """Base class: subclasses implement `__call__(input_ids (B, T), scores (B, V)) -> (B, V)`."""
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement __call__(input_ids, scores)")
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+class LogitsProcessorList(list):
+    """A list of processors applied in order; callable like one processor."""
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for processor in self:
+            scores = processor(input_ids, scores)
+        return scores
+
+
+# --- warpers: reshape the distribution we sample from (used only when do_sample=True) ---------------------
+
+
+class TemperatureLogitsWarper(LogitsProcessor):
+    """scores / temperature: < 1 sharpens the distribution, > 1 flattens it."""
+
+    def __init__(self, temperature: float):
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise ValueError(
+                f"temperature must be > 0, got {temperature!r}; for greedy decoding use do_sample=False instead"
+            )
+        self.temperature = float(temperature)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return scores / self.temperature
+
+
+class TopKLogitsWarper(LogitsProcessor):
+    """Keep the k highest scores (ties with the k-th kept too); the rest become filter_value."""
+
+    def __init__(self, top_k: int, filter_value: float = NEG_INF, min_tokens_to_keep: int = 1):
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
+            raise ValueError(
+                f"top_k must be a positive integer, got {top_k!r}; leave it out to keep all tokens"
+            )
+        _check_min_tokens_to_keep(min_tokens_to_keep)
+        self.top_k = max(top_k, min_tokens_to_keep)
+        self.filter_value = filter_value
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        k = min(self.top_k, scores.shape[-1])  # a k larger than the vocabulary keeps everything
+        kth_best = torch.topk(scores, k).values[..., -1:]  # (B, 1)
+        return scores.masked_fill(scores < kth_best, self.filter_value)
+
+
+class TopPLogitsWarper(LogitsProcessor):
+    """Nucleus sampling: keep the smallest set of top tokens whose probabilities sum to at least top_p."""
+
+    def __init__(self, top_p: float, filter_value: float = NEG_INF, min_tokens_to_keep: int = 1):
+        top_p = float(top_p)
+        if not 0 <= top_p <= 1:
+            raise ValueError(f"top_p must be in [0, 1], got {top_p!r}; 1.0 keeps every token")
+        _check_min_tokens_to_keep(min_tokens_to_keep)
+        self.top_p = top_p
+        self.filter_value = filter_value
+        self.min_tokens_to_keep = min_tokens_to_keep
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        # Ascending order, so the tail whose total mass is <= 1 - top_p comes first and is dropped.
+        sorted_scores, sorted_idx = torch.sort(scores, descending=False)  # (B, V)
+        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+        drop_sorted = cumulative <= (1 - self.top_p)
+        drop_sorted[..., -self.min_tokens_to_keep :] = False  # the best tokens are at the end
+        drop = drop_sorted.scatter(1, sorted_idx, drop_sorted)
+        return scores.masked_fill(drop, self.filter_value)
+
+
+class MinPLogitsWarper(LogitsProcessor):
+    """Drop tokens whose probability is below min_p times the top token's probability."""
+
+    def __init__(self, min_p: float, filter_value: float = NEG_INF, min_tokens_to_keep: int = 1):
+        if not 0 <= min_p <= 1:
+            raise ValueError(f"min_p must be in [0, 1], got {min_p!r}; 0 keeps every token")
+        _check_min_tokens_to_keep(min_tokens_to_keep)
+        self.min_p = min_p
+        self.filter_value = filter_value
+        self.min_tokens_to_keep = min_tokens_to_keep
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        probs = scores.softmax(dim=-1)
+        drop = probs < self.min_p * probs.amax(dim=-1, keepdim=True)
+        # Never drop the min_tokens_to_keep best tokens, even if min_p would.
+        sorted_idx = torch.argsort(scores, descending=True, dim=-1)
+        drop_sorted = torch.gather(drop, 1, sorted_idx)
+        drop_sorted[..., : self.min_tokens_to_keep] = False
+        drop = drop_sorted.scatter(1, sorted_idx, drop_sorted)
+        return scores.masked_fill(drop, self.filter_value)
+
+
+class TypicalLogitsWarper(LogitsProcessor):
+    """Typical sampling: keep the tokens whose surprisal is closest to the entropy, up to mass `mass`."""
+
+    def __init__(self, mass: float = 0.9, filter_value: float = NEG_INF, min_tokens_to_keep: int = 1):
+        mass = float(mass)
+        if not 0 < mass < 1:
+            raise ValueError(f"typical_p must be in (0, 1), got {mass!r}; 1.0 means no typical filtering")
+        _check_min_tokens_to_keep(min_tokens_to_keep)
+        self.mass = mass
+        self.filter_value = filter_value
+        self.min_tokens_to_keep = min_tokens_to_keep
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        logp = scores.log_softmax(dim=-1)  # (B, V)
+        entropy = -(logp * logp.exp()).nansum(-1, keepdim=True)  # nansum: -inf * 0 at filtered tokens
+        distance = (-logp - entropy).abs()
+        sorted_distance, sorted_idx = torch.sort(distance, descending=False)
+        cumulative = scores.gather(-1, sorted_idx).softmax(dim=-1).cumsum(dim=-1)
+        last = (cumulative < self.mass).sum(dim=1).clamp_(max=scores.shape[-1] - 1)  # (B,)
+        drop_sorted = sorted_distance > sorted_distance.gather(1, last.view(-1, 1))
+        drop_sorted[..., : self.min_tokens_to_keep] = False
+        drop = drop_sorted.scatter(1, sorted_idx, drop_sorted)
+        return scores.masked_fill(drop, self.filter_value)
+
+
+# --- processors: constrain or penalise tokens (every decoding strategy) -----------------------------------
+
+
+class RepetitionPenaltyLogitsProcessor(LogitsProcessor):
+    """Make every token already in input_ids less likely: divide positive scores, multiply negative ones.
+
+    CTRL's penalty (Keskar et al. 2019); the prompt counts as well as the generated tokens.
+    """
+
+    def __init__(self, penalty: float):
+        if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {penalty!r}; 1.0 means no penalty")
+        self.penalty = float(penalty)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        seen = torch.gather(scores, 1, input_ids)  # (B, T)
+        seen = torch.where(seen < 0, seen * self.penalty, seen / self.penalty)
+        return scores.scatter(1, input_ids, seen)
+
+
+class PresenceFrequencyPenaltyLogitsProcessor(LogitsProcessor):
+    """OpenAI's penalties: score[j] -= presence * (count[j] > 0) + frequency * count[j].
+
+    count[j] is how often token j occurs among the generated tokens, i.e. input_ids[:, prompt_length:];
+    the prompt does not count (unlike the repetition penalty). Negative values reward repetition.
+    """
+
+    def __init__(self, presence_penalty: float = 0.0, frequency_penalty: float = 0.0, prompt_length: int = 0):
+        for name, value in (("presence_penalty", presence_penalty), ("frequency_penalty", frequency_penalty)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number (0 turns it off), got {value!r}")
+        if isinstance(prompt_length, bool) or not isinstance(prompt_length, int) or prompt_length < 0:
+            raise ValueError(f"prompt_length must be an integer >= 0, got {prompt_length!r}")
+        self.presence_penalty = float(presence_penalty)
+        self.frequency_penalty = float(frequency_penalty)
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        generated = input_ids[:, self.prompt_length :]  # (B, T - prompt_length)
+        counts = torch.zeros_like(scores).scatter_add_(
+            1, generated, torch.ones_like(generated, dtype=scores.dtype)
+        )
+        return (
+            scores - self.presence_penalty * (counts > 0).to(scores.dtype) - self.frequency_penalty * counts
+        )
+
+
+class NoRepeatNGramLogitsProcessor(LogitsProcessor):
+    """Forbid any token that would complete an n-gram already present in the row."""
+
+    def __init__(self, ngram_size: int):
+        if isinstance(ngram_size, bool) or not isinstance(ngram_size, int) or ngram_size <= 0:
+            raise ValueError(f"no_repeat_ngram_size must be a positive integer, got {ngram_size!r}")
+        self.ngram_size = ngram_size
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        n = self.ngram_size
+        if input_ids.shape[1] < n:  # no complete n-gram yet
+            return scores
+        ngrams = input_ids.unfold(1, n, 1)  # (B, T - n + 1, n): every n-gram of every row
+        current = input_ids[:, input_ids.shape[1] - (n - 1) :]  # (B, n - 1): the n-gram being started now
+        repeats = (ngrams[:, :, :-1] == current[:, None, :]).all(dim=-1)  # (B, T - n + 1)
+        rows, starts = repeats.nonzero(as_tuple=True)
+        banned = torch.zeros_like(scores, dtype=torch.bool)
+        banned[rows, ngrams[rows, starts, -1]] = True
+        return scores.masked_fill(banned, NEG_INF)
+
+
+class NoBadWordsLogitsProcessor(LogitsProcessor):
+    """Forbid token sequences: a single token always, a longer sequence's last token after its prefix.
+
+    One-token sequences that are an eos token are not banned (as transformers), so generation can end.
+    """
+
+    def __init__(
+        self, bad_words_ids: Sequence[Sequence[int]], eos_token_id: int | Iterable[int] | None = None
+    ):
+        if (
+            not isinstance(bad_words_ids, (list, tuple))
+            or len(bad_words_ids) == 0
+            or any(
+                not isinstance(seq, (list, tuple))
+                or len(seq) == 0
+                or any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in seq)
+                for seq in bad_words_ids
+            )
+        ):
+            raise ValueError(
+                f"bad_words_ids must be a non-empty list of non-empty lists of token ids, got {bad_words_ids!r}"
+            )
+        eos = set() if eos_token_id is None else set(_ids_tensor(eos_token_id).tolist())
+        sequences = [list(seq) for seq in bad_words_ids if not (len(seq) == 1 and seq[0] in eos)]
+        self.bad_words_ids = sequences
+        self._single = torch.tensor([seq[0] for seq in sequences if len(seq) == 1], dtype=torch.long)
+        self._multi = [torch.tensor(seq, dtype=torch.long) for seq in sequences if len(seq) > 1]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        vocab_size = scores.shape[-1]
+        too_big = sorted({t for seq in self.bad_words_ids for t in seq if t >= vocab_size})
+        if too_big:
+            raise ValueError(f"bad_words_ids holds ids {too_big} outside the vocabulary of size {vocab_size}")
+        banned = torch.zeros_like(scores, dtype=torch.bool)
+        banned[:, self._single.to(scores.device)] = True
+        for seq in self._multi:
+            # transformers skips a sequence longer than the context, even one whose prefix is the whole context.
+            if len(seq) > input_ids.shape[1]:
+                continue
+            prefix = seq[:-1].to(input_ids.device)
+            follows_prefix = (input_ids[:, -len(prefix) :] == prefix).all(dim=1)  # (B,)
+            banned[:, seq[-1]] |= follows_prefix.to(scores.device)
+        return scores.masked_fill(banned, NEG_INF)
+
+
+class MinLengthLogitsProcessor(LogitsProcessor):
+    """Forbid eos while the sequence (prompt included) is shorter than min_length."""
+
+    def __init__(self, min_length: int, eos_token_id: int | Iterable[int] | torch.Tensor):
+        if isinstance(min_length, bool) or not isinstance(min_length, int) or min_length < 0:
+            raise ValueError(f"min_length must be an integer >= 0, got {min_length!r}")
+        self.min_length = min_length
+        self.eos_token_id = _ids_tensor(eos_token_id)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if input_ids.shape[-1] >= self.min_length:
+            return scores
+        return scores.masked_fill(_vocab_mask(self.eos_token_id, scores), NEG_INF)
+
+
+class MinNewTokensLengthLogitsProcessor(LogitsProcessor):
+    """Forbid eos until min_new_tokens tokens have been generated after the prompt."""
+
+    def __init__(
+        self,
+        prompt_length_to_skip: int,
+        min_new_tokens: int,
+        eos_token_id: int | Iterable[int] | torch.Tensor,
+    ):
+        for name, value in (
+            ("prompt_length_to_skip", prompt_length_to_skip),
+            ("min_new_tokens", min_new_tokens),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        self.prompt_length_to_skip = prompt_length_to_skip
+        self.min_new_tokens = min_new_tokens
+        self.eos_token_id = _ids_tensor(eos_token_id)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if input_ids.shape[-1] - self.prompt_length_to_skip >= self.min_new_tokens:
+            return scores
+        return scores.masked_fill(_vocab_mask(self.eos_token_id, scores), NEG_INF)
+
+
+class ForcedEOSTokenLogitsProcessor(LogitsProcessor):
+    """At the last position before max_length, allow only eos (score 0 for eos, -inf for the rest)."""
+
+    def __init__(self, max_length: int, eos_token_id: int | Iterable[int] | torch.Tensor):
+        self.max_length = max_length
+        self.eos_token_id = _ids_tensor(eos_token_id)
+        if (self.eos_token_id < 0).any():
+            raise ValueError(f"forced_eos_token_id must be token ids >= 0, got {self.eos_token_id.tolist()}")
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if input_ids.shape[-1] != self.max_length - 1:
+            return scores
+        forced = torch.full_like(scores, NEG_INF)
+        forced[:, self.eos_token_id.to(scores.device)] = 0
+        return forced
+
+
+class SuppressTokensLogitsProcessor(LogitsProcessor):
+    """Never generate these tokens."""
+
+    def __init__(self, suppress_tokens: Iterable[int]):
+        self.suppress_tokens = _ids_tensor(suppress_tokens)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return scores.masked_fill(_vocab_mask(self.suppress_tokens, scores), NEG_INF)
+
+
+class SuppressTokensAtBeginLogitsProcessor(LogitsProcessor):
+    """Do not generate these tokens as the first new token (at sequence length begin_index)."""
+
+    def __init__(self, begin_suppress_tokens: Iterable[int], begin_index: int):
+        self.begin_suppress_tokens = _ids_tensor(begin_suppress_tokens)
+        self.begin_index = begin_index
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if input_ids.shape[-1] != self.begin_index:
+            return scores
+        return scores.masked_fill(_vocab_mask(self.begin_suppress_tokens, scores), NEG_INF)
+
+
+class LogitNormalization(LogitsProcessor):
+    """Log-softmax, so the final scores are log-probabilities (renormalize_logits=True)."""
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return scores.log_softmax(dim=-1)
+
+
+# --- assembling the list ----------------------------------------------------------------------------------
+
+
+def build_processors(
+    generation_config: GenerationConfig,
+    prompt_length: int,
+    *,
+    presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
+    logits_processor: Iterable[LogitsProcessor] | None = None,
+) -> LogitsProcessorList:
+    """The processors generate() applies for `generation_config`, in transformers 4.57's order.
+
+    prompt_length is T of the (padded) prompt: max_new_tokens / min_new_tokens count from there, and the
+    presence / frequency penalties count only tokens after it. A max_length that already counts the prompt
+    is used as it is. Custom `logits_processor`s replace a built-in one of the same type, else follow the
+    built-in processors and precede the sampling warpers (as transformers). Warpers (temperature, top-k,
+    top-p, min-p, typical-p) are added only when do_sample=True.
+
+    >>> from gpt2kit.generation import GenerationConfig
+    >>> cfg = GenerationConfig(do_sample=True, temperature=0.7, top_p=0.9, eos_token_id=50256)
+    >>> [type(p).__name__ for p in build_processors(cfg, prompt_length=5)]
+    ['TemperatureLogitsWarper', 'TopKLogitsWarper', 'TopPLogitsWarper']
+    """
+    cfg = generation_config
+    eos = None if cfg.eos_token_id is None else _ids_tensor(cfg.eos_token_id)
+    # generate() turns the *_new_tokens settings into absolute lengths before building the list.
+    max_length = cfg.max_length if cfg.max_new_tokens is None else prompt_length + cfg.max_new_tokens
+    min_length = cfg.min_length if cfg.min_new_tokens is None else prompt_length + cfg.min_new_tokens
+
+    procs = LogitsProcessorList()
+    if cfg.repetition_penalty is not None and cfg.repetition_penalty != 1.0:
+        procs.append(RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty))
+    if presence_penalty or frequency_penalty:  # not in transformers: OpenAI's API, next to the other penalty
+        procs.append(
+            PresenceFrequencyPenaltyLogitsProcessor(presence_penalty, frequency_penalty, prompt_length)
+        )
+    if cfg.no_repeat_ngram_size is not None and cfg.no_repeat_ngram_size > 0:
+        procs.append(NoRepeatNGramLogitsProcessor(cfg.no_repeat_ngram_size))
+    if cfg.bad_words_ids is not None:
+        procs.append(NoBadWordsLogitsProcessor(cfg.bad_words_ids, eos))
+    if eos is not None and min_length is not None and min_length > 0:
+        procs.append(MinLengthLogitsProcessor(min_length, eos))
+    if eos is not None and cfg.min_new_tokens is not None and cfg.min_new_tokens > 0:
+        procs.append(MinNewTokensLengthLogitsProcessor(prompt_length, cfg.min_new_tokens, eos))
+    if cfg.forced_eos_token_id is not None:
+        procs.append(ForcedEOSTokenLogitsProcessor(max_length, cfg.forced_eos_token_id))
+    if cfg.suppress_tokens is not None:
+        procs.append(SuppressTokensLogitsProcessor(cfg.suppress_tokens))
+    if cfg.begin_suppress_tokens is not None:
+        procs.append(SuppressTokensAtBeginLogitsProcessor(cfg.begin_suppress_tokens, prompt_length))
+    procs = _merge(procs, list(logits_processor or []))
+
+    if cfg.do_sample:
+        # Beam sampling must keep a non-eos candidate per beam alive, so keep (number of eos ids + 1).
+        keep = 1 if cfg.num_beams <= 1 else (len(eos) + 1 if eos is not None else 2)
+        if cfg.temperature is not None and cfg.temperature != 1.0:
+            procs.append(TemperatureLogitsWarper(cfg.temperature))
+        if cfg.top_k is not None and cfg.top_k != 0:
+            procs.append(TopKLogitsWarper(cfg.top_k, min_tokens_to_keep=keep))
+        if cfg.top_p is not None and cfg.top_p < 1.0:
+            procs.append(TopPLogitsWarper(cfg.top_p, min_tokens_to_keep=keep))
+        if cfg.min_p is not None:
+            procs.append(MinPLogitsWarper(cfg.min_p, min_tokens_to_keep=keep))
+        if cfg.typical_p is not None and cfg.typical_p < 1.0:
+            procs.append(TypicalLogitsWarper(cfg.typical_p, min_tokens_to_keep=keep))
+    if cfg.renormalize_logits is True:
+        procs.append(LogitNormalization())  # last, so what comes out are log-probabilities
+    return procs
+
+
+def _merge(built: list[LogitsProcessor], custom: list[LogitsProcessor]) -> LogitsProcessorList:
+    """A custom processor takes the place of a built-in one of the same type; the others go after."""
+    merged = LogitsProcessorList()
+    for proc in built:
+        replacement = next((c for c in custom if type(c) is type(proc)), None)
+        merged.append(replacement if replacement is not None else proc)
+    merged.extend(c for c in custom if not any(c is m for m in merged))
+    return merged
