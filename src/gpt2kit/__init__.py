@@ -30,9 +30,31 @@ _EXPORTS = {
     "AutoModelForQuestionAnswering": "gpt2kit.model",
     "DynamicCache": "gpt2kit.model",
     "StaticCache": "gpt2kit.model",
+    "GenerationConfig": "gpt2kit.generation",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "AutoModel",
+    "AutoModelForCausalLM",
+    "AutoModelForQuestionAnswering",
+    "AutoModelForSequenceClassification",
+    "AutoModelForTokenClassification",
+    "AutoTokenizer",
+    "DynamicCache",
+    "GPT2Config",
+    "GPT2DoubleHeadsModel",
+    "GPT2ForQuestionAnswering",
+    "GPT2ForSequenceClassification",
+    "GPT2ForTokenClassification",
+    "GPT2LMHeadModel",
+    "GPT2Model",
+    "GPT2PreTrainedModel",
+    "GPT2Tokenizer",
+    "GPT2TokenizerFast",
+    "GenerationConfig",
+    "StaticCache",
+]
+assert sorted(__all__) == sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
@@ -50,6 +72,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the eager spelling of the lazy table above
     from gpt2kit.config import GPT2Config
+    from gpt2kit.generation import GenerationConfig
     from gpt2kit.model import (
         AutoModel,
         AutoModelForCausalLM,

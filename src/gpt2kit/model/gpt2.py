@@ -6,6 +6,7 @@ save_pretrained in transformers' folder format, tying, resizing.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -55,6 +56,25 @@ def resolve_dtype(
     if name not in _DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; use one of float32, bfloat16, float16, 'auto'")
     return _DTYPES[name]
+
+
+@contextlib.contextmanager
+def _skip_torch_init():
+    """Make torch.nn.init's fillers no-ops while a model is built on the meta device.
+
+    nn.Embedding and nn.Linear initialise themselves in __init__; on the meta device that does no work but
+    makes torch import its reference-op machinery the first time (~2 s). The loaded weights replace every
+    tensor anyway, and the few that are missing are initialised by init_weights afterwards.
+    """
+    names = ("normal_", "uniform_", "kaiming_uniform_", "zeros_", "ones_", "constant_", "trunc_normal_")
+    saved = {n: getattr(nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(nn.init, n, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(nn.init, n, f)
 
 
 # from_pretrained's own keywords; any other keyword must be a config field (num_labels=3, pad_token_id=...).
@@ -225,7 +245,7 @@ class GPT2PreTrainedModel(nn.Module):
         ckpt_dtype = next((t.dtype for t in state.values() if t.is_floating_point()), None)
         dtype = resolve_dtype(load.get("dtype", load.get("torch_dtype")), ckpt_dtype)
 
-        with torch.device("meta"):
+        with torch.device("meta"), _skip_torch_init():
             model = cls(config)
         expected = {k: v.shape for k, v in model.state_dict().items()}
         state, unexpected = W.match_keys(state, expected)
