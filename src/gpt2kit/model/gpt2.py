@@ -277,6 +277,10 @@ class GPT2PreTrainedModel(nn.Module):
                 unexpected,
             )
         model.tie_weights()
+        if hasattr(model, "generate") and (folder / "generation_config.json").is_file():
+            from gpt2kit.generation.config import GenerationConfig
+
+            model.generation_config = GenerationConfig.from_pretrained(folder)
         if attn_implementation is not None:
             model.set_attn_implementation(attn_implementation)
         model.name_or_path = str(pretrained_model_name_or_path)
@@ -316,9 +320,8 @@ class GPT2PreTrainedModel(nn.Module):
         config.architectures = [type(self).__name__]
         config.torch_dtype = str(self.dtype).removeprefix("torch.")
         config.save_pretrained(folder)
-        generation_config = getattr(self, "generation_config", None)
-        if generation_config is not None:
-            generation_config.save_pretrained(folder)
+        if hasattr(self, "generate"):  # LM models carry their decoding defaults, as in transformers
+            self.generation_config.save_pretrained(folder)
         return folder
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpt2kit.config import GPT2Config
+from gpt2kit.generation.mixin import GenerationMixin
 from gpt2kit.model.gpt2 import GPT2Model, GPT2PreTrainedModel
 from gpt2kit.model.outputs import (
     CausalLMOutputWithCrossAttentions,
@@ -61,7 +62,7 @@ def _trunk_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if k in _TRUNK_ARGS}
 
 
-class GPT2LMHeadModel(GPT2PreTrainedModel):
+class GPT2LMHeadModel(GenerationMixin, GPT2PreTrainedModel):
     """GPT-2 with its language-modelling head (tied to the token embedding).
 
     >>> model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=100)).eval()
@@ -146,7 +147,7 @@ class SequenceSummary(nn.Module):
         return self.last_dropout(self.activation(self.summary(self.first_dropout(out))))
 
 
-class GPT2DoubleHeadsModel(GPT2PreTrainedModel):
+class GPT2DoubleHeadsModel(GenerationMixin, GPT2PreTrainedModel):
     """GPT-2 with an LM head and a multiple-choice head; input_ids are (B, n_choices, T)."""
 
     _tied_lm_head = True

@@ -1,0 +1,58 @@
+"""generate() on the language-model classes; the loops themselves live in search.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from gpt2kit.generation.config import GenerationConfig
+
+
+class GenerationMixin:
+    """Adds `generate` and a `generation_config` to a model with `transformer` and `lm_head`."""
+
+    _generation_config: GenerationConfig | None = None
+
+    @property
+    def generation_config(self) -> GenerationConfig:
+        """The defaults generate() starts from: generation_config.json if the folder had one, else derived
+        from the model's config (bos/eos ids), as in transformers."""
+        if self._generation_config is None:
+            self._generation_config = GenerationConfig.from_model_config(self.config)
+        return self._generation_config
+
+    @generation_config.setter
+    def generation_config(self, value: GenerationConfig) -> None:
+        if not isinstance(value, GenerationConfig):
+            raise TypeError(f"generation_config must be a GenerationConfig, got {type(value).__name__}")
+        self._generation_config = value
+
+    def generate(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        generation_config: GenerationConfig | None = None,
+        streamer: Any = None,
+        **kwargs: Any,
+    ):
+        """Continue prompts: transformers 4.57's generate() with its defaults and meaning.
+
+        input_ids (B, T), left-padded for batches (tok.padding_side = "left", tok.pad_token = tok.eos_token),
+        attention_mask (B, T). Keyword arguments are GenerationConfig fields (max_new_tokens, do_sample,
+        temperature, top_k, top_p, min_p, typical_p, repetition_penalty, no_repeat_ngram_size, bad_words_ids,
+        num_beams, length_penalty, early_stopping, num_return_sequences, eos_token_id, pad_token_id,
+        stop_strings with tokenizer=, return_dict_in_generate, output_scores, output_logits), plus
+        logits_processor=, generator= (a torch.Generator for sampling), truncate_prompt=True (drop the
+        prompt's left part when prompt + new tokens exceed n_positions), presence_penalty= and
+        frequency_penalty= (OpenAI's, on generated tokens).
+
+        Returns prompt + continuation ids (B * num_return_sequences, L), finished rows padded with
+        pad_token_id, or a GenerateDecoderOnlyOutput / GenerateBeamDecoderOnlyOutput when
+        return_dict_in_generate=True.
+
+        >>> out = model.generate(**tok(["Hello"], return_tensors="pt"), max_new_tokens=20)  # doctest: +SKIP
+        """
+        from gpt2kit.generation.search import generate
+
+        return generate(self, input_ids, attention_mask, generation_config, streamer, **kwargs)

@@ -1,0 +1,515 @@
+"""The decoding loops: greedy and sampling, beam search, with a static KV cache.
+
+Small functions in the style of gpt-fast: `prefill` runs the prompt once and fills the cache,
+`decode_one_token` runs one position per sequence, `choose` picks the next token. `decode` strings them
+together as a generator that yields each step's tokens, so `generate()` and streaming share one loop.
+
+Semantics (lengths, padding, eos handling, beam scoring) follow transformers 4.57's generate(), so greedy
+and beam search return exactly its tokens for the same checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from gpt2kit.generation.config import GenerationConfig
+from gpt2kit.generation.processors import LogitsProcessorList, build_processors
+from gpt2kit.model.cache import StaticCache
+from gpt2kit.model.outputs import ModelOutput
+
+logger = logging.getLogger(__name__)
+
+_DEFAULT_MAX_LENGTH = 20  # transformers: without max_length / max_new_tokens, 20 new tokens
+
+
+@dataclass
+class GenerateDecoderOnlyOutput(ModelOutput):
+    """What generate(return_dict_in_generate=True) returns for greedy and sampling."""
+
+    sequences: torch.LongTensor | None = None
+    scores: tuple[torch.FloatTensor, ...] | None = None
+    logits: tuple[torch.FloatTensor, ...] | None = None
+    past_key_values: Any = None
+
+
+@dataclass
+class GenerateBeamDecoderOnlyOutput(ModelOutput):
+    """What generate(return_dict_in_generate=True) returns for beam search."""
+
+    sequences: torch.LongTensor | None = None
+    sequences_scores: torch.FloatTensor | None = None
+    scores: tuple[torch.FloatTensor, ...] | None = None
+    logits: tuple[torch.FloatTensor, ...] | None = None
+    beam_indices: torch.LongTensor | None = None
+    past_key_values: Any = None
+
+
+# --- the model calls --------------------------------------------------------------------------------------
+
+
+def _logits(model, input_ids, attention_mask, position_ids, cache) -> torch.Tensor:
+    """Run the trunk over input_ids (B, T) and return the last position's logits as float32 (B, V)."""
+    out = model.transformer(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        past_key_values=cache,
+        use_cache=True,
+        return_dict=True,
+    )
+    return model.lm_head(out.last_hidden_state[:, -1, :]).float()
+
+
+def prefill(model, input_ids, attention_mask, position_ids, cache) -> torch.Tensor:
+    """The whole prompt in one forward pass; fills the cache. -> logits (B, V) of the last position."""
+    return _logits(model, input_ids, attention_mask, position_ids, cache)
+
+
+def decode_one_token(model, tokens, attention_mask, position_ids, cache) -> torch.Tensor:
+    """One new position per sequence, tokens (B, 1), against the cache. -> logits (B, V)."""
+    return _logits(model, tokens, attention_mask, position_ids, cache)
+
+
+def choose(scores: torch.Tensor, do_sample: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    """scores (B, V) after the processors -> next tokens (B,): argmax, or a draw from softmax(scores)."""
+    if do_sample:
+        probs = torch.softmax(scores, dim=-1)
+        return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+    return torch.argmax(scores, dim=-1)
+
+
+# --- setting up a call ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    """Everything a loop needs, resolved once from generate()'s arguments."""
+
+    input_ids: torch.Tensor  # (B, T), already expanded for beams / return sequences
+    attention_mask: torch.Tensor | None  # (B, T) or None when nothing is padded
+    config: GenerationConfig
+    max_length: int  # total length, prompt included
+    eos: torch.Tensor | None  # (n_eos,)
+    pad_token_id: int | None
+    processors: LogitsProcessorList
+    stop_checker: _StopStrings | None
+
+
+def plan_generation(
+    model,
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    generation_config: GenerationConfig | None,
+    logits_processor=None,
+    tokenizer=None,
+    truncate_prompt: bool = False,
+    presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
+    **kwargs: Any,
+) -> _Plan:
+    base = generation_config or getattr(model, "generation_config", None)
+    if base is None:
+        base = GenerationConfig.from_model_config(model.config)
+    cfg = copy.deepcopy(base)
+    user_set_max_length = "max_length" in kwargs
+    unused = cfg.update(**kwargs)
+    if unused:
+        raise TypeError(
+            f"generate() got unexpected keyword arguments {sorted(unused)}; pass GenerationConfig fields "
+            "(max_new_tokens, do_sample, temperature, top_k, top_p, num_beams, ...)"
+        )
+    n_positions = model.config.n_positions
+
+    if input_ids is None:
+        bos = cfg.bos_token_id if cfg.bos_token_id is not None else model.config.bos_token_id
+        if bos is None:
+            raise ValueError("generate() needs input_ids, or a bos_token_id to start from")
+        input_ids = torch.tensor([[bos]], device=model.device)
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        raise ValueError(
+            f"input_ids must be a (batch, length) tensor, got {getattr(input_ids, 'shape', type(input_ids))}; "
+            "use tok(texts, return_tensors='pt', padding=True)"
+        )
+    if input_ids.shape[1] == 0:
+        raise ValueError("the prompt is empty; generate() needs at least one token (or no input_ids at all)")
+    input_ids = input_ids.to(model.device)
+
+    eos = cfg.eos_token_id
+    eos_list = [eos] if isinstance(eos, int) else list(eos or [])
+    pad = cfg.pad_token_id
+    if pad is None and eos_list:
+        logger.info("Setting pad_token_id to eos_token_id %s for open-end generation.", eos_list[0])
+        pad = eos_list[0]
+    if attention_mask is None:
+        # As transformers: infer the mask from pad tokens only when pad differs from eos.
+        if pad is not None and pad not in eos_list and bool((input_ids == pad).any()):
+            attention_mask = (input_ids != pad).long()
+    else:
+        attention_mask = attention_mask.to(input_ids.device)
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids {tuple(input_ids.shape)}"
+            )
+    if attention_mask is not None and bool(attention_mask.all()):
+        attention_mask = None  # nothing padded: the faster unmasked path gives the same result
+    if attention_mask is not None and bool((attention_mask[:, -1] == 0).any()):
+        logger.warning(
+            "A decoder-only architecture is being used, but right-padding was detected! For correct generation "
+            "results, please set `padding_side='left'` when initializing the tokenizer."
+        )
+
+    # Lengths, as transformers resolves them.
+    T = input_ids.shape[1]
+    if cfg.max_new_tokens is not None:
+        max_length = T + cfg.max_new_tokens
+    elif not user_set_max_length and cfg.max_length == _DEFAULT_MAX_LENGTH:
+        max_length = min(T + _DEFAULT_MAX_LENGTH, n_positions)
+    else:
+        max_length = cfg.max_length
+    if max_length > n_positions:
+        new = max_length - T
+        if truncate_prompt and new < n_positions:
+            keep = n_positions - new
+            logger.warning("dropping the first %d prompt tokens to fit n_positions=%d", T - keep, n_positions)
+            input_ids = input_ids[:, -keep:]
+            attention_mask = attention_mask[:, -keep:] if attention_mask is not None else None
+            T, max_length = keep, n_positions
+        else:
+            raise ValueError(
+                f"the prompt ({T} tokens) plus {new} new tokens is {max_length}, beyond the model's "
+                f"n_positions={n_positions}; lower max_new_tokens, shorten the prompt, or pass "
+                "truncate_prompt=True to drop the prompt's left part"
+            )
+    if max_length <= T:
+        logger.warning(
+            "max_length=%d leaves no room after a %d-token prompt; nothing is generated", max_length, T
+        )
+    cfg.max_length = max_length
+    if cfg.min_new_tokens is not None:
+        cfg.min_length = T + cfg.min_new_tokens
+
+    if cfg.num_beams > 1 and cfg.num_return_sequences > cfg.num_beams:
+        raise ValueError(
+            f"num_return_sequences ({cfg.num_return_sequences}) must be <= num_beams ({cfg.num_beams})"
+        )
+    if cfg.num_beams == 1 and not cfg.do_sample and cfg.num_return_sequences > 1:
+        raise ValueError("greedy search returns one sequence per prompt; use do_sample=True or num_beams > 1")
+    expand = cfg.num_beams if cfg.num_beams > 1 else cfg.num_return_sequences
+    if expand > 1:
+        input_ids = input_ids.repeat_interleave(expand, dim=0)
+        attention_mask = (
+            attention_mask.repeat_interleave(expand, dim=0) if attention_mask is not None else None
+        )
+
+    stop_strings = cfg.stop_strings
+    stop_checker = None
+    if stop_strings:
+        if tokenizer is None:
+            raise ValueError(
+                "stop_strings need the tokenizer: call generate(..., stop_strings=..., tokenizer=tok)"
+            )
+        stop_checker = _StopStrings(
+            [stop_strings] if isinstance(stop_strings, str) else list(stop_strings), tokenizer
+        )
+
+    procs = build_processors(
+        cfg,
+        prompt_length=T,
+        presence_penalty=presence_penalty,
+        frequency_penalty=frequency_penalty,
+        logits_processor=logits_processor,
+    )
+    eos_tensor = torch.tensor(eos_list, device=input_ids.device) if eos_list else None
+    return _Plan(input_ids, attention_mask, cfg, max_length, eos_tensor, pad, procs, stop_checker)
+
+
+class _StopStrings:
+    """Checks whether a sequence's text has just reached one of the stop strings.
+
+    A stop string counts when it ends inside the newest token's text, as transformers' StopStringCriteria
+    decides, so a string split across several tokens is still found.
+    """
+
+    def __init__(self, stops: list[str], tokenizer) -> None:
+        if not all(isinstance(s, str) and s for s in stops):
+            raise ValueError(f"stop_strings must be non-empty strings, got {stops!r}")
+        self.stops = stops
+        self.tokenizer = tokenizer
+        # Every token decodes to at least one byte, so this many tokens always cover the longest stop string.
+        self.window = max(len(s.encode("utf-8")) for s in stops) + 1
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, t) -> (B,) bool: which rows end with a stop string."""
+        hits = []
+        for row in tokens[:, -self.window :].tolist():
+            text = self.tokenizer.decode(row)
+            last = self.tokenizer.decode(row[-1:])
+            # The match must end in the last token's text: beyond len(text) - len(last).
+            hits.append(
+                any(text.find(s, max(0, len(text) - len(last) - len(s) + 1)) >= 0 for s in self.stops)
+            )
+        return torch.tensor(hits, device=tokens.device)
+
+
+def _position_ids(attention_mask: torch.Tensor | None, B: int, T: int, device) -> torch.Tensor:
+    """Positions that count only real tokens, so a left-padded prompt starts at 0 (as transformers)."""
+    if attention_mask is None:
+        return torch.arange(T, device=device).expand(B, T)
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos.masked_fill(attention_mask == 0, 1)
+
+
+# --- greedy and sampling --------------------------------------------------------------------------------
+
+
+def decode(
+    model,
+    plan: _Plan,
+    generator: torch.Generator | None = None,
+    scores_out: list | None = None,
+    logits_out: list | None = None,
+) -> Iterator[torch.Tensor]:
+    """Greedy or sampled decoding; yields the tokens (B,) chosen at each step.
+
+    `plan.input_ids` holds the prompt; the tokens so far live in one preallocated (B, max_length) buffer,
+    and the cache is static, so a step allocates nothing that grows with the sequence.
+    """
+    cfg = plan.config
+    ids = plan.input_ids
+    B, T = ids.shape
+    device = ids.device
+    if plan.max_length <= T:
+        return
+    tokens = torch.full((B, plan.max_length), plan.pad_token_id or 0, dtype=torch.long, device=device)
+    tokens[:, :T] = ids
+    mask = None
+    if plan.attention_mask is not None:
+        mask = torch.ones((B, plan.max_length), dtype=plan.attention_mask.dtype, device=device)
+        mask[:, :T] = plan.attention_mask
+    cache = StaticCache.for_model(model.config, B, plan.max_length, dtype=model.dtype, device=device)
+    unfinished = torch.ones(B, dtype=torch.bool, device=device)
+
+    position_ids = _position_ids(plan.attention_mask, B, T, device)
+    with torch.inference_mode():
+        logits = prefill(model, ids, plan.attention_mask, position_ids, cache)
+    next_pos = position_ids[:, -1:] + 1
+    cur = T
+    while True:
+        scores = plan.processors(tokens[:, :cur], logits)
+        if scores_out is not None:
+            scores_out.append(scores)
+        if logits_out is not None:
+            logits_out.append(logits)
+        nxt = choose(scores, cfg.do_sample, generator)
+        if plan.eos is not None:
+            nxt = torch.where(unfinished, nxt, torch.full_like(nxt, plan.pad_token_id))
+        tokens[:, cur] = nxt
+        cur += 1
+        yield nxt
+        if plan.eos is not None:
+            unfinished &= ~torch.isin(nxt, plan.eos)
+        if plan.stop_checker is not None:
+            unfinished &= ~plan.stop_checker(tokens[:, :cur])
+        if cur >= plan.max_length or not bool(unfinished.any()):
+            break
+        with torch.inference_mode():
+            logits = decode_one_token(
+                model, nxt[:, None], mask[:, :cur] if mask is not None else None, next_pos, cache
+            )
+        next_pos = next_pos + 1
+
+
+# --- beam search ----------------------------------------------------------------------------------------
+
+
+def _gather(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """t (B, k, ...), idx (B, m) -> (B, m, ...): pick beams per batch row."""
+    while idx.dim() < t.dim():
+        idx = idx.unsqueeze(-1)
+    return torch.take_along_dim(t, idx, dim=1)
+
+
+def beam_search(model, plan: _Plan, generator: torch.Generator | None = None, scores_out: list | None = None):
+    """transformers 4.57's vectorised beam search, on the static cache.
+
+    Keeps, per prompt, num_beams running hypotheses and the num_beams best finished ones. Each step takes
+    the top (n_eos + 1) * num_beams continuations (so enough stay alive after eos), moves those that hit a
+    stopping condition into the finished set with the length-normalised score, and continues the best
+    unfinished ones. Returns (sequences (B*n, L), sequence scores (B*n,), beam indices).
+    """
+    cfg = plan.config
+    k = cfg.num_beams
+    flat_ids = plan.input_ids
+    BK, T = flat_ids.shape
+    B = BK // k
+    device = flat_ids.device
+    max_length = plan.max_length
+    V = model.config.vocab_size
+    n_eos = plan.eos.numel() if plan.eos is not None else 0
+    keep = max(2, 1 + n_eos) * k
+    top_k_mask = torch.cat([torch.ones(k, dtype=torch.bool), torch.zeros(keep - k, dtype=torch.bool)]).to(
+        device
+    )
+    # transformers fills unused positions with pad (or eos when pad is 0 / unset), and -1 without any eos
+    fill = (plan.pad_token_id or int(plan.eos[0])) if plan.eos is not None else -1
+
+    running = torch.full((B, k, max_length), fill, dtype=torch.long, device=device)
+    running[:, :, :T] = flat_ids.view(B, k, T)
+    sequences = running.clone()
+    running_scores = torch.zeros((B, k), device=device)
+    running_scores[:, 1:] = -1e9  # all beams start identical: only the first may expand at step one
+    beam_scores = torch.full((B, k), -1e9, device=device)
+    finished = torch.zeros((B, k), dtype=torch.bool, device=device)
+    may_improve = torch.ones((B, 1), dtype=torch.bool, device=device)
+    running_beam_idx = torch.full((B, k, max_length - T), -1, dtype=torch.long, device=device)
+    beam_idx_out = running_beam_idx.clone()
+
+    mask = None
+    if plan.attention_mask is not None:
+        mask = torch.ones((BK, max_length), dtype=plan.attention_mask.dtype, device=device)
+        mask[:, :T] = plan.attention_mask
+    cache = StaticCache.for_model(model.config, BK, max_length, dtype=model.dtype, device=device)
+    position_ids = _position_ids(plan.attention_mask, BK, T, device)
+    with torch.inference_mode():
+        logits = prefill(model, flat_ids, plan.attention_mask, position_ids, cache)
+    next_pos = position_ids[:, -1:] + 1
+    cur = T
+    while cur < max_length:
+        log_probs = torch.log_softmax(logits, dim=-1)
+        log_probs = plan.processors(running[:, :, :cur].reshape(BK, cur), log_probs)
+        if scores_out is not None:
+            scores_out.append(log_probs)
+        acc = (log_probs.view(B, k, V) + running_scores[:, :, None]).view(B, k * V)
+
+        # the best `keep` continuations of every prompt
+        if cfg.do_sample:
+            top_idx = torch.multinomial(torch.softmax(acc, dim=-1), keep, generator=generator)
+            top_scores = torch.gather(acc, 1, top_idx)
+        else:
+            top_scores, top_idx = torch.topk(acc, keep)
+        from_beam = top_idx // V
+        top_seqs = _gather(running, from_beam)
+        top_seqs[:, :, cur] = top_idx % V
+        top_beam_idx = _gather(running_beam_idx, from_beam)
+        top_beam_idx[:, :, cur - T] = from_beam + torch.arange(B, device=device)[:, None] * k
+
+        # which continuations end here: eos, stop strings, or the length limit
+        done = torch.zeros((B, keep), dtype=torch.bool, device=device)
+        if plan.eos is not None:
+            done |= torch.isin(top_seqs[:, :, cur], plan.eos)
+        if plan.stop_checker is not None:
+            done |= plan.stop_checker(top_seqs[:, :, : cur + 1].reshape(B * keep, -1)).view(B, keep)
+        if cur + 1 >= max_length:
+            done |= True
+
+        # continue with the best unfinished ones
+        alive_scores = top_scores + done.float() * -1e9
+        nxt = torch.topk(alive_scores, k)[1]
+        running = _gather(top_seqs, nxt)
+        running_scores = _gather(alive_scores, nxt)
+        running_beam_idx = _gather(top_beam_idx, nxt)
+
+        # add the finished ones to the kept best, length-normalised
+        just_done = done & top_k_mask[None, :]
+        norm = top_scores / ((cur + 1 - T) ** cfg.length_penalty)
+        full = finished.all(dim=-1, keepdim=True) & (cfg.early_stopping is True)
+        norm = norm + full.float() * -1e9 + (~may_improve).float() * -1e9 + (~just_done).float() * -1e9
+        merged_scores = torch.cat([beam_scores, norm], dim=1)
+        best = torch.topk(merged_scores, k)[1]
+        sequences = _gather(torch.cat([sequences, top_seqs], dim=1), best)
+        beam_scores = _gather(merged_scores, best)
+        beam_idx_out = _gather(torch.cat([beam_idx_out, top_beam_idx], dim=1), best)
+        finished = _gather(torch.cat([finished, just_done], dim=1), best)
+
+        # the surviving beams' cache rows move with them
+        reorder = running_beam_idx[:, :, cur - T].reshape(BK)
+        cache.reorder_cache(reorder)
+        cur += 1
+
+        # stop when no running beam can still beat the worst finished one (transformers' heuristic)
+        if cfg.early_stopping == "never" and cfg.length_penalty > 0.0:
+            best_len = max_length - T
+        else:
+            best_len = cur - T
+        best_running = running_scores[:, :1] / (best_len**cfg.length_penalty)
+        worst_done = torch.where(finished, beam_scores.min(dim=1, keepdim=True)[0], torch.tensor(-1.0e9))
+        may_improve = may_improve & (best_running > worst_done).any(dim=-1, keepdim=True)
+        open_beams = not (bool(finished.all()) and cfg.early_stopping is True)
+        if not (bool(may_improve.any()) and open_beams and not bool(done.all())) or cur >= max_length:
+            break
+        with torch.inference_mode():
+            step = running[:, :, cur - 1].reshape(BK, 1)
+            logits = decode_one_token(
+                model, step, mask[:, :cur] if mask is not None else None, next_pos, cache
+            )
+        next_pos = next_pos + 1
+
+    n = cfg.num_return_sequences
+    sequences = sequences[:, :n].reshape(B * n, max_length)
+    beam_scores = beam_scores[:, :n].reshape(B * n)
+    beam_idx_out = beam_idx_out[:, :n].reshape(B * n, -1)
+    generated = int((beam_idx_out + 1).bool().sum(dim=1).max())
+    return sequences[:, : T + generated], beam_scores, beam_idx_out[:, :generated]
+
+
+# --- the entry point --------------------------------------------------------------------------------------
+
+
+def generate(
+    model,
+    input_ids: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    generation_config: GenerationConfig | None = None,
+    streamer=None,
+    logits_processor=None,
+    tokenizer=None,
+    generator: torch.Generator | None = None,
+    **kwargs: Any,
+):
+    """transformers' generate(): prompt + continuation ids (B * num_return_sequences, L).
+
+    See GPT2LMHeadModel.generate for the arguments.
+    """
+    plan = plan_generation(
+        model, input_ids, attention_mask, generation_config, logits_processor, tokenizer, **kwargs
+    )
+    cfg = plan.config
+    want_dict = cfg.return_dict_in_generate
+    scores = [] if want_dict and cfg.output_scores else None
+    if cfg.num_beams > 1:
+        if streamer is not None:
+            raise ValueError("streaming is not supported with beam search (num_beams > 1); use num_beams=1")
+        sequences, seq_scores, beam_indices = beam_search(model, plan, generator, scores)
+        if not want_dict:
+            return sequences
+        return GenerateBeamDecoderOnlyOutput(
+            sequences=sequences,
+            sequences_scores=seq_scores if cfg.output_scores else None,
+            scores=tuple(scores) if scores is not None else None,
+            beam_indices=beam_indices if cfg.output_scores else None,
+        )
+
+    raw = [] if want_dict and cfg.output_logits else None
+    if streamer is not None:
+        streamer.put(plan.input_ids.cpu())
+    steps = []
+    for nxt in decode(model, plan, generator, scores, raw):
+        steps.append(nxt)
+        if streamer is not None:
+            streamer.put(nxt.cpu())
+    if streamer is not None:
+        streamer.end()
+    sequences = torch.cat([plan.input_ids, torch.stack(steps, dim=1)], dim=1) if steps else plan.input_ids
+    if not want_dict:
+        return sequences
+    return GenerateDecoderOnlyOutput(
+        sequences=sequences,
+        scores=tuple(scores) if scores is not None else None,
+        logits=tuple(raw) if raw is not None else None,
+    )
