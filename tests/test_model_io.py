@@ -34,7 +34,7 @@ def test_our_save_loads_in_transformers(hf_lm, tmp_path):
     ours = GPT2LMHeadModel.from_pretrained(folder)
     ours.save_pretrained(tmp_path / "ours")
     saved = sorted(p.name for p in (tmp_path / "ours").iterdir())
-    assert saved == ["config.json", "model.safetensors"]
+    assert saved == ["config.json", "generation_config.json", "model.safetensors"]
     cfg = json.loads((tmp_path / "ours" / "config.json").read_text())
     assert cfg["architectures"] == ["GPT2LMHeadModel"] and cfg["model_type"] == "gpt2"
     back = load_hf("GPT2LMHeadModel", tmp_path / "ours")
