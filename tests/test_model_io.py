@@ -69,10 +69,8 @@ def test_bin_and_sharded_checkpoints(tmp_path):
         assert_close(GPT2LMHeadModel.from_pretrained(tmp_path / "ours_shards")(x).logits, want, **TOL)
     # re-saving unsharded removes the stale shards and index
     ours.save_pretrained(tmp_path / "ours_shards")
-    assert sorted(p.name for p in (tmp_path / "ours_shards").iterdir()) == [
-        "config.json",
-        "model.safetensors",
-    ]
+    files = sorted(p.name for p in (tmp_path / "ours_shards").iterdir())
+    assert files == ["config.json", "generation_config.json", "model.safetensors"]
 
 
 def test_base_checkpoint_into_head_and_back(tmp_path):
