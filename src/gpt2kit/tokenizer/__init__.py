@@ -1,0 +1,13 @@
+"""GPT-2's byte-level BPE tokenizers: GPT2Tokenizer (pure Python), GPT2TokenizerFast (tiktoken), AutoTokenizer.
+
+Only re-exports; the modules are: bpe (the readable engine), fast (the tiktoken engine), base (the call
+surface both share), slow (GPT2Tokenizer), files (reading and writing tokenizer folders), auto.
+"""
+
+from gpt2kit.tokenizer.auto import AutoTokenizer
+from gpt2kit.tokenizer.base import BatchEncoding
+from gpt2kit.tokenizer.fast import GPT2TokenizerFast
+from gpt2kit.tokenizer.files import AddedToken
+from gpt2kit.tokenizer.slow import GPT2Tokenizer
+
+__all__ = ["AddedToken", "AutoTokenizer", "BatchEncoding", "GPT2Tokenizer", "GPT2TokenizerFast"]

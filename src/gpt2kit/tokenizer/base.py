@@ -1,0 +1,1251 @@
+"""The call surface shared by GPT2Tokenizer and GPT2TokenizerFast: transformers 4.x's API around an engine.
+
+An engine turns ordinary text into ids (bpe.BytePairEncoder in Python, fast.TiktokenEngine natively).
+Everything around it lives here, written once for both: cutting special and added tokens (`<|endoftext|>`)
+out of the text, add_prefix_space, BOS, truncation, padding, attention masks, offsets, tensors, decoding,
+special-token bookkeeping, and from_pretrained / save_pretrained.
+
+Where transformers' own slow and fast GPT-2 tokenizers behave differently, each of ours follows its
+namesake; the class attributes marked "slow/fast difference" below say where.
+"""
+
+from __future__ import annotations
+
+import codecs
+import functools
+import gc
+import logging
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from gpt2kit.tokenizer import files
+from gpt2kit.tokenizer.bpe import bytes_to_unicode
+from gpt2kit.tokenizer.files import SPECIAL_TOKEN_NAMES, AddedToken, Vocabulary
+
+logger = logging.getLogger(__name__)
+
+PADDING_STRATEGIES = ("longest", "max_length", "do_not_pad")
+TRUNCATION_STRATEGIES = ("longest_first", "only_first", "do_not_truncate")
+TENSOR_TYPES = ("pt", "np")
+# transformers' threshold above which model_max_length means "no limit".
+LARGE_INTEGER = int(1e20)
+# transformers' __call__ arguments we accept only at their default value (what pipelines pass explicitly).
+UNSUPPORTED_AT_DEFAULT = {
+    "stride": 0,
+    "is_split_into_words": False,
+    "return_overflowing_tokens": False,
+    "text_target": None,
+    "text_pair_target": None,
+}
+
+PAD_TOKEN_MISSING = (
+    "Asking to pad but the tokenizer does not have a padding token. Please select a token to use as `pad_token` "
+    "`(tokenizer.pad_token = tokenizer.eos_token e.g.)` or add a new pad token via "
+    "`tokenizer.add_special_tokens({'pad_token': '[PAD]'})`."
+)
+
+
+class BatchEncoding(dict):
+    """What `tok(...)` returns: a dict of input_ids, attention_mask, ... that also reads as attributes.
+
+    >>> from gpt2kit import GPT2TokenizerFast
+    >>> enc = GPT2TokenizerFast.from_pretrained("gpt2")(["Hello world"])
+    >>> enc.input_ids, enc["attention_mask"]
+    ([[15496, 995]], [[1, 1]])
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"BatchEncoding has no key {name!r} (it has {', '.join(self)})") from None
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return dict(self)
+
+    def to(self, device: Any) -> BatchEncoding:
+        """Move every torch tensor to `device` (for return_tensors="pt"); returns self, as transformers does."""
+        for key, value in self.items():
+            if hasattr(value, "to") and hasattr(value, "device"):
+                self[key] = value.to(device)
+        return self
+
+
+@functools.lru_cache(maxsize=8)
+def vocab_tables(vocab: Vocabulary) -> tuple[dict[int, str], dict[int, bytes]]:
+    """id -> token string and id -> bytes for one vocabulary, built once and shared."""
+    byte_decoder = {c: b for b, c in bytes_to_unicode().items()}
+    id_to_token = {i: t for t, i in vocab.encoder.items()}
+    id_to_bytes = {}
+    for i, token in id_to_token.items():
+        try:
+            id_to_bytes[i] = bytes(byte_decoder[c] for c in token)
+        except KeyError:  # not spelled in byte characters: the token's own UTF-8, as `tokenizers` decodes it
+            id_to_bytes[i] = token.encode("utf-8")
+    return id_to_token, id_to_bytes
+
+
+def _gc_paused(method: Any) -> Any:
+    """Run `method` with the cyclic garbage collector paused.
+
+    Encoding a batch builds a few lists per text, all of them kept; the collector passes that those
+    allocations trigger find nothing to free and cost up to a third of the time on short lines.
+    """
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not gc.isenabled():
+            return method(*args, **kwargs)
+        gc.disable()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            gc.enable()
+
+    return wrapper
+
+
+def _strategy(value: Any) -> Any:
+    """transformers passes enums (PaddingStrategy.LONGEST...); compare by their string value."""
+    return value.value if hasattr(value, "value") and not isinstance(value, (bool, str)) else value
+
+
+def _utf8_len(ch: str) -> int:
+    o = ord(ch)
+    return 1 if o < 0x80 else 2 if o < 0x800 else 3 if o < 0x10000 else 4
+
+
+class _SpecialToken:
+    """Descriptor for `bos_token`, `pad_token`, ...: a str or None, settable, checked against the vocabulary."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, tok: TokenizerBase | None, owner: type | None = None) -> Any:
+        if tok is None:
+            return self
+        return tok._special[self.name]
+
+    def __set__(self, tok: TokenizerBase, value: str | AddedToken | None) -> None:
+        if value is None:
+            tok._special[self.name] = None
+            return
+        content = AddedToken.coerce(value, special=True).content
+        if content not in tok._added_ids and content not in tok._vocab.encoder:
+            raise ValueError(
+                f"{content!r} is not in the vocabulary, so it cannot be the {self.name}: use an existing token "
+                f"(e.g. tok.{self.name} = tok.eos_token) or add it with "
+                f"tok.add_special_tokens({{{self.name!r}: {content!r}}}) and resize the model's embeddings"
+            )
+        tok._special[self.name] = content
+
+
+class _SpecialTokenId:
+    """Descriptor for `bos_token_id`, `pad_token_id`, ...: the id of the matching special token, settable."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.token_name = name[: -len("_id")]
+
+    def __get__(self, tok: TokenizerBase | None, owner: type | None = None) -> Any:
+        if tok is None:
+            return self
+        token = tok._special[self.token_name]
+        return None if token is None else tok.convert_tokens_to_ids(token)
+
+    def __set__(self, tok: TokenizerBase, value: int | None) -> None:
+        setattr(tok, self.token_name, None if value is None else tok.convert_ids_to_tokens(value))
+
+
+class TokenizerBase:
+    """transformers' tokenizer API over a byte-level BPE engine; see GPT2Tokenizer and GPT2TokenizerFast."""
+
+    model_input_names = ["input_ids", "attention_mask"]
+    is_fast = False
+    # slow/fast difference 1: where add_prefix_space puts its space. transformers' slow tokenizer prepends
+    # one to the whole text ("" -> [220]); the fast one (tokenizers' ByteLevel) to every stretch of text
+    # between added tokens that does not already start with a space ("" -> []).
+    _prefix_space_per_segment = False
+    # slow/fast difference 2: transformers' slow decode() writes added (non-special) tokens separated by
+    # spaces ("a foo_bar b" -> "a  foo_bar  b"), as its spaces_between_special_tokens=True default says.
+    _spaces_between_added_tokens = True
+    # slow/fast difference 3: return_length. Slow: unpadded lengths for a batch, an int for one text;
+    # fast: lengths after padding, always a list.
+    _length_after_padding = False
+    # slow/fast difference 4: which characters lstrip/rstrip added tokens swallow. Slow: str.strip();
+    # fast: Unicode White_Space, which excludes the separators U+001C..U+001F that str.strip() removes.
+    _strip_chars: str | None = None
+
+    bos_token = _SpecialToken()
+    eos_token = _SpecialToken()
+    unk_token = _SpecialToken()
+    sep_token = _SpecialToken()
+    pad_token = _SpecialToken()
+    cls_token = _SpecialToken()
+    mask_token = _SpecialToken()
+    bos_token_id = _SpecialTokenId()
+    eos_token_id = _SpecialTokenId()
+    unk_token_id = _SpecialTokenId()
+    sep_token_id = _SpecialTokenId()
+    pad_token_id = _SpecialTokenId()
+    cls_token_id = _SpecialTokenId()
+    mask_token_id = _SpecialTokenId()
+
+    # --- construction -------------------------------------------------------------------------------------
+
+    def _setup(
+        self,
+        vocab: Vocabulary,
+        *,
+        errors: str = "replace",
+        unk_token: Any = "<|endoftext|>",
+        bos_token: Any = "<|endoftext|>",
+        eos_token: Any = "<|endoftext|>",
+        pad_token: Any = None,
+        sep_token: Any = None,
+        cls_token: Any = None,
+        mask_token: Any = None,
+        additional_special_tokens: Sequence[Any] | None = None,
+        add_prefix_space: bool = False,
+        add_bos_token: bool = False,
+        model_max_length: int = files.VERY_LARGE_INTEGER,
+        padding_side: str = "right",
+        truncation_side: str = "right",
+        clean_up_tokenization_spaces: bool = False,
+        added_tokens_decoder: dict[int, Any] | None = None,
+        name_or_path: str = "",
+        **unknown: Any,
+    ) -> None:
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} got unexpected keyword argument(s) {', '.join(map(repr, unknown))}"
+            )
+        self._vocab = vocab
+        self._id_to_token, self._id_to_bytes = vocab_tables(vocab)
+        self._max_vocab_id = max(vocab.encoder.values(), default=-1)
+        self._added: dict[int, AddedToken] = {}  # id -> token: transformers' added_tokens_decoder
+        self._added_ids: dict[str, int] = {}  # content -> id
+        self._added_re: re.Pattern | None = None
+        self._added_re_stale = True
+        self._warned: set[str] = set()
+        self._special: dict[str, str | None] = dict.fromkeys(SPECIAL_TOKEN_NAMES)
+        self._additional_special: list[str] = []
+
+        try:
+            codecs.lookup_error(errors)
+        except (LookupError, TypeError):
+            raise ValueError(
+                f"errors={errors!r} is not a codec error handler; use 'replace', 'strict' or 'ignore'"
+            ) from None
+        self.errors = errors
+        self.add_prefix_space = bool(add_prefix_space)
+        self.add_bos_token = bool(add_bos_token)
+        self.model_max_length = model_max_length
+        self.padding_side = padding_side
+        self.truncation_side = truncation_side
+        self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
+        self.name_or_path = str(name_or_path)
+
+        # As transformers does: tokens the files list come first, then every special token is registered as
+        # an added token (so that it is cut out of text), taking a new id if the vocabulary lacks it.
+        for idx, token in sorted((added_tokens_decoder or {}).items()):
+            token = AddedToken.coerce(token, special=False)
+            self._added[int(idx)] = token
+            self._added_ids[token.content] = int(idx)
+        specials = dict(
+            unk_token=unk_token,
+            bos_token=bos_token,
+            eos_token=eos_token,
+            pad_token=pad_token,
+            sep_token=sep_token,
+            cls_token=cls_token,
+            mask_token=mask_token,
+        )
+        for name, value in specials.items():
+            if value is not None:
+                token = AddedToken.coerce(value, special=True, normalized=True)
+                self._register(token, replace=False)
+                self._special[name] = token.content
+        for value in additional_special_tokens or []:
+            token = AddedToken.coerce(value, special=True, normalized=False)
+            self._register(token, replace=False)
+            if token.content not in self._additional_special:
+                self._additional_special.append(token.content)
+
+    def _make_engine(self) -> Any:
+        raise NotImplementedError
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        local_files_only: bool = False,
+        revision: str | None = None,
+        **kwargs: Any,
+    ) -> TokenizerBase:
+        """Load from a GPT-2 name (bundled vocabulary, offline), a folder, or the Hugging Face cache.
+
+        Keyword arguments override what the folder's files say (add_prefix_space=True, pad_token=...).
+
+        >>> from gpt2kit import GPT2TokenizerFast
+        >>> GPT2TokenizerFast.from_pretrained("gpt2")("Hello world")["input_ids"]
+        [15496, 995]
+        """
+        for ignored in ("token", "use_auth_token", "trust_remote_code", "force_download", "resume_download",
+                        "proxies", "use_fast", "_from_auto", "cache_dir"):  # fmt: skip
+            if ignored in kwargs:
+                logger.debug("from_pretrained: ignoring %s=%r", ignored, kwargs.pop(ignored))
+        folder, defaults = files.resolve(
+            pretrained_model_name_or_path, local_files_only=local_files_only, revision=revision
+        )
+        source = files.read_folder(folder)
+        settings = {**defaults, **source.settings, **kwargs}
+        settings.setdefault("name_or_path", str(pretrained_model_name_or_path))
+        added = {**source.added_tokens, **(settings.pop("added_tokens_decoder", None) or {})}
+        tok = cls.__new__(cls)
+        tok._setup(source.vocab, added_tokens_decoder=added, **settings)
+        tok._engine = tok._make_engine()
+        return tok
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> tuple[str, ...]:
+        """Write vocab.json, merges.txt, tokenizer.json and the config files: a folder transformers loads.
+
+        >>> import tempfile
+        >>> from gpt2kit import GPT2Tokenizer
+        >>> paths = GPT2Tokenizer.from_pretrained("gpt2").save_pretrained(tempfile.mkdtemp())
+        """
+        for ignored in ("legacy_format", "push_to_hub", "safe_serialization"):
+            kwargs.pop(ignored, None)
+        if kwargs:
+            raise TypeError(
+                f"save_pretrained got unexpected keyword argument(s) {', '.join(map(repr, kwargs))}"
+            )
+        config: dict[str, Any] = {
+            "add_bos_token": self.add_bos_token,
+            "add_prefix_space": self.add_prefix_space,
+            "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
+            "errors": self.errors,
+            "extra_special_tokens": {},
+            "model_max_length": self.model_max_length,
+            "padding_side": self.padding_side,
+            "truncation_side": self.truncation_side,
+            "tokenizer_class": "GPT2Tokenizer",  # transformers maps it to GPT2TokenizerFast by itself
+            **{
+                name: value
+                for name, value in self._special.items()
+                if value is not None or name == "pad_token"
+            },
+        }
+        special_map: dict[str, Any] = {}
+        for name, value in self._special.items():
+            if value is not None:
+                special_map[name] = self._special_token_dict(value)
+        if self._additional_special:
+            config["additional_special_tokens"] = list(self._additional_special)
+            special_map["additional_special_tokens"] = [
+                self._special_token_dict(t) for t in self._additional_special
+            ]
+        bos = self.bos_token if self.add_bos_token else None
+        tokenizer_json = files.tokenizer_json(
+            self._vocab,
+            self._added,
+            add_prefix_space=self.add_prefix_space,
+            bos_token=bos,
+            bos_id=None if bos is None else self.bos_token_id,
+        )
+        return files.write_folder(
+            save_directory, self._vocab, self._added, config, special_map, tokenizer_json
+        )
+
+    def _special_token_dict(self, content: str) -> dict[str, Any]:
+        token = self._added.get(self._added_ids.get(content, -1)) or AddedToken(content, special=True)
+        d = token.to_dict()
+        del d["special"]
+        return d
+
+    # --- settings with checks -----------------------------------------------------------------------------
+
+    @property
+    def padding_side(self) -> str:
+        return self._padding_side
+
+    @padding_side.setter
+    def padding_side(self, value: str) -> None:
+        if value not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', got {value!r}")
+        self._padding_side = value
+
+    @property
+    def truncation_side(self) -> str:
+        return self._truncation_side
+
+    @truncation_side.setter
+    def truncation_side(self, value: str) -> None:
+        if value not in ("right", "left"):
+            raise ValueError(f"truncation_side must be 'right' or 'left', got {value!r}")
+        self._truncation_side = value
+
+    @property
+    def model_max_length(self) -> int:
+        return self._model_max_length
+
+    @model_max_length.setter
+    def model_max_length(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"model_max_length must be a positive int, got {value!r}")
+        self._model_max_length = value
+
+    # --- vocabulary and special tokens --------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the base vocabulary (vocab.json), without added tokens; len(tok) counts those too."""
+        return len(self._vocab.encoder)
+
+    def __len__(self) -> int:
+        return len(self._vocab.encoder) + sum(1 for t in self._added_ids if t not in self._vocab.encoder)
+
+    def get_vocab(self) -> dict[str, int]:
+        """Token string -> id, added tokens included."""
+        return {**self._vocab.encoder, **self._added_ids}
+
+    @property
+    def added_tokens_decoder(self) -> dict[int, AddedToken]:
+        return dict(sorted(self._added.items()))
+
+    @property
+    def added_tokens_encoder(self) -> dict[str, int]:
+        return dict(self._added_ids)
+
+    @property
+    def additional_special_tokens(self) -> list[str]:
+        return list(self._additional_special)
+
+    @additional_special_tokens.setter
+    def additional_special_tokens(self, tokens: Sequence[str | AddedToken]) -> None:
+        self.add_special_tokens({"additional_special_tokens": list(tokens)})
+
+    @property
+    def additional_special_tokens_ids(self) -> list[int]:
+        return [self._added_ids[t] for t in self._additional_special]
+
+    @property
+    def special_tokens_map(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: v for k, v in self._special.items() if v is not None}
+        if self._additional_special:
+            out["additional_special_tokens"] = list(self._additional_special)
+        return out
+
+    @property
+    def all_special_tokens(self) -> list[str]:
+        tokens = [v for v in self._special.values() if v is not None] + self._additional_special
+        return list(dict.fromkeys(tokens))
+
+    @property
+    def all_special_ids(self) -> list[int]:
+        return self.convert_tokens_to_ids(self.all_special_tokens)
+
+    def _register(self, token: AddedToken, replace: bool) -> bool:
+        """Make `token` an added token (cut out of text before BPE); True if it took a new id.
+
+        A token that is already added keeps its id, and its flags too unless `replace` (transformers
+        replaces them when given an AddedToken, not when given a str).
+        """
+        idx = self._added_ids.get(token.content)
+        if idx is not None:
+            if replace:
+                self._added[idx] = token
+            return False
+        idx = self._vocab.encoder.get(token.content)
+        is_new = idx is None
+        if is_new:
+            idx = max(self._max_vocab_id, max(self._added, default=-1)) + 1
+        self._added[idx] = token
+        self._added_ids[token.content] = idx
+        self._added_re_stale = True
+        return is_new
+
+    def add_tokens(
+        self, new_tokens: str | AddedToken | Sequence[str | AddedToken], special_tokens: bool = False
+    ) -> int:
+        """Add tokens that are matched whole in text; returns how many new ids were made (resize the model).
+
+        >>> from gpt2kit import GPT2TokenizerFast
+        >>> tok = GPT2TokenizerFast.from_pretrained("gpt2")
+        >>> tok.add_tokens(["<tool>"]), tok("a<tool>b").input_ids
+        (1, [64, 50257, 65])
+        """
+        if isinstance(new_tokens, (str, AddedToken)) or hasattr(new_tokens, "content"):
+            new_tokens = [new_tokens]
+        added = 0
+        for value in new_tokens:
+            if value == "" or getattr(value, "content", None) == "":
+                continue
+            token = AddedToken.coerce(value, special=special_tokens)
+            if token.single_word:
+                raise ValueError(
+                    f"single_word=True ({token.content!r}) is not supported; match the token anywhere"
+                )
+            added += self._register(token, replace=not isinstance(value, str))
+            if token.special and token.content not in self.all_special_tokens:
+                self._additional_special.append(token.content)  # as transformers' slow tokenizer records it
+        return added
+
+    def add_special_tokens(
+        self, special_tokens_dict: dict[str, Any], replace_additional_special_tokens: bool = True
+    ) -> int:
+        """Set special tokens ({"pad_token": "<pad>"}), adding the ones the vocabulary lacks; returns how many.
+
+        >>> from gpt2kit import GPT2TokenizerFast
+        >>> tok = GPT2TokenizerFast.from_pretrained("gpt2")
+        >>> tok.add_special_tokens({"pad_token": "<pad>"}), tok.pad_token_id
+        (1, 50257)
+        """
+        if not isinstance(special_tokens_dict, dict):
+            raise TypeError(
+                f"add_special_tokens takes a dict such as {{'pad_token': '<pad>'}}, got {special_tokens_dict!r}"
+            )
+        added = 0
+        for key, value in special_tokens_dict.items():
+            if key == "additional_special_tokens":
+                if isinstance(value, (str, AddedToken)):
+                    raise TypeError("additional_special_tokens must be a list of tokens, not a single token")
+                tokens = [AddedToken.coerce(v, special=True, normalized=False) for v in value]
+                added += sum(self._register(t, replace=not isinstance(v, str)) for t, v in zip(tokens, value))
+                contents = [t.content for t in tokens]
+                kept = [] if replace_additional_special_tokens else self._additional_special
+                self._additional_special = list(dict.fromkeys(kept + contents))
+            elif key in SPECIAL_TOKEN_NAMES:
+                if value is None:
+                    self._special[key] = None
+                    continue
+                token = AddedToken.coerce(value, special=True, normalized=False)
+                added += self._register(token, replace=not isinstance(value, str))
+                self._special[key] = token.content
+            else:
+                raise ValueError(
+                    f"{key!r} is not a special token name; use one of {', '.join(SPECIAL_TOKEN_NAMES)}, "
+                    "additional_special_tokens"
+                )
+        return added
+
+    def num_special_tokens_to_add(self, pair: bool = False) -> int:
+        return int(self.add_bos_token) * (2 if pair else 1)
+
+    def build_inputs_with_special_tokens(
+        self, token_ids_0: list[int], token_ids_1: list[int] | None = None
+    ) -> list[int]:
+        bos = [self.bos_token_id] if self.add_bos_token else []
+        return bos + token_ids_0 if token_ids_1 is None else bos + token_ids_0 + bos + token_ids_1
+
+    # --- text -> ids --------------------------------------------------------------------------------------
+
+    def _added_pattern(self) -> re.Pattern | None:
+        """One regex for all added tokens, longest first, so the leftmost-longest token wins (as in both
+        of transformers' tokenizers)."""
+        if self._added_re_stale:
+            contents = sorted(self._added_ids, key=len, reverse=True)
+            self._added_re = re.compile("|".join(map(re.escape, contents))) if contents else None
+            self._added_re_stale = False
+        return self._added_re
+
+    def _split(self, text: str) -> list[tuple[int | None, int, int]]:
+        """Cut text into (None, start, end) stretches of ordinary text and (id, start, end) added tokens.
+
+        An added token with lstrip/rstrip takes the whitespace next to it into its own span.
+        """
+        pattern = self._added_pattern()
+        parts: list[tuple[int | None, int, int]] = []
+        pos = 0
+        while pattern is not None:
+            m = pattern.search(text, pos)
+            if m is None:
+                break
+            idx = self._added_ids[m.group()]
+            token = self._added[idx]
+            start, end = m.span()
+            if token.lstrip:
+                start = pos + len(text[pos:start].rstrip(self._strip_chars))
+            if token.rstrip:
+                end = len(text) - len(text[end:].lstrip(self._strip_chars))
+            if start > pos:
+                parts.append((None, pos, start))
+            parts.append((idx, start, end))
+            pos = end
+        if pos < len(text) or not parts:
+            parts.append((None, pos, len(text)))
+        return parts
+
+    def _encode_texts(
+        self, texts: list[str], add_prefix_space: bool, with_offsets: bool = False
+    ) -> tuple[list[list[int]], list[list[tuple[int, int]]] | None]:
+        """Ids (no BOS) of every text, and their character offsets when asked."""
+        joined = "\n".join(texts)
+        if not joined.isascii():
+            _check_utf8(texts, joined)
+        pattern = self._added_pattern()
+        if not with_offsets and (pattern is None or pattern.search(joined) is None):
+            # The common case: no added token anywhere, one engine call for the whole batch.
+            if add_prefix_space:
+                texts = [
+                    " " + t if not self._prefix_space_per_segment or (t and t[0] != " ") else t for t in texts
+                ]
+            return self._engine.encode_ordinary_batch(texts), None
+
+        # General case: plan each text as ordinary stretches and added tokens, encode all stretches in one
+        # engine call, then stitch. The slow tokenizer's prefix space goes in front of the whole text.
+        plans = []
+        for text in texts:
+            shift = 0
+            if add_prefix_space and not self._prefix_space_per_segment:
+                text, shift = " " + text, 1
+            plan = []
+            for idx, start, end in self._split(text):
+                piece = text[start:end]
+                prefixed = (
+                    idx is None
+                    and add_prefix_space
+                    and self._prefix_space_per_segment
+                    and piece != ""
+                    and piece[0] != " "
+                )
+                if idx is None and piece == "":
+                    continue
+                plan.append((idx, " " + piece if prefixed else piece, start, prefixed))
+            plans.append((text, shift, plan))
+        pieces = [piece for _, _, plan in plans for idx, piece, _, _ in plan if idx is None]
+        encoded = iter(self._engine.encode_ordinary_batch(pieces))
+        all_ids, all_offsets = [], []
+        for text, shift, plan in plans:
+            ids: list[int] = []
+            offsets: list[tuple[int, int]] = []
+            n = len(text) - shift
+            for idx, piece, start, prefixed in plan:
+                if idx is not None:
+                    ids.append(idx)
+                    if with_offsets:
+                        offsets.append((max(start - shift, 0), min(start - shift + len(piece), n)))
+                    continue
+                piece_ids = next(encoded)
+                ids += piece_ids
+                if with_offsets:
+                    offsets += self._piece_offsets(piece, start - shift, piece_ids, prefixed, n)
+            all_ids.append(ids)
+            all_offsets.append(offsets)
+        return all_ids, (all_offsets if with_offsets else None)
+
+    def _piece_offsets(
+        self, piece: str, start: int, ids: list[int], prefixed: bool, n: int
+    ) -> list[tuple[int, int]]:
+        """Character span of each token of a stretch of text: the characters whose UTF-8 bytes it holds.
+
+        A token that holds part of a character (an emoji split over three tokens) spans the whole
+        character, and an inserted prefix space belongs to the character after it, as in `tokenizers`.
+        """
+        owner: list[int] = []  # owner[b] = index in the original text of the character byte b belongs to
+        chars = piece[1:] if prefixed else piece
+        if prefixed:
+            owner.append(start)
+        for i, ch in enumerate(chars):
+            owner += [max(start + i, 0)] * _utf8_len(ch)
+        out, b = [], 0
+        for token_id in ids:
+            width = len(self._id_to_bytes.get(token_id, b"?"))
+            first, last = owner[min(b, len(owner) - 1)], owner[min(b + width, len(owner)) - 1]
+            out.append((first, min(last + 1, n)))
+            b += width
+        return out
+
+    def _check_text(self, text: Any, what: str = "text") -> tuple[list[str], bool]:
+        if isinstance(text, str):
+            return [text], False
+        if isinstance(text, (list, tuple)):
+            if all(isinstance(t, str) for t in text):
+                return list(text), True
+            bad = next(t for t in text if not isinstance(t, str))
+            hint = (
+                " (pre-tokenized input is not supported: join the words into one str)"
+                if isinstance(bad, (list, tuple))
+                else ""
+            )
+            raise TypeError(
+                f"{what} must be a str or a list of str, got a list holding {type(bad).__name__}{hint}"
+            )
+        raise TypeError(f"{what} must be a str or a list of str, got {type(text).__name__}: {text!r:.80}")
+
+    def _resolve_strategies(
+        self,
+        padding: Any,
+        truncation: Any,
+        max_length: int | None,
+        pad_to_multiple_of: int | None,
+        verbose: bool,
+    ) -> tuple[str, bool, int | None]:
+        """(padding strategy, truncate?, max_length) with transformers' defaults and warnings."""
+        padding, truncation = _strategy(padding), _strategy(truncation)
+        if max_length is not None and (
+            isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1
+        ):
+            raise ValueError(f"max_length must be a positive int, got {max_length!r}")
+        if pad_to_multiple_of is not None and (
+            not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1
+        ):
+            raise ValueError(f"pad_to_multiple_of must be a positive int, got {pad_to_multiple_of!r}")
+        if max_length is not None and padding is False and truncation is None:
+            self._warn_once(
+                "truncation-not-explicit",
+                "Truncation was not explicitly activated but `max_length` is provided a specific value, please use "
+                "`truncation=True` to explicitly truncate examples to max length. Defaulting to 'longest_first' "
+                "truncation strategy.",
+                verbose,
+            )
+            truncation = True
+
+        if padding is True:
+            strategy = "longest"
+        elif padding is False or padding is None:
+            strategy = "do_not_pad"
+        elif padding in PADDING_STRATEGIES:
+            strategy = padding
+        else:
+            raise ValueError(
+                f"padding={padding!r} is not a padding strategy; use True ('longest'), 'max_length' or False"
+            )
+
+        if truncation is True or truncation in ("longest_first", "only_first"):
+            truncate = True
+        elif truncation is False or truncation is None or truncation == "do_not_truncate":
+            truncate = False
+        elif truncation == "only_second":
+            raise ValueError(
+                "truncation='only_second' needs a text pair; GPT-2 tokenizers here take single texts"
+            )
+        else:
+            raise ValueError(f"truncation={truncation!r} is not a truncation strategy; use True or False")
+
+        if max_length is None:
+            no_limit = self.model_max_length > LARGE_INTEGER
+            if strategy == "max_length":
+                if no_limit:
+                    self._warn_once(
+                        "pad-no-max-length",
+                        "Asking to pad to max_length but no maximum length is provided and the model has no "
+                        "predefined maximum length. Default to no padding.",
+                        verbose,
+                    )
+                    strategy = "do_not_pad"
+                else:
+                    max_length = self.model_max_length
+            if truncate:
+                if no_limit:
+                    self._warn_once(
+                        "truncate-no-max-length",
+                        "Asking to truncate to max_length but no maximum length is provided and the model has no "
+                        "predefined maximum length. Default to no truncation.",
+                        verbose,
+                    )
+                    truncate = False
+                else:
+                    max_length = self.model_max_length
+
+        if strategy != "do_not_pad" and self.pad_token_id is None:
+            raise ValueError(PAD_TOKEN_MISSING)
+        if (
+            truncate
+            and strategy != "do_not_pad"
+            and pad_to_multiple_of
+            and max_length
+            and max_length % pad_to_multiple_of
+        ):
+            raise ValueError(
+                f"Truncation and padding are both activated but truncation length ({max_length}) is not a multiple "
+                f"of pad_to_multiple_of ({pad_to_multiple_of})."
+            )
+        return strategy, truncate, max_length
+
+    def _warn_once(self, key: str, message: str, verbose: bool = True) -> None:
+        if verbose and key not in self._warned:
+            self._warned.add(key)
+            logger.warning(message)
+
+    @_gc_paused
+    def __call__(
+        self,
+        text: str | Sequence[str],
+        text_pair: Any = None,
+        *,
+        add_special_tokens: bool = True,
+        padding: bool | str = False,
+        truncation: bool | str | None = None,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        padding_side: str | None = None,
+        return_tensors: str | None = None,
+        return_token_type_ids: bool | None = None,
+        return_attention_mask: bool | None = None,
+        return_special_tokens_mask: bool = False,
+        return_offsets_mapping: bool = False,
+        return_length: bool = False,
+        verbose: bool = True,
+        add_prefix_space: bool | None = None,
+        **kwargs: Any,
+    ) -> BatchEncoding:
+        """Tokenize one text or a batch: input_ids and attention_mask, padded/truncated/as tensors if asked.
+
+        >>> from gpt2kit import GPT2TokenizerFast
+        >>> tok = GPT2TokenizerFast.from_pretrained("gpt2")
+        >>> tok.pad_token = tok.eos_token
+        >>> tok(["Hello world", "Hi"], padding=True)["attention_mask"]
+        [[1, 1], [1, 0]]
+        """
+        if text_pair is not None:
+            raise ValueError(
+                "text pairs are not supported: GPT-2 has no separator token; concatenate the texts"
+            )
+        for key, value in kwargs.items():
+            if key not in UNSUPPORTED_AT_DEFAULT:
+                raise TypeError(
+                    f"{type(self).__name__}.__call__() got an unexpected keyword argument {key!r}"
+                )
+            if value != UNSUPPORTED_AT_DEFAULT[key]:
+                raise ValueError(f"{key}={value!r} is not supported by gpt2kit's tokenizers")
+        if return_tensors is not None:
+            return_tensors = _strategy(return_tensors)
+            if return_tensors not in TENSOR_TYPES:
+                raise ValueError(
+                    f"return_tensors={return_tensors!r} is not supported; use 'pt' (torch), 'np' or None"
+                )
+        if padding_side is not None and padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+        texts, batched = self._check_text(text)
+        strategy, truncate, max_length = self._resolve_strategies(
+            padding, truncation, max_length, pad_to_multiple_of, verbose
+        )
+        prefix = self.add_prefix_space if add_prefix_space is None else bool(add_prefix_space)
+        ids, offsets = self._encode_texts(texts, prefix, with_offsets=return_offsets_mapping)
+        n_special = [0] * len(ids)
+        if add_special_tokens and self.add_bos_token:
+            bos = self.bos_token_id
+            ids = [[bos, *x] for x in ids]
+            n_special = [1] * len(ids)
+            if offsets is not None:
+                offsets = [[(0, 0), *o] for o in offsets]
+
+        if truncate and max_length is not None:
+            ids, offsets = self._truncate(ids, offsets, n_special, max_length)
+        elif max_length is None and ids and max(map(len, ids)) > self.model_max_length:
+            longest = max(map(len, ids))
+            self._warn_once(
+                "sequence-too-long",
+                f"Token indices sequence length is longer than the specified maximum sequence length for this "
+                f"model ({longest} > {self.model_max_length}). Running this sequence through the model will "
+                "result in indexing errors",
+                verbose,
+            )
+
+        out: dict[str, Any] = {"input_ids": ids}
+        if return_token_type_ids:
+            out["token_type_ids"] = [[0] * len(x) for x in ids]
+        if return_attention_mask is not False:
+            out["attention_mask"] = [[1] * len(x) for x in ids]
+        if return_special_tokens_mask:
+            out["special_tokens_mask"] = [[1] * k + [0] * (len(x) - k) for x, k in zip(ids, n_special)]
+        if offsets is not None:
+            out["offset_mapping"] = offsets
+        unpadded_lengths = [len(x) for x in ids]
+        if strategy != "do_not_pad":
+            target = max(unpadded_lengths, default=0) if strategy == "longest" else max_length
+            self._pad_in_place(out, target, pad_to_multiple_of, padding_side or self.padding_side)
+        if return_length:  # stays a list (or the slow tokenizer's int) for a single text too
+            if self._length_after_padding:
+                out["length"] = [len(x) for x in out["input_ids"]]
+            else:
+                out["length"] = unpadded_lengths if batched else len(out["input_ids"][0])
+        return self._finish(out, batched, return_tensors)
+
+    def _truncate(
+        self, ids: list[list[int]], offsets: list | None, n_special: list[int], max_length: int
+    ) -> tuple[list[list[int]], list | None]:
+        """Cut each sequence to max_length tokens, keeping a BOS in front when truncating from the left."""
+        left = self.truncation_side == "left"
+
+        def cut(row: list, k: int) -> list:
+            if not left:
+                return row[:max_length]
+            room = max(max_length - k, 0)  # the k special tokens in front stay
+            return row[:k] + row[len(row) - room :] if room else row[:k]
+
+        for i, k in enumerate(n_special):
+            if len(ids[i]) > max_length:
+                ids[i] = cut(ids[i], k)
+                if offsets is not None:
+                    offsets[i] = cut(offsets[i], k)
+        return ids, offsets
+
+    def _pad_in_place(self, out: dict[str, Any], target: int, multiple: int | None, side: str) -> None:
+        if multiple and target % multiple:
+            target = (target // multiple + 1) * multiple
+        fill = {"input_ids": self.pad_token_id, "token_type_ids": 0, "attention_mask": 0,
+                "special_tokens_mask": 1, "offset_mapping": (0, 0)}  # fmt: skip
+        for key, value in fill.items():
+            if key not in out:
+                continue
+            rows = out[key]
+            for i, row in enumerate(rows):
+                missing = target - len(row)
+                if missing > 0:
+                    rows[i] = row + [value] * missing if side == "right" else [value] * missing + row
+
+    def _finish(self, out: dict[str, Any], batched: bool, return_tensors: str | None) -> BatchEncoding:
+        if return_tensors is not None:
+            # A single text still gets a batch axis, as transformers gives it.
+            if isinstance(out.get("length"), int):
+                out["length"] = [out["length"]]
+            return BatchEncoding({k: _to_tensor(v, k, return_tensors) for k, v in out.items()})
+        if not batched:
+            out = {k: (v if k == "length" else v[0]) for k, v in out.items()}
+        return BatchEncoding(out)
+
+    def encode(
+        self,
+        text: str,
+        add_special_tokens: bool = True,
+        padding: bool | str = False,
+        truncation: bool | str | None = None,
+        max_length: int | None = None,
+        return_tensors: str | None = None,
+        **kwargs: Any,
+    ) -> list[int] | Any:
+        """Ids of one text (a tensor of shape (1, T) with return_tensors="pt").
+
+        >>> from gpt2kit import GPT2Tokenizer
+        >>> GPT2Tokenizer.from_pretrained("gpt2").encode(" Hello world")
+        [18435, 995]
+        """
+        if not isinstance(text, str):
+            raise TypeError(
+                f"encode takes one str, got {type(text).__name__}; call the tokenizer on a list for a batch"
+            )
+        return self(
+            text,
+            add_special_tokens=add_special_tokens,
+            padding=padding,
+            truncation=truncation,
+            max_length=max_length,
+            return_tensors=return_tensors,
+            return_attention_mask=False,
+            **kwargs,
+        )["input_ids"]
+
+    def tokenize(self, text: str, **kwargs: Any) -> list[str]:
+        """The token strings of a text, in the vocabulary's spelling ("Ġworld" for " world"); no BOS.
+
+        >>> from gpt2kit import GPT2Tokenizer
+        >>> GPT2Tokenizer.from_pretrained("gpt2").tokenize("Hello world")
+        ['Hello', 'Ġworld']
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"tokenize takes one str, got {type(text).__name__}")
+        prefix = kwargs.pop("add_prefix_space", None)
+        kwargs.pop("add_special_tokens", None)  # tokenize never adds BOS, in transformers either
+        if kwargs:
+            raise TypeError(f"tokenize() got unexpected keyword argument(s) {', '.join(map(repr, kwargs))}")
+        ids, _ = self._encode_texts([text], self.add_prefix_space if prefix is None else bool(prefix))
+        return self.convert_ids_to_tokens(ids[0])
+
+    def iter_encode(self, chunks: Iterable[str]) -> Iterator[list[int]]:
+        """Encode one long text handed over in pieces (a file read block by block) with the ids of the whole.
+
+        Pieces are joined and cut again only where GPT-2's pre-tokenizer always cuts: between a
+        non-whitespace ASCII character and a space or newline, so no token can straddle the cut and no
+        whitespace run changes its split. BOS and the prefix space go in front of the first piece only.
+
+        >>> from gpt2kit import GPT2TokenizerFast
+        >>> tok = GPT2TokenizerFast.from_pretrained("gpt2")
+        >>> [i for ids in tok.iter_encode(["Hello wo", "rld"]) for i in ids]
+        [15496, 995]
+        """
+        if any(t.lstrip or t.rstrip or any(c.isspace() for c in t.content) for t in self._added.values()):
+            # Added tokens that eat or hold whitespace could straddle a cut: encode the whole text at once.
+            yield self.encode("".join(chunks), verbose=False)
+            return
+        buffer, first = "", True
+        for chunk in chunks:
+            buffer += chunk
+            cut = _last_safe_cut(buffer)
+            if cut > 0:
+                yield self._encode_part(buffer[:cut], first)
+                buffer, first = buffer[cut:], False
+        if buffer or first:
+            yield self._encode_part(buffer, first)
+
+    def _encode_part(self, text: str, first: bool) -> list[int]:
+        return self.encode(
+            text, add_special_tokens=first, add_prefix_space=self.add_prefix_space and first, verbose=False
+        )
+
+    # --- ids -> text --------------------------------------------------------------------------------------
+
+    def decode(
+        self,
+        token_ids: int | Sequence[int] | Any,
+        skip_special_tokens: bool = False,
+        clean_up_tokenization_spaces: bool | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """The text of a sequence of ids (list, numpy array or torch tensor); bytes that are not valid UTF-8
+        (half an emoji) come out as U+FFFD under errors="replace".
+
+        >>> from gpt2kit import GPT2TokenizerFast
+        >>> GPT2TokenizerFast.from_pretrained("gpt2").decode([15496, 995, 50256], skip_special_tokens=True)
+        'Hello world'
+        """
+        spaces = kwargs.pop("spaces_between_special_tokens", self._spaces_between_added_tokens)
+        if kwargs:
+            raise TypeError(f"decode() got unexpected keyword argument(s) {', '.join(map(repr, kwargs))}")
+        ids = _as_ids(token_ids)
+        if skip_special_tokens:
+            special = set(self.all_special_ids) | {i for i, t in self._added.items() if t.special}
+            ids = [i for i in ids if i not in special]
+        # Added tokens beyond the vocabulary decode to their text. The slow tokenizer also cuts the byte
+        # stream at non-special added tokens and joins the parts with spaces (transformers' quirk).
+        legacy: set[int] = set()
+        if spaces and self._added:
+            legacy_tokens = set(self._added_ids) - set(self.all_special_tokens)
+            legacy_tokens |= {t for t in self._additional_special if self._added_ids[t] >= self.vocab_size}
+            legacy = {self._added_ids[t] for t in legacy_tokens}
+        id_to_bytes = self._id_to_bytes
+        if not legacy and (ids and min(ids) >= 0):
+            try:  # the common case, in one C-level pass
+                text = b"".join([id_to_bytes[i] for i in ids]).decode("utf-8", self.errors)
+            except KeyError:  # ids beyond the vocabulary: added tokens, or bad ids
+                pass
+            else:
+                return self._clean(text, clean_up_tokenization_spaces)
+        parts: list[str] = []
+        buffer: list[bytes] = []
+        for i in ids:
+            if i in legacy:
+                if buffer:
+                    part = b"".join(buffer).decode("utf-8", self.errors)
+                    if part:
+                        parts.append(part)
+                    buffer = []
+                parts.append(self._added[i].content)
+                continue
+            b = id_to_bytes.get(i)
+            if b is None:
+                token = self._added.get(i)
+                if token is None:
+                    raise ValueError(self._bad_id_message(i))
+                b = token.content.encode("utf-8")
+            buffer.append(b)
+        if buffer:
+            parts.append(b"".join(buffer).decode("utf-8", self.errors))
+        return self._clean((" " if spaces else "").join(parts), clean_up_tokenization_spaces)
+
+    def _clean(self, text: str, clean_up_tokenization_spaces: bool | None) -> str:
+        clean = (
+            self.clean_up_tokenization_spaces
+            if clean_up_tokenization_spaces is None
+            else clean_up_tokenization_spaces
+        )
+        return clean_up_tokenization(text) if clean else text
+
+    def batch_decode(
+        self,
+        sequences: Sequence[Sequence[int]] | Any,
+        skip_special_tokens: bool = False,
+        clean_up_tokenization_spaces: bool | None = None,
+        **kwargs: Any,
+    ) -> list[str]:
+        """decode() for each sequence of a batch (a list of lists, or a 2-D array/tensor).
+
+        >>> from gpt2kit import GPT2TokenizerFast
+        >>> GPT2TokenizerFast.from_pretrained("gpt2").batch_decode([[15496], [995, 50256]], skip_special_tokens=True)
+        ['Hello', ' world']
+        """
+        if hasattr(sequences, "tolist"):
+            sequences = sequences.tolist()
+        if isinstance(sequences, (str, int)):
+            raise TypeError(f"batch_decode takes a batch of id sequences, got {type(sequences).__name__}")
+        return [
+            self.decode(s, skip_special_tokens, clean_up_tokenization_spaces, **kwargs) for s in sequences
+        ]
+
+    def _bad_id_message(self, i: Any) -> str:
+        hint = " (-100 is the loss's ignore index: drop it before decoding)" if i == -100 else ""
+        return f"token id {i!r} is not in the vocabulary (ids run from 0 to {len(self) - 1}){hint}"
+
+    def convert_ids_to_tokens(
+        self, ids: int | Sequence[int], skip_special_tokens: bool = False
+    ) -> str | list[str]:
+        """Token strings of ids, in the vocabulary's spelling: 995 -> "Ġworld"."""
+        if isinstance(ids, int) or (hasattr(ids, "ndim") and ids.ndim == 0):
+            i = int(ids)
+            token = self._added[i].content if i in self._added else self._id_to_token.get(i)
+            if token is None:
+                raise ValueError(self._bad_id_message(i))
+            return token
+        ids = _as_ids(ids)
+        if skip_special_tokens:
+            special = set(self.all_special_ids)
+            ids = [i for i in ids if i not in special]
+        return [self.convert_ids_to_tokens(i) for i in ids]
+
+    def convert_tokens_to_ids(self, tokens: str | Sequence[str] | None) -> int | list[int] | None:
+        """Ids of token strings; a string not in the vocabulary gives unk_token's id, as in transformers."""
+        if tokens is None:
+            return None
+        if isinstance(tokens, str):
+            idx = self._added_ids.get(tokens)
+            if idx is None:
+                idx = self._vocab.encoder.get(tokens)
+            if idx is None:
+                unk = self._special["unk_token"]
+                idx = None if unk is None or unk == tokens else self.convert_tokens_to_ids(unk)
+            return idx
+        return [self.convert_tokens_to_ids(t) for t in tokens]
+
+    def convert_tokens_to_string(self, tokens: Sequence[str]) -> str:
+        """Join token strings back into text: ["Hello", "Ġworld"] -> "Hello world"."""
+        ids = self.convert_tokens_to_ids(list(tokens))
+        return self.decode([i for i in ids if i is not None], spaces_between_special_tokens=False)
+
+    @staticmethod
+    def clean_up_tokenization(text: str) -> str:
+        return clean_up_tokenization(text)
+
+    # --- padding a batch made elsewhere -------------------------------------------------------------------
+
+    def pad(
+        self,
+        encoded_inputs: Any,
+        padding: bool | str = True,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        padding_side: str | None = None,
+        return_attention_mask: bool | None = None,
+        return_tensors: str | None = None,
+        verbose: bool = True,
+    ) -> BatchEncoding:
+        """Pad already-encoded inputs (a list of dicts, or a dict of lists), as a data collator does.
+
+        >>> from gpt2kit import GPT2TokenizerFast
+        >>> tok = GPT2TokenizerFast.from_pretrained("gpt2", pad_token="<|endoftext|>")
+        >>> tok.pad([{"input_ids": [1, 2]}, {"input_ids": [3]}])["input_ids"]
+        [[1, 2], [3, 50256]]
+        """
+        if (
+            isinstance(encoded_inputs, (list, tuple))
+            and encoded_inputs
+            and isinstance(encoded_inputs[0], dict)
+        ):
+            encoded_inputs = {k: [example[k] for example in encoded_inputs] for k in encoded_inputs[0]}
+        if not isinstance(encoded_inputs, dict) or "input_ids" not in encoded_inputs:
+            raise ValueError("pad takes a dict with input_ids (or a list of such dicts), as tok(...) returns")
+        out = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in encoded_inputs.items()}
+        batched = bool(out["input_ids"]) and not isinstance(out["input_ids"][0], int)
+        if not batched:
+            out = {k: [v] for k, v in out.items()}
+        out = {k: [list(row) if isinstance(row, (list, tuple)) else row for row in v] for k, v in out.items()}
+        if return_attention_mask is not False and "attention_mask" not in out:
+            out["attention_mask"] = [[1] * len(x) for x in out["input_ids"]]
+        strategy, _, max_length = self._resolve_strategies(
+            padding, False, max_length, pad_to_multiple_of, verbose
+        )
+        if strategy != "do_not_pad":
+            target = max(map(len, out["input_ids"]), default=0) if strategy == "longest" else max_length
+            self._pad_in_place(out, target, pad_to_multiple_of, padding_side or self.padding_side)
+        if return_attention_mask is False:
+            out.pop("attention_mask", None)
+        return self._finish(out, batched, return_tensors)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name_or_path={self.name_or_path!r}, vocab_size={self.vocab_size}, "
+            f"model_max_length={self.model_max_length}, is_fast={self.is_fast}, padding_side={self.padding_side!r}, "
+            f"truncation_side={self.truncation_side!r}, special_tokens={self.special_tokens_map}, "
+            f"add_prefix_space={self.add_prefix_space}, add_bos_token={self.add_bos_token}, "
+            f"added_tokens={len(self._added)})"
+        )
+
+
+def clean_up_tokenization(text: str) -> str:
+    """transformers' clean-up of spaces before punctuation and in English contractions ("do n't")."""
+    for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                          (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):  # fmt: skip
+        text = text.replace(before, after)
+    return text
+
+
+def _check_utf8(texts: list[str], joined: str) -> None:
+    """Lone surrogates ("\\ud83d" from broken JSON) have no UTF-8 bytes, so no tokens: say where they are."""
+    try:
+        joined.encode("utf-8")
+    except UnicodeEncodeError:
+        for n, text in enumerate(texts):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                where = f"text {n}" if len(texts) > 1 else "the text"
+                raise ValueError(
+                    f"{where} holds the lone surrogate {text[e.start]!r} at position {e.start}, which is not valid "
+                    "Unicode and has no UTF-8 bytes to tokenize; repair it first, e.g. "
+                    "text.encode('utf-16', 'surrogatepass').decode('utf-16', 'replace')"
+                ) from None
+
+
+def _as_ids(token_ids: Any) -> list[int]:
+    """A flat list of Python ints from an int, a list/tuple, a numpy array or a torch tensor."""
+    if hasattr(token_ids, "tolist"):
+        token_ids = token_ids.tolist()
+    if isinstance(token_ids, int):
+        return [token_ids]
+    if not isinstance(token_ids, (list, tuple)):
+        raise TypeError(f"token ids must be an int or a sequence of ints, got {type(token_ids).__name__}")
+    if token_ids and not all(type(i) is int for i in token_ids):
+        bad = next(i for i in token_ids if type(i) is not int)
+        if isinstance(bad, (list, tuple)):
+            raise TypeError("decode takes one sequence of ids; use batch_decode for a batch")
+        if isinstance(bad, int):  # numpy ints, bools
+            return [int(i) for i in token_ids]
+        raise TypeError(f"token ids must be ints, got {type(bad).__name__}: {bad!r}")
+    return list(token_ids)
+
+
+def _to_tensor(values: Any, key: str, kind: str) -> Any:
+    rows = values if isinstance(values, list) else [values]
+    if rows and isinstance(rows[0], list) and len({len(r) for r in rows}) > 1:
+        raise ValueError(
+            "Unable to create tensor, you should probably activate truncation and/or padding with "
+            f"'padding=True' 'truncation=True' to have batched tensors with the same length ({key} has rows of "
+            f"lengths {sorted({len(r) for r in rows})})."
+        )
+    if kind == "np":
+        import numpy as np
+
+        return np.asarray(values, dtype=np.int64)
+    import torch  # only here: tokenizing must not pay for importing torch
+
+    return torch.tensor(values, dtype=torch.long)
+
+
+def _last_safe_cut(text: str) -> int:
+    """The last index where the text can be cut without changing its tokens (see iter_encode); 0 if none.
+
+    The cut goes between an ASCII letter/digit/punctuation character and a following " " or "\\n": the
+    pre-tokenizer always ends a piece there, and the piece before ends in a non-space character, so the
+    whitespace rule (`\\s+(?!\\S)`) decides the same way with or without what follows.
+    """
+    for sep in ("\n", " "):
+        i = text.rfind(sep)
+        while i > 0:
+            before = text[i - 1]
+            if before.isascii() and not before.isspace() and before.isprintable():
+                return i
+            i = text.rfind(sep, 0, i)
+    return 0
