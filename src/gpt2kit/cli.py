@@ -7,15 +7,148 @@ only real bugs show a traceback.
 from __future__ import annotations
 
 import argparse
+import codecs
 import logging
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 # Each subcommand is two functions: `_NAME_args(parser)` declares its options, `_NAME(args)` runs it by
 # calling the library and returns the exit code. COMMANDS below lists them in help order.
 
 # --- tokenize ---------------------------------------------------------------------------------------------
-# (filled in by the tokenizer work)
+
+# Files at least this big show a progress bar (on a terminal).
+_PROGRESS_MIN_BYTES = 1 << 20
+_BLOCK_BYTES = 1 << 20
+
+
+def _tokenize_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("text", nargs="?", help="the text (default: --file, else standard input)")
+    p.add_argument("-f", "--file", help="read the text from this file ('-' for standard input)")
+    p.add_argument(
+        "--tokenizer", default="gpt2", help="a GPT-2 name or a tokenizer folder (default: gpt2, bundled)"
+    )
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--tokens", action="store_true", help="print token strings (Ġ is a space, Ċ a newline)")
+    what.add_argument("--count", action="store_true", help="print the number of tokens")
+    what.add_argument("--decode", action="store_true", help="read token ids (integers) and print their text")
+    p.add_argument(
+        "--lines",
+        action="store_true",
+        help="each input line on its own (no newline): one output line per line",
+    )
+    p.add_argument(
+        "--slow", action="store_true", help="use the pure-Python GPT2Tokenizer instead of tiktoken"
+    )
+
+
+def _read_blocks(args: argparse.Namespace) -> Iterator[str]:
+    """The input as text blocks: the TEXT argument, or a file / stdin read in 1 MiB blocks with progress."""
+    if args.text is not None:
+        if args.file is not None:
+            raise ValueError("give the text either as an argument or with --file, not both")
+        yield args.text
+        return
+    from tqdm import tqdm
+
+    path = args.file or "-"
+    stdin = getattr(sys.stdin, "buffer", sys.stdin)
+    stream = stdin if path == "-" else open(path, "rb")  # noqa: SIM115 (closed below)
+    size = None if path == "-" else os.path.getsize(path)
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    show = size is not None and size >= _PROGRESS_MIN_BYTES
+    try:
+        with tqdm(
+            total=size, unit="B", unit_scale=True, disable=None if show else True, file=sys.stderr
+        ) as bar:
+            while True:
+                block = stream.read(_BLOCK_BYTES)
+                bar.update(len(block))
+                try:
+                    yield block if isinstance(block, str) else decoder.decode(block, final=not block)
+                except UnicodeDecodeError as e:
+                    where = "standard input" if path == "-" else path
+                    raise ValueError(f"{where} is not UTF-8 text ({e.reason} near byte {bar.n})") from None
+                if not block:
+                    break
+    finally:
+        if stream is not stdin:
+            stream.close()
+
+
+def _lines(blocks: Iterator[str]) -> Iterator[str]:
+    """Lines without their line ends, from text blocks."""
+    rest = ""
+    for block in blocks:
+        rest += block
+        *complete, rest = rest.split("\n")
+        yield from (line.removesuffix("\r") for line in complete)
+    if rest:
+        yield rest.removesuffix("\r")
+
+
+def _parse_ids(text: str, where: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split()]
+    except ValueError:
+        bad = next(t for t in text.split() if not t.lstrip("-").isdigit())
+        raise ValueError(f"--decode reads token ids (integers), got {bad!r} in {where}") from None
+
+
+def _tokenize(args: argparse.Namespace) -> int:
+    from gpt2kit.tokenizer import GPT2Tokenizer, GPT2TokenizerFast
+
+    tok = (GPT2Tokenizer if args.slow else GPT2TokenizerFast).from_pretrained(args.tokenizer)
+    out = sys.stdout
+    blocks = _read_blocks(args)
+
+    def render(ids: list[int]) -> str:
+        return " ".join(tok.convert_ids_to_tokens(ids) if args.tokens else map(str, ids))
+
+    if args.lines:
+        batch: list[str] = []
+
+        def flush() -> None:
+            if args.decode:
+                results = [tok.decode(_parse_ids(line, "a line")) for line in batch]
+            else:
+                encoded = tok(batch, return_attention_mask=False, verbose=False)["input_ids"]
+                results = [str(len(ids)) if args.count else render(ids) for ids in encoded]
+            out.write("".join(r + "\n" for r in results))
+            batch.clear()
+
+        for line in _lines(blocks):
+            batch.append(line)
+            if len(batch) == 1000:
+                flush()
+        flush()
+    elif args.decode:
+        ids = [i for n, block in enumerate(_whole_tokens(blocks)) for i in _parse_ids(block, f"block {n}")]
+        out.write(tok.decode(ids))
+    else:
+        total, first = 0, True
+        for ids in tok.iter_encode(blocks):
+            total += len(ids)
+            if not args.count and ids:
+                out.write(("" if first else " ") + render(ids))
+                first = False
+        out.write(f"{total}\n" if args.count else "\n")
+    out.flush()
+    return 0
+
+
+def _whole_tokens(blocks: Iterator[str]) -> Iterator[str]:
+    """Blocks cut at whitespace, so that no number is split between two of them."""
+    rest = ""
+    for block in blocks:
+        rest += block
+        cut = max(rest.rfind(" "), rest.rfind("\n"))
+        if cut >= 0:
+            yield rest[:cut]
+            rest = rest[cut:]
+    yield rest
+
 
 # --- info -------------------------------------------------------------------------------------------------
 
@@ -63,6 +196,11 @@ def _commands() -> dict[
 ]:
     """name -> (help, declare arguments, run)."""
     return {
+        "tokenize": (
+            "text, a file or stdin -> GPT-2 token ids (or tokens, counts; --decode: ids -> text)",
+            _tokenize_args,
+            _tokenize,
+        ),  # fmt: skip
         "info": ("show a model folder's config, parameter count, files and dtype", _info_args, _info),
     }
 
