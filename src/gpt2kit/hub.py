@@ -31,7 +31,6 @@ GPT2_NAMES = frozenset(
         "openai-community/gpt2-large",
         "openai-community/gpt2-xl",
         "distilbert/distilgpt2",
-        "openai-gpt2",
     ]
 )
 
