@@ -122,8 +122,9 @@ class StaticCache(Cache):
     ) -> None:
         shape = (batch_size, n_head, max_length, head_dim)
         self.max_length = max_length
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        # empty, not zeros: nothing beyond the filled length is ever read, and zeroing costs a full pass
+        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layer)]
         self.lengths = [0] * n_layer  # positions filled, per layer (layers update one after another)
 
     @classmethod
