@@ -150,6 +150,104 @@ def _whole_tokens(blocks: Iterator[str]) -> Iterator[str]:
     yield rest
 
 
+# --- generate ---------------------------------------------------------------------------------------------
+
+
+def _generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt", nargs="*", help="prompt text(s); or use --input, or pipe prompts on stdin")
+    p.add_argument("--model", required=True, help="a model folder (with its tokenizer files)")
+    p.add_argument("--input", help="a file with one prompt per line ('-' for stdin)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--min-p", type=float)
+    p.add_argument("--typical-p", type=float)
+    p.add_argument("--repetition-penalty", type=float)
+    p.add_argument("--no-repeat-ngram-size", type=int)
+    p.add_argument("--num-beams", type=int)
+    p.add_argument("--length-penalty", type=float)
+    p.add_argument("--num-return-sequences", type=int)
+    p.add_argument(
+        "--stop", action="append", default=[], help="stop at this string (repeatable; not printed)"
+    )
+    p.add_argument("--seed", type=int, help="seed for sampling, for reproducible output")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per batch (file input)")
+    p.add_argument("--truncate-prompt", action="store_true", help="drop a too-long prompt's left part")
+    p.add_argument("--json", action="store_true", help="one JSON object per completion: text, ids, logprobs")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--stream", dest="stream", action="store_true", default=None, help="print tokens as made"
+    )
+    mode.add_argument("--no-stream", dest="stream", action="store_false")
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from gpt2kit import AutoModelForCausalLM, AutoTokenizer
+    from gpt2kit.generation.streaming import stream
+    from gpt2kit.generation.text import complete
+
+    if args.input:
+        source = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")
+        with source:
+            prompts = [line.rstrip("\n") for line in source if line.strip()]
+    elif args.prompt:
+        prompts = [" ".join(args.prompt)] if len(args.prompt) > 1 and not args.input else args.prompt
+    elif not sys.stdin.isatty():
+        prompts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    else:
+        raise ValueError("give a prompt, --input FILE, or prompts on stdin")
+    if not prompts:
+        raise ValueError("no prompts: the input is empty")
+    options = {
+        name: getattr(args, name)
+        for name in (
+            "temperature", "top_k", "top_p", "min_p", "typical_p", "repetition_penalty",
+            "no_repeat_ngram_size", "num_beams", "length_penalty", "num_return_sequences",
+        )
+        if getattr(args, name) is not None
+    }  # fmt: skip
+    options.update(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample)
+    if args.truncate_prompt:
+        options["truncate_prompt"] = True
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    tok = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=args.dtype)
+    streaming = args.stream
+    if streaming is None:  # stream by default on a terminal, when it makes sense
+        streaming = sys.stdout.isatty() and not args.json and options.get("num_beams", 1) == 1
+    if streaming and (
+        args.json or options.get("num_beams", 1) > 1 or options.get("num_return_sequences", 1) > 1
+    ):
+        raise ValueError("--stream works with one sequence per prompt, no beams and no --json")
+    if streaming:
+        for prompt in prompts:
+            sys.stdout.write(prompt)
+            for piece in stream(model, tok, prompt, stop_strings=args.stop, **options):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+        return 0
+    results = complete(model, tok, prompts, args.batch_size, args.stop, progress=len(prompts) > 1, **options)
+    for c in results:
+        if args.json:
+            row = dict(prompt=c.prompt, completion=c.text, prompt_ids=c.prompt_ids, ids=c.ids,
+                       logprobs=c.logprobs, finish_reason=c.finish_reason)  # fmt: skip
+            if c.score is not None:
+                row["score"] = c.score
+            print(json.dumps(row, ensure_ascii=False))
+        else:
+            print(c.prompt + c.text)
+    return 0
+
+
 # --- info -------------------------------------------------------------------------------------------------
 
 
@@ -201,6 +299,7 @@ def _commands() -> dict[
             _tokenize_args,
             _tokenize,
         ),  # fmt: skip
+        "generate": ("continue prompts: greedy, sampling, beam search; streaming", _generate_args, _generate),
         "info": ("show a model folder's config, parameter count, files and dtype", _info_args, _info),
     }
 

@@ -1,0 +1,145 @@
+"""Streaming (iterator, TextStreamer, TextIteratorStreamer), stop strings, and `gpt2kit generate`."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+
+import pytest
+import torch
+
+import gpt2kit
+from gpt2kit.cli import main
+from gpt2kit.generation.streaming import IncrementalDecoder, TextIteratorStreamer, TextStreamer, stream
+from hf_oracle import hf_model
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A tiny random GPT-2 with the real GPT-2 vocabulary, saved with its tokenizer."""
+    path = tmp_path_factory.mktemp("tinygen")
+    hf_model("GPT2LMHeadModel", seed=11, vocab_size=50257, n_positions=128).save_pretrained(path)
+    gpt2kit.GPT2TokenizerFast.from_pretrained("gpt2").save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def lm(folder):
+    return gpt2kit.GPT2LMHeadModel.from_pretrained(folder), gpt2kit.AutoTokenizer.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("text", ["Hi 😀 日本語 the end", "naïve café — ok", "🎉🎉🎉 x", "plain ascii text"])
+def test_incremental_decoder_never_splits_a_character(text):
+    tok = gpt2kit.GPT2TokenizerFast.from_pretrained("gpt2")
+    dec = IncrementalDecoder(tok)
+    pieces = [dec.add([i]) for i in tok.encode(text)] + [dec.flush()]
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in p for p in pieces)
+
+
+def test_incremental_decoder_holds_back_a_partial_stop_string():
+    tok = gpt2kit.GPT2TokenizerFast.from_pretrained("gpt2")
+    dec = IncrementalDecoder(tok, ["END here"])
+    ids = tok.encode("one two END there END here three")
+    pieces = [dec.add([i]) for i in ids] + [dec.flush()]
+    assert "".join(pieces) == "one two END there "
+    assert dec.stopped
+
+
+def test_stream_equals_generate(lm):
+    model, tok = lm
+    prompt = "The quick brown fox"
+    ids = model.generate(**tok(prompt, return_tensors="pt"), max_new_tokens=12, pad_token_id=tok.eos_token_id)
+    want = tok.decode(ids[0, len(tok.encode(prompt)) :], skip_special_tokens=True)
+    got = list(stream(model, tok, prompt, max_new_tokens=12))
+    assert len(got) > 1 and "".join(got) == want
+
+
+def test_stop_strings_match_transformers(lm, folder):
+    import transformers
+
+    model, tok = lm
+    prompt = "The quick brown fox"
+    full = tok.decode(
+        model.generate(**tok(prompt, return_tensors="pt"), max_new_tokens=20, pad_token_id=0)[0]
+    )
+    cont = full[len(prompt) :]
+    stop = cont[len(cont) // 2 : len(cont) // 2 + 3]  # a string that the greedy continuation contains
+    hf = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(folder)
+    x = tok(prompt, return_tensors="pt")
+    a = hf.generate(**x, max_new_tokens=20, stop_strings=[stop], tokenizer=hf_tok, pad_token_id=0)
+    b = model.generate(**x, max_new_tokens=20, stop_strings=[stop], tokenizer=tok, pad_token_id=0)
+    assert torch.equal(a, b) and b.shape[1] < x["input_ids"].shape[1] + 20
+    streamed = "".join(stream(model, tok, prompt, max_new_tokens=20, stop_strings=[stop]))
+    assert streamed == cont[: cont.index(stop)]
+
+
+def test_text_streamers(lm):
+    model, tok = lm
+    x = tok("Once upon a time", return_tensors="pt")
+    ids = model.generate(**x, max_new_tokens=10, pad_token_id=0)
+    want = tok.decode(ids[0, x["input_ids"].shape[1] :])
+
+    buf = io.StringIO()
+    model.generate(
+        **x, max_new_tokens=10, pad_token_id=0, streamer=TextStreamer(tok, skip_prompt=True, file=buf)
+    )
+    assert buf.getvalue() == want + "\n"
+
+    streamer = TextIteratorStreamer(tok, skip_prompt=True, timeout=60)
+    worker = threading.Thread(target=model.generate, kwargs=dict(**x, max_new_tokens=10, pad_token_id=0,
+                                                                 streamer=streamer))  # fmt: skip
+    worker.start()
+    pieces = list(streamer)
+    worker.join()
+    assert "".join(pieces) == want and len(pieces) > 1
+    with pytest.raises(ValueError, match="beam search"):
+        model.generate(**x, max_new_tokens=3, num_beams=2, streamer=TextStreamer(tok))
+
+
+def test_cli_generate_text_json_and_seed(lm, folder, capsys, tmp_path):
+    model, tok = lm
+    prompt = "Hello there"
+    want = tok.decode(
+        model.generate(**tok(prompt, return_tensors="pt"), max_new_tokens=6, pad_token_id=50256)[0]
+    )
+    assert main(["generate", "--model", str(folder), prompt, "--max-new-tokens", "6", "--no-stream"]) == 0
+    assert capsys.readouterr().out == want + "\n"
+
+    (tmp_path / "p.txt").write_text("a\nb c\n")
+    assert main(["generate", "--model", str(folder), "--input", str(tmp_path / "p.txt"), "--max-new-tokens", "4",
+                 "--json"]) == 0  # fmt: skip
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["prompt"] for r in rows] == ["a", "b c"]
+    assert all(
+        len(r["ids"]) == 4 == len(r["logprobs"]) and all(lp <= 0 for lp in r["logprobs"]) for r in rows
+    )
+    assert rows[1]["completion"] == tok.decode(rows[1]["ids"])
+
+    sample = ["generate", "--model", str(folder), "x", "--do-sample", "--top-k", "0", "--max-new-tokens", "8",
+              "--json"]  # fmt: skip
+    outs = []
+    for seed in ("1", "1", "2"):
+        assert main([*sample, "--seed", seed]) == 0
+        outs.append(json.loads(capsys.readouterr().out)["ids"])
+    assert outs[0] == outs[1] != outs[2]
+
+
+def test_cli_generate_input_file_and_errors(folder, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("first prompt\n\nsecond prompt\n")
+    assert main(["generate", "--model", str(folder), "--input", str(prompts), "--max-new-tokens", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert main(["generate", "--model", str(folder), "first", "prompt", "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.splitlines() == out[:1]  # unquoted words are one prompt
+    assert len(out) == 2 and out[0].startswith("first prompt") and out[1].startswith("second prompt")
+
+    assert main(["generate", "--model", str(tmp_path / "nope"), "hi"]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "Traceback" not in err
+    assert main(["generate", "--model", str(folder), "hi", "--do-sample", "--top-p", "2"]) == 2
+    assert "top_p" in capsys.readouterr().err
+    assert main(["generate", "--model", str(folder), "hi", "--max-new-tokens", "500"]) == 2
+    assert "n_positions=128" in capsys.readouterr().err
