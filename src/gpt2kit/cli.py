@@ -193,10 +193,11 @@ def _generate(args: argparse.Namespace) -> int:
     from gpt2kit.generation.streaming import stream
     from gpt2kit.generation.text import complete
 
-    if args.input:
-        source = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")
-        with source:
-            prompts = [line.rstrip("\n") for line in source if line.strip()]
+    if args.input == "-":
+        prompts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    elif args.input:
+        with open(args.input, encoding="utf-8") as f:
+            prompts = [line.rstrip("\n") for line in f if line.strip()]
     elif args.prompt:
         prompts = [" ".join(args.prompt)] if len(args.prompt) > 1 and not args.input else args.prompt
     elif not sys.stdin.isatty():
