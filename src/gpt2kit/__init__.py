@@ -31,6 +31,7 @@ _EXPORTS = {
     "DynamicCache": "gpt2kit.model",
     "StaticCache": "gpt2kit.model",
     "GenerationConfig": "gpt2kit.generation",
+    "Embedder": "gpt2kit.embeddings",
 }
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "AutoModelForTokenClassification",
     "AutoTokenizer",
     "DynamicCache",
+    "Embedder",
     "GPT2Config",
     "GPT2DoubleHeadsModel",
     "GPT2ForQuestionAnswering",
@@ -72,6 +74,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the eager spelling of the lazy table above
     from gpt2kit.config import GPT2Config
+    from gpt2kit.embeddings import Embedder
     from gpt2kit.generation import GenerationConfig
     from gpt2kit.model import (
         AutoModel,
