@@ -31,6 +31,9 @@ _EXPORTS = {
     "DynamicCache": "gpt2kit.model",
     "StaticCache": "gpt2kit.model",
     "GenerationConfig": "gpt2kit.generation",
+    "stream": "gpt2kit.generation.streaming",
+    "TextStreamer": "gpt2kit.generation.streaming",
+    "TextIteratorStreamer": "gpt2kit.generation.streaming",
     "Embedder": "gpt2kit.embeddings",
 }
 
@@ -55,6 +58,9 @@ __all__ = [
     "GPT2TokenizerFast",
     "GenerationConfig",
     "StaticCache",
+    "TextIteratorStreamer",
+    "TextStreamer",
+    "stream",
 ]
 assert sorted(__all__) == sorted(_EXPORTS)
 
@@ -76,6 +82,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the eager spelling of the lazy 
     from gpt2kit.config import GPT2Config
     from gpt2kit.embeddings import Embedder
     from gpt2kit.generation import GenerationConfig
+    from gpt2kit.generation.streaming import TextIteratorStreamer, TextStreamer, stream
     from gpt2kit.model import (
         AutoModel,
         AutoModelForCausalLM,
