@@ -401,3 +401,14 @@ def test_bad_files_name_the_problem(cls, tmp_path):
     )
     with pytest.raises(ValueError, match="GPT-2-style"):
         cls.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("module", ["bpe", "base", "fast", "slow", "files", "auto"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(
+        importlib.import_module(f"gpt2kit.tokenizer.{module}"), optionflags=doctest.ELLIPSIS
+    )
+    assert result.failed == 0

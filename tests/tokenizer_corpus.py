@@ -39,7 +39,8 @@ SCRIPTS = {
     "digits_fullwidth": (0xFF10, 0xFF19),
     "private_use": (0xE000, 0xF8FF),
     "unassigned_planes": (0x30000, 0x3134F),
-    "late_unicode": (0x10D40, 0x10D8F),  # Garay, Unicode 16: letters to some engines, unassigned to others
+    "garay": (0x10D40, 0x10D8F),  # Unicode 16
+    "cjk_ext_j": (0x323B0, 0x3347F),  # Unicode 17: letters to Python's regex, unassigned to Rust's engines
 }
 COMBINING = [chr(c) for c in range(0x300, 0x370)] + ["\u20d7", "\u0e31", "\u093f", "\u3099"]
 WHITESPACE = [" ", "  ", "\t", "\n", "\r\n", "\r", "\x0b", "\x0c", "\xa0", "\u2028", "\u2029", "\u3000", "\u200b",

@@ -597,23 +597,18 @@ class TokenizerBase:
 
         # General case: plan each text as ordinary stretches and added tokens, encode all stretches in one
         # engine call, then stitch. The slow tokenizer's prefix space goes in front of the whole text.
+        per_segment = add_prefix_space and self._prefix_space_per_segment
         plans = []
         for text in texts:
             shift = 0
-            if add_prefix_space and not self._prefix_space_per_segment:
+            if add_prefix_space and not per_segment:
                 text, shift = " " + text, 1
             plan = []
             for idx, start, end in self._split(text):
                 piece = text[start:end]
-                prefixed = (
-                    idx is None
-                    and add_prefix_space
-                    and self._prefix_space_per_segment
-                    and piece != ""
-                    and piece[0] != " "
-                )
                 if idx is None and piece == "":
                     continue
+                prefixed = idx is None and per_segment and piece[0] != " "
                 plan.append((idx, " " + piece if prefixed else piece, start, prefixed))
             plans.append((text, shift, plan))
         pieces = [piece for _, _, plan in plans for idx, piece, _, _ in plan if idx is None]
