@@ -412,3 +412,52 @@ def test_docstring_examples_run(module):
         importlib.import_module(f"gpt2kit.tokenizer.{module}"), optionflags=doctest.ELLIPSIS
     )
     assert result.failed == 0
+
+
+def test_pad_matches_transformers(tok, folder):
+    theirs = hf_tokenizer(folder, tok.is_fast)
+    tok.pad_token = theirs.pad_token = EOT
+    features = [{"input_ids": [1, 2, 3]}, {"input_ids": [4]}]
+    for kwargs in [
+        {},
+        {"padding_side": "left"},
+        {"padding": "max_length", "max_length": 5},
+        {"pad_to_multiple_of": 4},
+    ]:
+        assert dict(tok.pad(features, **kwargs)) == dict(theirs.pad(features, **kwargs)), kwargs
+    as_dict = {"input_ids": [[1, 2, 3], [4]], "attention_mask": [[1, 1, 1], [1]]}
+    got, want = tok.pad(as_dict, return_tensors="np"), theirs.pad(as_dict, return_tensors="np")
+    assert all((got[k] == want[k]).all() for k in want) and set(got) == set(want)
+    tok.pad_token = None
+    with pytest.raises(ValueError, match="pad_token"):
+        tok.pad(features)
+
+
+def test_hub_cache_snapshot_is_read_offline(cls, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    repo = tmp_path / "hub" / "models--someone--tiny-gpt2"
+    gpt2_folder(repo / "snapshots" / "abc123")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    assert cls.from_pretrained("someone/tiny-gpt2")("Hello world").input_ids == [15496, 995]
+    empty = tmp_path / "hub" / "models--someone--weights-only" / "snapshots" / "def456"
+    empty.mkdir(parents=True)
+    (empty / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="someone/weights-only"):
+        cls.from_pretrained("someone/weights-only", local_files_only=True)
+
+
+def test_iter_encode_with_whitespace_eating_token(tok):
+    tok.add_tokens(AddedToken("<m>", lstrip=True, rstrip=True))
+    text = "a b  <m>  c d " * 50
+    chunks = [text[i : i + 7] for i in range(0, len(text), 7)]
+    assert [i for ids in tok.iter_encode(chunks) for i in ids] == tok.encode(text)
+
+
+def test_offsets_with_bos_match_transformers_fast(folder):
+    texts = ["héllo 🤗", f"a{EOT} b", ""]
+    ours = GPT2TokenizerFast.from_pretrained("gpt2", add_bos_token=True)
+    theirs = hf_tokenizer(folder, True, add_bos_token=True)
+    got = ours(texts, return_offsets_mapping=True)["offset_mapping"]
+    assert got == [list(map(tuple, o)) for o in theirs(texts, return_offsets_mapping=True)["offset_mapping"]]
