@@ -249,6 +249,95 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- embed ------------------------------------------------------------------------------------------------
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an int or a comma-separated list of ints, got {text!r}"
+        ) from None
+
+
+def _embed_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "input", help="a .txt (a text per line), .jsonl, .csv, .tsv or .parquet file, or - for stdin"
+    )
+    p.add_argument("-o", "--output", required=True, help="the vectors: .npy (N x D), .parquet or .jsonl")
+    p.add_argument("--model", required=True, help="a model folder, or a name in the local Hugging Face cache")
+    p.add_argument(
+        "--field",
+        "--column",
+        dest="column",
+        default="text",
+        help="the text's field (.jsonl) or column (default: text)",
+    )
+    p.add_argument(
+        "--input-format",
+        choices=["txt", "jsonl", "csv", "tsv", "parquet"],
+        help="default: from the extension",
+    )
+    p.add_argument(
+        "--keep", default="", help="comma-separated columns to copy into a .parquet / .jsonl output"
+    )
+    p.add_argument("--pooling", default="mean", choices=["mean", "last", "max", "first", "none"])
+    p.add_argument(
+        "--layer",
+        type=_int_list,
+        default=[-1],
+        help="hidden state(s), e.g. -1 (default) or --layer=-4,-1 (concatenated)",
+    )
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--normalize", action="store_true", help="scale each vector to unit L2 norm")
+    p.add_argument("--max-length", type=int, help="tokens per model input (default: the model's context)")
+    p.add_argument(
+        "--long-text",
+        default="truncate",
+        choices=["truncate", "chunk"],
+        help="texts over --max-length tokens",
+    )
+    p.add_argument(
+        "--stride", type=int, help="with --long-text chunk: tokens between windows (default: half)"
+    )
+    p.add_argument("--batch-tokens", type=int, help="padded positions per batch (default: 2048 on CPU)")
+    p.add_argument("--resume", action="store_true", help="go on from an interrupted run's finished chunks")
+    p.add_argument("--chunk-rows", type=int, default=1024, help="rows per resumable chunk (default: 1024)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's, one per core)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, help="default: on a terminal")
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from gpt2kit.embeddings import embed_file
+
+    report = embed_file(
+        args.model,
+        args.input,
+        args.output,
+        input_format=args.input_format,
+        column=args.column,
+        keep=[k for k in args.keep.split(",") if k],
+        resume=args.resume,
+        chunk_rows=args.chunk_rows,
+        progress=args.progress,
+        layer=args.layer if len(args.layer) > 1 else args.layer[0],
+        pooling=args.pooling,
+        dtype=args.dtype,
+        normalize=args.normalize,
+        max_length=args.max_length,
+        long_text=args.long_text,
+        stride=args.stride,
+        batch_tokens=args.batch_tokens,
+        threads=args.threads,
+        device=args.device,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"gpt2kit embed: {report.summary()}", file=sys.stderr)
+    return 0
+
+
 # --- info -------------------------------------------------------------------------------------------------
 
 
@@ -301,6 +390,7 @@ def _commands() -> dict[
             _tokenize,
         ),  # fmt: skip
         "generate": ("continue prompts: greedy, sampling, beam search; streaming", _generate_args, _generate),
+        "embed": ("texts in a file -> GPT-2 feature vectors (.npy, .parquet, .jsonl)", _embed_args, _embed),
         "info": ("show a model folder's config, parameter count, files and dtype", _info_args, _info),
     }
 

@@ -707,6 +707,12 @@ def embed_file(
                 store.folder,
             )
             raise
+        except Exception:
+            # An input error before any chunk finished (a missing column, bad JSON on line 1) leaves nothing
+            # worth resuming: remove the folder, so that the fixed command runs without --resume.
+            if rank == 0 and not any(store.folder.glob("part-*.json")):
+                store.remove()
+            raise
 
         if dist is not None:
             dist.barrier()
