@@ -272,3 +272,17 @@ def test_errors_name_the_bad_value(ckpt):
         emb.embed("one text")
     with pytest.raises(TypeError, match=r"texts\[1\] is a int"):
         emb.embed(["a", 3])
+
+
+def test_example_classifier_runs():
+    """examples/embed_classify.py end to end (random weights): well above chance on its three topics."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("sklearn")
+    script = Path(__file__).resolve().parents[1] / "examples" / "embed_classify.py"
+    out = subprocess.run([sys.executable, str(script), "--per-topic", "30"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    accuracy = float(out.stdout.split("test accuracy")[1].split()[0])
+    assert accuracy > 0.6, out.stdout

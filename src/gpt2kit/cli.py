@@ -301,7 +301,7 @@ def _embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--stride", type=int, help="with --long-text chunk: tokens between windows (default: half)"
     )
-    p.add_argument("--batch-tokens", type=int, help="padded positions per batch (default: 2048 on CPU)")
+    p.add_argument("--batch-tokens", type=int, help="padded positions per batch (default: 4096 on CPU)")
     p.add_argument("--resume", action="store_true", help="go on from an interrupted run's finished chunks")
     p.add_argument("--chunk-rows", type=int, default=1024, help="rows per resumable chunk (default: 1024)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's, one per core)")

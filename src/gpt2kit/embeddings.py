@@ -36,9 +36,10 @@ logger = logging.getLogger(__name__)
 POOLINGS = ("mean", "last", "max", "first", "none")
 LONG_TEXT = ("truncate", "chunk")
 DTYPES = ("float32", "bfloat16", "float16")
-# Positions per batch (rows x longest row). On a CPU the matmuls reach their speed by ~512 rows, and past
-# a few thousand positions the activations (4 x 3072 floats a position in the MLP) fall out of cache.
-DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 32768}
+# Positions per batch (rows x longest row). On a CPU (124M model, 2 cores) fp32 runs as fast at 2048 as at
+# 4096 and bf16 best at 4096; smaller batches starve the matmuls and 8192 is slower again (activations,
+# 4 x 3072 floats a position in the MLP, fall out of cache). benchmarks/bench_embed.py --tune measures it.
+DEFAULT_BATCH_TOKENS = {"cpu": 4096, "cuda": 32768}
 
 
 @dataclass
