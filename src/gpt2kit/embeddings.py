@@ -173,7 +173,7 @@ class Embedder:
     In float32, each vector equals the same text run alone through transformers 4.57 (`hidden_states[layer]`
     pooled over its tokens) within 1e-4. dtype="bfloat16" runs the model in bf16 (pooling stays in fp32),
     for CPUs with AVX512-BF16 or AMX: on the project's AMD EPYC (AVX512-BF16) the 124M model embedded
-    2.9x faster than in fp32, and its mean-pooled vectors had a cosine similarity to the fp32 ones of
+    2.7-2.9x faster than in fp32, and its mean-pooled vectors had a cosine similarity to the fp32 ones of
     0.99995 at worst, 0.99998 on average (300 texts, random weights; benchmarks/RESULTS.md).
 
     >>> emb = Embedder.from_pretrained("path/to/gpt2", layer=-1, pooling="mean")  # doctest: +SKIP
