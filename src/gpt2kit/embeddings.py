@@ -169,6 +169,9 @@ class Embedder:
     "chunk" runs windows of max_length starting every `stride` tokens (default max_length // 2) and pools
     every token once, so "mean" averages the windows weighted by the tokens each contributes.
     batch_tokens: padded positions per batch (memory and speed; results do not depend on it).
+    threads: calls torch.set_num_threads (process-wide); by default torch's own choice, one per core, is
+    kept. On a machine other jobs are also using, fewer threads can be much faster: two threads that wait
+    on each other at every matmul lose whenever one of them is descheduled.
 
     In float32, each vector equals the same text run alone through transformers 4.57 (`hidden_states[layer]`
     pooled over its tokens) within 1e-4. dtype="bfloat16" runs the model in bf16 (pooling stays in fp32),
