@@ -52,6 +52,9 @@ class AttentionMask:
         """attention_mask: (B, S) of 1 (attend) / 0 (padding), or None for no padding."""
         key_len = past_len + query_len
         padded = attention_mask is not None and not bool(attention_mask.all())
+        if not exact and not padded and (query_len == 1 or past_len == 0):
+            # the common cases need no mask tensor: one cached token sees everything; a fresh prompt is causal
+            return cls() if query_len == 1 else cls(is_causal=True)
         # Query i sits at absolute position past_len + i and may see keys 0 .. past_len + i.
         causal = torch.ones(query_len, key_len, dtype=torch.bool, device=device).tril(diagonal=past_len)
         key_ok = attention_mask.bool()[:, None, None, :] if padded else None  # (B, 1, 1, S)
@@ -62,11 +65,7 @@ class AttentionMask:
             additive = torch.zeros(allowed.shape, dtype=dtype, device=device)
             additive.masked_fill_(~allowed, torch.finfo(dtype).min)
             return cls(causal=causal, additive=additive)
-        if not padded:
-            if query_len == 1:  # one new token sees everything cached: no mask at all
-                return cls()
-            if past_len == 0:
-                return cls(is_causal=True)
+        if not padded:  # several new tokens after a cache: causal with an offset
             return cls(sdpa=causal[None, None])
         allowed = causal[None, None] & key_ok
         # A padding query (left padding) may see no key at all. torch >= 2.5 returns zeros for such a row, older
