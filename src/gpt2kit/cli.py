@@ -383,6 +383,10 @@ def _commands() -> dict[
     str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 ]:
     """name -> (help, declare arguments, run)."""
+    # train / eval / serve live beside their library code; those modules import nothing heavy at parse time.
+    from gpt2kit.serve import cli as serve_cli
+    from gpt2kit.training import cli as training_cli
+
     return {
         "tokenize": (
             "text, a file or stdin -> GPT-2 token ids (or tokens, counts; --decode: ids -> text)",
@@ -391,6 +395,21 @@ def _commands() -> dict[
         ),  # fmt: skip
         "generate": ("continue prompts: greedy, sampling, beam search; streaming", _generate_args, _generate),
         "embed": ("texts in a file -> GPT-2 feature vectors (.npy, .parquet, .jsonl)", _embed_args, _embed),
+        "train": (
+            "fine-tune a model or train one from scratch on text, .jsonl or .csv (LM or classification)",
+            training_cli.train_args,
+            training_cli.train,
+        ),
+        "eval": (
+            "perplexity of a model on a text file, with a sliding window",
+            training_cli.eval_args,
+            training_cli.eval_command,
+        ),
+        "serve": (
+            "an OpenAI-compatible HTTP API: /v1/completions, /v1/embeddings (needs the [serve] extra)",
+            serve_cli.serve_args,
+            serve_cli.serve,
+        ),
         "info": ("show a model folder's config, parameter count, files and dtype", _info_args, _info),
     }
 

@@ -1,0 +1,1 @@
+"""Fine-tuning and evaluation: data pipeline, the Trainer, sliding-window perplexity."""
