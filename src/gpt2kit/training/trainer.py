@@ -1,0 +1,689 @@
+"""The training loop: `Trainer(model, train_data, eval_data, config).fit()`.
+
+One optimizer step, top to bottom: each process takes `grad_accum` micro-batches of its data shard, runs
+forward + backward under optional bf16 autocast (DDP syncs gradients on the last one), clips the global
+gradient norm, steps AdamW and the learning-rate schedule. Around it: evaluation every N steps (loss,
+perplexity, token accuracy; accuracy and F1 for classification), early stopping, checkpoints that resume
+exactly, and logs (a progress bar, output_dir/metrics.jsonl, output_dir/loss.png).
+
+Exact resume: the data order of epoch e is a permutation seeded by (seed, e), so a step number alone says
+which examples come next; a checkpoint stores the model, AdamW's state, the schedule position and every RNG
+(taken at the start of the step, so a Ctrl-C mid-step saves a state that replays that step identically).
+
+Distributed: under torchrun (RANK / WORLD_SIZE set) the model is wrapped in DDP (gloo on CPU, NCCL on
+CUDA). Micro-batch k of the global order goes to rank k % world, so N processes with grad_accum A see the
+same examples per step as one process with grad_accum N*A. Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from gpt2kit.data import atomic_write_text
+from gpt2kit.training.config import TrainingConfig
+
+logger = logging.getLogger(__name__)
+
+Callback = Callable[["Trainer", str, dict], None]
+
+_STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class TrainResult:
+    """What fit() did, as plain data."""
+
+    steps: int
+    epochs: float
+    train_loss: float | None  # mean loss of the last logged window
+    eval_metrics: dict[str, float] = field(default_factory=dict)  # the last evaluation
+    best_metric: float | None = None
+    stopped_early: bool = False
+    output_dir: str = ""
+    tokens_per_second: float | None = None
+
+
+# --- processes -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    owns_group: bool = False  # we called init_process_group, so we destroy it
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def mean(self, values: list[float]) -> list[float]:
+        """Averages over processes (for logging)."""
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return (t / self.world).tolist()
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            t = t.to(self.device)
+            dist.all_reduce(t)
+        return t
+
+
+def _setup_dist(device: str | torch.device | None) -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    d = _Dist(rank=rank, world=world, local_rank=local_rank, device=device)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
+        d.owns_group = True
+    return d
+
+
+# --- the data order ----------------------------------------------------------------------------------------
+
+
+def epoch_micro_batches(n: int, epoch: int, seed: int, micro: int, world: int, rank: int) -> list[list[int]]:
+    """This rank's micro-batches (lists of example indices) for one epoch, in order.
+
+    The epoch's order is a permutation seeded by (seed, epoch). With several processes it is padded by
+    wrapping around to a multiple of micro * world, as DistributedSampler does, so every rank gets the
+    same number of equal micro-batches and none waits forever in an all-reduce.
+    """
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=g).tolist()
+    if world > 1 and len(order) % (micro * world):
+        need = micro * world - len(order) % (micro * world)
+        order += (order * (need // max(1, len(order)) + 1))[:need]
+    chunks = [order[i : i + micro] for i in range(0, len(order), micro)]
+    return chunks[rank::world]
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
+    """The multiplier of the base lr for optimizer step `step` (0-based): transformers' linear warmup from
+    0, then linear or cosine decay towards min_ratio at the last step, or constant."""
+    if step < warmup:
+        return step / max(1, warmup)
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    progress = min(1.0, progress)
+    decay = 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min_ratio + (1.0 - min_ratio) * decay
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay only on weights with >= 2 dims (matrices, embeddings), as nanoGPT does;
+    biases and LayerNorm parameters are not decayed. Tied parameters appear once."""
+    decay, no_decay = [], []
+    for p in model.parameters():  # parameters() yields a tied tensor once
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def make_optimizer(
+    model: torch.nn.Module, cfg: TrainingConfig, device: torch.device
+) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay)
+    kwargs = dict(lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    # The fused kernel does the whole update in one pass; torch has it for CPU and CUDA since 2.4.
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError) as e:
+        logger.info("fused AdamW unavailable on %s (%s); using the foreach implementation", device, e)
+        return torch.optim.AdamW(groups, **kwargs)
+
+
+# --- metrics -----------------------------------------------------------------------------------------------
+
+
+class _Metrics:
+    """Running sums for evaluation: token-weighted loss and accuracy for LM, a confusion matrix for
+    classification. Sums (not means) so processes can all-reduce them."""
+
+    def __init__(self) -> None:
+        self.loss_sum = 0.0
+        self.count = 0
+        self.correct = 0
+        self.confusion: torch.Tensor | None = None
+
+    def add_lm(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        logits = logits[:, :-1].float()
+        target = labels[:, 1:]
+        keep = target != -100
+        if not keep.any():
+            return
+        lg, tg = logits[keep], target[keep]
+        self.loss_sum += F.cross_entropy(lg, tg, reduction="sum").item()
+        self.correct += (lg.argmax(-1) == tg).sum().item()
+        self.count += int(keep.sum())
+
+    def add_cls(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        logits = logits.float()
+        self.loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        pred = logits.argmax(-1)
+        self.correct += (pred == labels).sum().item()
+        self.count += labels.numel()
+        k = logits.shape[-1]
+        if self.confusion is None:
+            self.confusion = torch.zeros(k, k, dtype=torch.float64)
+        idx = (labels.cpu() * k + pred.cpu()).long()
+        self.confusion += torch.bincount(idx, minlength=k * k).reshape(k, k).double()
+
+    def result(self, d: _Dist) -> dict[str, float]:
+        sums = d.sum(torch.tensor([self.loss_sum, self.count, self.correct], dtype=torch.float64))
+        loss_sum, count, correct = sums.tolist()
+        if count == 0:
+            return {}
+        loss = loss_sum / count
+        out = {"eval_loss": loss, "eval_accuracy": correct / count}
+        if self.confusion is None:
+            out["eval_perplexity"] = math.exp(min(loss, 700.0))
+            out["eval_tokens"] = int(count)
+        else:
+            cm = d.sum(self.confusion.clone())
+            tp = cm.diag()
+            precision = tp / cm.sum(0).clamp(min=1)
+            recall = tp / cm.sum(1).clamp(min=1)
+            f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+            out["eval_f1"] = (
+                f1[1].item() if cm.shape[0] == 2 else f1.mean().item()
+            )  # binary: the positive class
+            out["eval_f1_macro"] = f1.mean().item()
+            out["eval_examples"] = int(count)
+        return out
+
+
+def _higher_is_better(metric: str) -> bool:
+    return metric not in ("loss", "perplexity")
+
+
+# --- the Trainer -------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Fine-tune or train a GPT-2 model, fit()-style.
+
+    >>> trainer = Trainer(model, train_data, eval_data, TrainingConfig(output_dir="out", epochs=3))  # doctest: +SKIP
+    >>> result = trainer.fit()        # out/ is a save_pretrained folder transformers loads  # doctest: +SKIP
+
+    `train_data` / `eval_data`: map-style datasets whose items are dicts of tensors (input_ids, labels, ...);
+    a dataset with a `collate(items)` method (padding) uses it, else items are stacked. The datasets of
+    gpt2kit.training.data (LMBlocks, LMRows, ClassificationRows) fit. A classification model (logits of
+    shape (B, num_labels)) is evaluated with accuracy and F1; a language model with loss, perplexity and
+    next-token accuracy.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        train_data: Dataset,
+        eval_data: Dataset | None = None,
+        config: TrainingConfig | None = None,
+        *,
+        tokenizer: Any = None,
+        device: str | torch.device | None = None,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
+        self.config = cfg = config or TrainingConfig()
+        self.model = model
+        self.train_data = train_data
+        self.eval_data = eval_data
+        self.tokenizer = tokenizer
+        self.callbacks = list(callbacks)
+        if len(train_data) == 0:
+            raise ValueError("the training data is empty: nothing to train on")
+        if eval_data is not None and len(eval_data) == 0:
+            raise ValueError("the evaluation data is empty; pass eval_data=None to train without evaluation")
+        wrong = {str(p.dtype) for p in model.parameters() if p.dtype != torch.float32}
+        if wrong:
+            raise ValueError(
+                f"the model's weights are {', '.join(sorted(wrong))}; train with float32 weights "
+                "(load with dtype=torch.float32) and precision='bf16' for bf16 autocast"
+            )
+        self.dist = _setup_dist(device)
+        self.out = Path(cfg.output_dir)
+        self.model.to(self.dist.device)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        self.optimizer = make_optimizer(model, cfg, self.dist.device)
+        # DDP wraps the model for forward/backward; checkpoints and saves use the plain module.
+        self.ddp: torch.nn.Module = model
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(model, device_ids=ids)
+        d = self.dist
+        self.micro_per_epoch = len(
+            epoch_micro_batches(len(train_data), 0, cfg.seed, cfg.batch_size, d.world, 0)
+        )
+        self.steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.grad_accum)
+        self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
+        warmup = cfg.warmup_steps or int(cfg.warmup_ratio * self.total_steps)
+        self.warmup = warmup
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda s: lr_factor(s, self.total_steps, warmup, cfg.schedule, cfg.min_lr_ratio),
+        )
+        self.step = 0  # optimizer steps done
+        self.best_metric: float | None = None
+        self.bad_evals = 0  # evaluations since the best one
+        self.history: list[dict[str, Any]] = []
+        self._step_rng: dict[str, Any] | None = None
+        self._in_step = False
+        self._last_saved_step = -1
+
+    # --- public --------------------------------------------------------------------------------------------
+
+    def fit(self) -> TrainResult:
+        """Train until max_steps / epochs are done or early stopping says stop; save the final model."""
+        cfg, d = self.config, self.dist
+        torch.manual_seed(cfg.seed + d.rank)
+        random.seed(cfg.seed + d.rank)
+        np.random.seed((cfg.seed + d.rank) % 2**32)
+        if d.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        d.barrier()
+        if not (cfg.resume and self._resume_latest()) and d.main:
+            atomic_write_text(self.out / "metrics.jsonl", "")  # a fresh run starts a fresh log
+        self._emit("train_begin", {"total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch})
+        bar = self._progress_bar()
+        window_loss, window_steps, window_tokens, t_window = 0.0, 0, 0, time.perf_counter()
+        all_tokens, t_start = 0, time.perf_counter()
+        last_loss: float | None = None
+        stopped_early = False
+        eval_metrics: dict[str, float] = {}
+        try:
+            for micro_batches in self._steps():
+                self._step_rng = _rng_state()
+                self._in_step = True
+                loss, tokens, grad_norm = self._train_step(micro_batches)
+                self.step += 1
+                self._in_step = False
+                window_loss += loss
+                window_steps += 1
+                window_tokens += tokens
+                all_tokens += tokens
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    elapsed = time.perf_counter() - t_window
+                    mean_loss, tok = d.mean([window_loss / window_steps, float(window_tokens)])
+                    last_loss = mean_loss
+                    self._log(
+                        {
+                            "step": self.step,
+                            "epoch": round(self.step / self.steps_per_epoch, 4),
+                            "loss": mean_loss,
+                            "lr": self.scheduler.get_last_lr()[0],
+                            "grad_norm": grad_norm,
+                            "tokens_per_s": tok * d.world / max(elapsed, 1e-9),
+                        }
+                    )
+                    window_loss, window_steps, window_tokens, t_window = 0.0, 0, 0, time.perf_counter()
+                end_of_epoch = self.step % self.steps_per_epoch == 0
+                due = (cfg.eval_every and self.step % cfg.eval_every == 0) or (
+                    cfg.eval_every is None and end_of_epoch
+                )
+                if self.eval_data is not None and (due or self.step == self.total_steps):
+                    eval_metrics = self.evaluate()
+                    self._log(
+                        {
+                            "step": self.step,
+                            "epoch": round(self.step / self.steps_per_epoch, 4),
+                            **eval_metrics,
+                        }
+                    )
+                    if self._after_eval(eval_metrics):
+                        stopped_early = True
+                        logger.info("early stopping at step %d", self.step)
+                if cfg.save_every and self.step % cfg.save_every == 0:
+                    self.save_checkpoint()
+                self._emit("step_end", {"step": self.step, "loss": loss})
+                if stopped_early:
+                    break
+        except KeyboardInterrupt:
+            # Never lose finished work: a checkpoint of the last completed step, then stop.
+            if self.step > 0 and self.step != self._last_saved_step:
+                self.save_checkpoint(rng=self._step_rng_after_interrupt())
+            if bar is not None:
+                bar.close()
+            raise
+        if bar is not None:
+            bar.close()
+        self.save_final()
+        self._emit("train_end", {"step": self.step})
+        elapsed = time.perf_counter() - t_start
+        return TrainResult(
+            steps=self.step,
+            epochs=self.step / self.steps_per_epoch,
+            train_loss=last_loss,
+            eval_metrics=eval_metrics,
+            best_metric=self.best_metric,
+            stopped_early=stopped_early,
+            output_dir=str(self.out),
+            tokens_per_second=(all_tokens * d.world / elapsed) if all_tokens else None,
+        )
+
+    @torch.no_grad()
+    def evaluate(self, data: Dataset | None = None) -> dict[str, float]:
+        """Loss, perplexity and next-token accuracy (LM), or loss, accuracy and F1 (classification)."""
+        data = data if data is not None else self.eval_data
+        if data is None:
+            raise ValueError("no evaluation data: pass eval_data to Trainer or data to evaluate()")
+        cfg, d = self.config, self.dist
+        was_training = self.model.training
+        self.model.eval()
+        size = cfg.eval_batch_size or cfg.batch_size
+        # Each process evaluates a disjoint, unpadded share; the sums are all-reduced.
+        indices = list(range(d.rank, len(data), d.world))
+        batches = [indices[i : i + size] for i in range(0, len(indices), size)]
+        if cfg.eval_max_batches:
+            batches = batches[: cfg.eval_max_batches]
+        m = _Metrics()
+        for batch in self._loader(data, batches):
+            labels = batch.pop("labels", None)
+            with self._autocast():
+                out = self.model(**batch)
+            logits = out.logits if hasattr(out, "logits") else out[0]
+            if logits.dim() == 2:
+                m.add_cls(logits, labels)
+            else:
+                m.add_lm(logits, labels if labels is not None else batch["input_ids"])
+        self.model.train(was_training)
+        return m.result(d)
+
+    def save_checkpoint(self, rng: dict[str, Any] | None = None) -> Path:
+        """output_dir/checkpoints/step-N: model, optimizer, schedule, RNG and data position. Atomic."""
+        d = self.dist
+        final = self.out / "checkpoints" / f"step-{self.step:08d}"
+        tmp = final.with_name(final.name + ".tmp")
+        if d.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            self.model.save_pretrained(tmp)
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+            state = {
+                "step": self.step,
+                "best_metric": self.best_metric,
+                "bad_evals": self.bad_evals,
+                "history": self.history,
+                "world_size": d.world,
+                "config": self.config.to_dict(),
+            }
+            atomic_write_text(tmp / _STATE_FILE, json.dumps(state, indent=1) + "\n")
+        d.barrier()
+        # Every rank's RNG: dropout streams differ per rank.
+        torch.save(rng or _rng_state(), tmp / f"rng-{d.rank}.pt")
+        d.barrier()
+        if d.main:
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)  # the checkpoint appears whole or not at all
+            self._prune_checkpoints()
+        d.barrier()
+        self._last_saved_step = self.step
+        self._emit("save", {"step": self.step, "path": str(final)})
+        return final
+
+    def save_final(self) -> None:
+        """The trained model as a save_pretrained folder in output_dir (with the tokenizer, if given)."""
+        if self.dist.main:
+            self.model.save_pretrained(self.out)
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(self.out)
+            self.config.save(self.out / "training_config.json")
+            self._plot()
+        self.dist.barrier()
+
+    # --- the step ------------------------------------------------------------------------------------------
+
+    def _steps(self) -> Iterator[list[list[int]]]:
+        """The micro-batches of each remaining optimizer step, starting after self.step."""
+        cfg, d = self.config, self.dist
+        step = self.step
+        while step < self.total_steps:
+            epoch, within = divmod(step, self.steps_per_epoch)
+            chunks = epoch_micro_batches(
+                len(self.train_data), epoch, cfg.seed, cfg.batch_size, d.world, d.rank
+            )
+            for s in range(within, self.steps_per_epoch):
+                if step >= self.total_steps:
+                    return
+                yield chunks[s * cfg.grad_accum : (s + 1) * cfg.grad_accum]
+                step += 1
+
+    def _train_step(self, micro_batches: list[list[int]]) -> tuple[float, int, float | None]:
+        cfg = self.config
+        self.model.train()
+        n = len(micro_batches)
+        total_loss, tokens = 0.0, 0
+        for i, batch in enumerate(self._loader(self.train_data, micro_batches)):
+            tokens += (
+                int(batch["attention_mask"].sum())
+                if "attention_mask" in batch
+                else batch["input_ids"].numel()
+            )
+            # DDP all-reduces gradients on the last micro-batch only.
+            sync = i == n - 1 or self.dist.world == 1
+            ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
+            with ctx:
+                with self._autocast():
+                    out = self.ddp(**batch)
+                loss = out.loss if hasattr(out, "loss") else out[0]
+                if loss is None:
+                    raise ValueError("the model returned no loss: the training batches need a 'labels' entry")
+                (loss / n).backward()
+            total_loss += loss.detach().float().item()
+        grad_norm = None
+        if cfg.max_grad_norm:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm).item()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total_loss / n, tokens, grad_norm
+
+    def _loader(self, data: Dataset, batches: list[list[int]]) -> Iterator[dict[str, torch.Tensor]]:
+        collate = getattr(data, "collate", None) or torch.utils.data.default_collate
+        if self.config.num_workers > 0:
+            it: Any = DataLoader(
+                data, batch_sampler=batches, collate_fn=collate, num_workers=self.config.num_workers
+            )
+        else:
+            it = (collate([data[i] for i in b]) for b in batches)
+        device = self.dist.device
+        for batch in it:
+            yield {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def _autocast(self):
+        if self.config.precision == "bf16":
+            return torch.autocast(self.dist.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _after_eval(self, metrics: dict[str, float]) -> bool:
+        """Tracks the best evaluation; True when early stopping's patience has run out."""
+        cfg = self.config
+        key = "eval_" + cfg.metric_for_best.removeprefix("eval_")
+        if key not in metrics:
+            raise ValueError(
+                f"metric_for_best={cfg.metric_for_best!r} is not among the evaluation metrics "
+                f"{sorted(k.removeprefix('eval_') for k in metrics)}"
+            )
+        value = metrics[key]
+        higher = _higher_is_better(key.removeprefix("eval_"))
+        if self.best_metric is None or (value > self.best_metric if higher else value < self.best_metric):
+            self.best_metric = value
+            self.bad_evals = 0
+            if cfg.save_best and self.dist.main:
+                _save_atomic(self.model, self.tokenizer, self.out / "best")
+        else:
+            self.bad_evals += 1
+        self._emit("eval", {"step": self.step, **metrics})
+        return bool(cfg.early_stopping_patience and self.bad_evals >= cfg.early_stopping_patience)
+
+    # --- resume --------------------------------------------------------------------------------------------
+
+    def _resume_latest(self) -> bool:
+        """Loads the newest checkpoint in output_dir/checkpoints; False when there is none."""
+        ckpts = sorted((self.out / "checkpoints").glob("step-[0-9]*[0-9]"))
+        if not ckpts:
+            return False
+        path = ckpts[-1]
+        state = json.loads((path / _STATE_FILE).read_text())
+        if state.get("world_size", 1) != self.dist.world:
+            raise ValueError(
+                f"checkpoint {path} was written by {state['world_size']} processes but this run has "
+                f"{self.dist.world}; resume with the same number, or pass resume=False / --no-resume"
+            )
+        from gpt2kit.model.weights import find_weight_files, read_state_dict
+
+        sd = read_state_dict(find_weight_files(path))
+        missing, unexpected = self.model.load_state_dict(sd, strict=False)
+        # A tied LM head is saved once, as transformers does.
+        missing = [k for k in missing if k != "lm_head.weight"]
+        if missing or unexpected:
+            raise ValueError(
+                f"checkpoint {path} does not fit this model: missing {missing}, unexpected {unexpected}"
+            )
+        if hasattr(self.model, "tie_weights"):
+            self.model.tie_weights()
+        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=self.dist.device))
+        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt"))
+        self.step = state["step"]
+        self.best_metric = state["best_metric"]
+        self.bad_evals = state["bad_evals"]
+        self.history = [h for h in state["history"] if h.get("step", 0) <= self.step]
+        rng_file = path / f"rng-{self.dist.rank}.pt"
+        _set_rng_state(torch.load(rng_file, weights_only=False))
+        self._last_saved_step = self.step
+        if self.dist.main:
+            # Lines logged after the checkpoint will be logged again by the replayed steps.
+            lines = "".join(json.dumps(h) + "\n" for h in self.history)
+            atomic_write_text(self.out / "metrics.jsonl", lines)
+        logger.info("resumed from %s (step %d of %d)", path, self.step, self.total_steps)
+        self._emit("resume", {"step": self.step, "path": str(path)})
+        return True
+
+    def _step_rng_after_interrupt(self) -> dict[str, Any] | None:
+        # Interrupted mid-step: the model and optimizer are still those of the last finished step, and the
+        # RNG taken at this step's start replays it exactly. Between steps, the current RNG is right.
+        return self._step_rng if self._in_step else None
+
+    def _prune_checkpoints(self) -> None:
+        ckpts = sorted((self.out / "checkpoints").glob("step-[0-9]*[0-9]"))
+        for old in ckpts[: -self.config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    # --- logs ----------------------------------------------------------------------------------------------
+
+    def _log(self, record: dict[str, Any]) -> None:
+        record = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}
+        self.history.append(record)
+        self._emit("log", record)
+        if not self.dist.main:
+            return
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if "eval_loss" in record:
+            self._plot()
+        if self.config.progress:
+            from tqdm import tqdm
+
+            tqdm.write(
+                " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
+            )
+
+    def _plot(self) -> None:
+        if not self.config.plot:
+            return
+        try:
+            from gpt2kit.training.plot import plot_curves
+        except ImportError:  # pragma: no cover
+            return
+        train = [(h["step"], h["loss"]) for h in self.history if "loss" in h]
+        ev = [(h["step"], h["eval_loss"]) for h in self.history if "eval_loss" in h]
+        series = {"train loss": train}
+        if ev:
+            series["eval loss"] = ev
+        plot_curves(self.out / "loss.png", series, title="loss", xlabel="step")
+
+    def _progress_bar(self):
+        if not (self.config.progress and self.dist.main):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+
+    def _emit(self, event: str, info: dict) -> None:
+        for cb in self.callbacks:
+            cb(self, event, info)
+
+
+# --- helpers -----------------------------------------------------------------------------------------------
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_atomic(model, tokenizer, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+__all__ = ["Trainer", "TrainResult", "TrainingConfig", "epoch_micro_batches", "lr_factor", "param_groups"]
