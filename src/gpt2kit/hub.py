@@ -18,9 +18,13 @@ logger = logging.getLogger(__name__)
 
 BUNDLED_VOCAB_DIR = Path(__file__).parent / "tokenizer" / "gpt2"
 
+# Models shipped inside the package, found by name before the HF cache (a folder of that name wins).
+BUNDLED_MODELS = {"gpt2kit-demo": Path(__file__).parent / "models" / "gpt2kit-demo"}
+
 # Names whose tokenizer is GPT-2's own vocabulary, bundled with the package.
 GPT2_NAMES = frozenset(
     [
+        "gpt2kit-demo",
         "gpt2",
         "gpt2-medium",
         "gpt2-large",
@@ -136,6 +140,8 @@ def find_model_dir(
     if path.is_dir():
         return path
     name = str(name_or_path)
+    if name in BUNDLED_MODELS and not path.exists() and BUNDLED_MODELS[name].is_dir():
+        return BUNDLED_MODELS[name]
     if not path.exists() and not looks_like_path(name):
         snap = find_in_cache(name, revision)
         if snap is not None:
