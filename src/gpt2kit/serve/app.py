@@ -1,0 +1,543 @@
+"""The HTTP side of `gpt2kit serve`: OpenAI's /v1/completions, /v1/embeddings and /v1/models on Starlette.
+
+Handlers validate a request (`protocol`), hand it to the `Engine` thread and await its events on an
+asyncio queue; they never touch the model. Guarding every request before any handler runs (`_Guard`):
+the bearer key (compared in constant time) and the body size. Every error, ours or the client's, is
+OpenAI's error JSON with a 4xx status (5xx only for a bug), so the `openai` client raises its usual
+exceptions.
+
+    app = build_app(engine, "my-gpt2")            # an ASGI app; run it with uvicorn
+    run("path/to/model", host="127.0.0.1", port=8000)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hmac
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from gpt2kit.serve.engine import EmbeddingJob, Engine, GenerationRequest, QueueFull
+from gpt2kit.serve.protocol import APIError, parse_completion, parse_embedding
+
+logger = logging.getLogger(__name__)
+
+API_KEY_ENV = "GPT2KIT_API_KEY"
+DEFAULT_MAX_BODY = 4 << 20  # 4 MiB: 2048 embedding inputs of ~500 tokens as text still fit
+RETRY_AFTER_S = 1
+DISCONNECT_POLL_S = 0.5
+
+
+def _error_response(e: APIError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+class _Guard:
+    """ASGI middleware run before routing: the bearer key and the Content-Length limit, on every request."""
+
+    def __init__(self, app, api_key: str | None, max_body: int) -> None:
+        self.app = app
+        self.key = api_key.encode() if api_key else None
+        self.max_body = max_body
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        error = None
+        if self.key is not None:
+            auth = headers.get(b"authorization", b"")
+            given = auth[7:].strip() if auth[:7].lower() == b"bearer " else b""
+            if not hmac.compare_digest(given, self.key):  # constant time: no timing leak of the key
+                error = APIError(
+                    401,
+                    "Missing or incorrect API key: send the header 'Authorization: Bearer <key>' with the key "
+                    "the server was started with (--api-key or $" + API_KEY_ENV + ")",
+                    code="invalid_api_key",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        length = headers.get(b"content-length")
+        if error is None and length is not None:
+            if not length.isdigit():
+                error = APIError(400, f"bad Content-Length header {length.decode(errors='replace')!r}")
+            elif int(length) > self.max_body:
+                error = _too_large(int(length), self.max_body)
+        if error is not None:
+            return await _error_response(error)(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def _too_large(size: int | None, limit: int) -> APIError:
+    what = f"{size} bytes" if size is not None else "more"
+    return APIError(
+        413,
+        f"the request body is {what}, over this server's limit of {limit} bytes; send fewer or shorter "
+        "inputs per request (or start the server with a larger --max-body-bytes)",
+        code="request_too_large",
+    )
+
+
+async def _json_body(request: Request, limit: int) -> Any:
+    """The body as JSON, read in chunks so a body without Content-Length still cannot exceed the limit."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(None, limit)
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except (ValueError, RecursionError) as e:
+        raise APIError(
+            400, f"the request body is not valid JSON ({e}); send a JSON object", param="body"
+        ) from None
+
+
+class _SSEResponse(StreamingResponse):
+    """Server-sent events that notice a client leaving: on disconnect (or any end) `on_close` runs.
+
+    Starlette's own StreamingResponse only notices a disconnect at its next write under ASGI 2.4; a
+    generation waiting for its next token should stop at once, so the disconnect is listened for directly.
+    """
+
+    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None]) -> None:
+        super().__init__(
+            content,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        import anyio
+
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def stream() -> None:
+                    with contextlib.suppress(OSError):  # the client went away mid-write
+                        await self.stream_response(send)
+                    tg.cancel_scope.cancel()
+
+                async def listen() -> None:
+                    await self.listen_for_disconnect(receive)
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(stream)
+                tg.start_soon(listen)
+        finally:
+            self.on_close()
+
+
+class Server:
+    """The routes over one engine; `app` is the Starlette application."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        model_name: str,
+        aliases: tuple[str, ...] = (),
+        api_key: str | None = None,
+        max_body: int = DEFAULT_MAX_BODY,
+    ) -> None:
+        self.engine = engine
+        self.tok = engine.tokenizer
+        self.config = engine.config
+        self.model_name = model_name
+        self.served = {model_name, *aliases}
+        self.max_body = max_body
+        self.created = int(time.time())
+        routes = [
+            Route("/health", self.health, methods=["GET"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/v1/models/{model:path}", self.model_info, methods=["GET"]),
+            Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+            Route("/tokenize", self.tokenize, methods=["POST"]),
+            Route("/detokenize", self.detokenize, methods=["POST"]),
+        ]
+        app = Starlette(
+            routes=routes,
+            exception_handlers={HTTPException: self._http_error, Exception: self._server_error},
+            lifespan=self._lifespan,
+        )
+        self.app = _Guard(app, api_key, max_body)
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app) -> AsyncIterator[None]:
+        self.engine.start()
+        try:
+            yield
+        finally:
+            self.engine.shutdown()
+
+    # --- errors ---------------------------------------------------------------------------------------------
+
+    async def _http_error(self, request: Request, exc: HTTPException) -> Response:
+        message = {404: f"no route {request.url.path}; see docs/serving.md for the endpoints"}.get(
+            exc.status_code, f"{request.method} {request.url.path}: {exc.detail}"
+        )
+        return _error_response(APIError(exc.status_code, message, code=str(exc.status_code)))
+
+    async def _server_error(self, request: Request, exc: Exception) -> Response:
+        logger.exception("unhandled error in %s", request.url.path)
+        return _error_response(APIError(500, f"internal server error: {exc}", type="server_error"))
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tok.encode(text)
+
+    # --- small endpoints ------------------------------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        s = self.engine.stats
+        return JSONResponse(
+            dict(status="ok", running=len(self.engine.active), queued=self.engine.queued, steps=s.steps,
+                 tokens=s.tokens, cancelled=s.cancelled, rejected=s.rejected, max_rows=s.max_rows)
+        )  # fmt: skip
+
+    def _model_card(self) -> dict[str, Any]:
+        emb = self.engine.embedder
+        return {
+            "id": self.model_name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "gpt2kit",
+            "max_model_len": self.config.n_positions,
+            "embedding": {
+                "dimensions": emb.dim,
+                "pooling": emb.pooling,
+                "layer": emb.layers[0] if len(emb.layers) == 1 else emb.layers,
+            },
+        }
+
+    async def models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [self._model_card()]})
+
+    async def model_info(self, request: Request) -> Response:
+        try:
+            from gpt2kit.serve.protocol import check_model
+
+            check_model({"model": request.path_params["model"]}, self.served)
+        except APIError as e:
+            return _error_response(e)
+        return JSONResponse(self._model_card())
+
+    async def tokenize(self, request: Request) -> Response:
+        try:
+            body = await _json_body(request, self.max_body)
+            if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
+                raise APIError(400, 'send {"prompt": "some text"}', param="prompt")
+            if body.get("model") is not None:
+                from gpt2kit.serve.protocol import check_model
+
+                check_model(body, self.served)
+            ids = self._encode(body["prompt"])
+        except APIError as e:
+            return _error_response(e)
+        return JSONResponse(dict(tokens=ids, count=len(ids), max_model_len=self.config.n_positions))
+
+    async def detokenize(self, request: Request) -> Response:
+        try:
+            body = await _json_body(request, self.max_body)
+            ids = body.get("tokens") if isinstance(body, dict) else None
+            V = self.config.vocab_size
+            if not isinstance(ids, list) or not all(
+                isinstance(t, int) and not isinstance(t, bool) and 0 <= t < V for t in ids
+            ):
+                raise APIError(400, f'send {{"tokens": [token ids in [0, {V})]}}', param="tokens")
+        except APIError as e:
+            return _error_response(e)
+        return JSONResponse(dict(prompt=self.tok.decode(ids)))
+
+    # --- embeddings -----------------------------------------------------------------------------------------
+
+    async def embeddings(self, request: Request) -> Response:
+        try:
+            body = await _json_body(request, self.max_body)
+            cfg = self.config
+            req = parse_embedding(
+                body, self.served, cfg.vocab_size, cfg.n_positions, self.engine.embedder.dim, self._encode
+            )
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future = loop.create_future()
+
+            def done(result) -> None:
+                def settle() -> None:
+                    if not future.done():
+                        future.set_result(result)
+
+                with contextlib.suppress(RuntimeError):  # a closed loop: the server is shutting down
+                    loop.call_soon_threadsafe(settle)
+
+            try:
+                self.engine.submit_embedding(EmbeddingJob(req.inputs, done))
+            except QueueFull as e:
+                raise _busy(e) from None
+            result = await future
+            if isinstance(result, BaseException):
+                raise APIError(500, f"embedding failed: {result}", type="server_error")
+        except APIError as e:
+            return _error_response(e)
+        vectors = np.asarray(result, dtype="<f4")
+        data = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": base64.b64encode(v.tobytes()).decode("ascii")
+                if req.encoding_format == "base64"
+                else v.tolist(),
+            }
+            for i, v in enumerate(vectors)
+        ]
+        tokens = sum(len(x) for x in req.inputs)
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "model": req.model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+
+    # --- completions ----------------------------------------------------------------------------------------
+
+    async def completions(self, request: Request) -> Response:
+        try:
+            body = await _json_body(request, self.max_body)
+            cfg = self.config
+            req = parse_completion(
+                body, self.served, cfg.vocab_size, cfg.n_positions, self.engine.max_batch, self._encode
+            )
+            loop = asyncio.get_running_loop()
+            queue: asyncio.Queue = asyncio.Queue()  # bounded by the request: <= n * max_tokens events
+
+            def emit(events) -> None:
+                with contextlib.suppress(RuntimeError):  # a closed loop: the server is shutting down
+                    loop.call_soon_threadsafe(queue.put_nowait, events)
+
+            n = req.params.n
+            jobs = [GenerationRequest(ids, req.params, emit, p * n) for p, ids in enumerate(req.prompts)]
+            try:
+                self.engine.submit(jobs)
+            except QueueFull as e:
+                raise _busy(e) from None
+        except APIError as e:
+            return _error_response(e)
+
+        def cancel() -> None:
+            for job in jobs:
+                job.cancel()
+
+        state = _Choices(req, self.tok)
+        head = dict(
+            id=f"cmpl-{uuid.uuid4().hex}", object="text_completion", created=int(time.time()), model=req.model
+        )
+        if req.stream:
+            return _SSEResponse(self._stream(state, queue, head), on_close=cancel)
+        try:
+            while not state.all_done:
+                try:
+                    events = await asyncio.wait_for(queue.get(), DISCONNECT_POLL_S)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        return Response(status_code=499)  # nobody is listening; cancel() runs below
+                    continue
+                for ev in events:
+                    if ev["type"] == "error":
+                        return _error_response(APIError(500, ev["message"], type="server_error"))
+                    state.add(ev)
+        finally:
+            cancel()  # a no-op for finished requests; stops the rest when the handler ends early
+        return JSONResponse(dict(head, choices=state.choices(), usage=state.usage()))
+
+    async def _stream(self, state: _Choices, queue: asyncio.Queue, head: dict) -> AsyncIterator[str]:
+        def sse(obj: dict) -> str:
+            return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+        while not state.all_done:
+            for ev in await queue.get():
+                if ev["type"] == "error":
+                    yield sse(APIError(500, ev["message"], type="server_error").body())
+                    yield "data: [DONE]\n\n"
+                    return
+                choice = state.add(ev)
+                if choice is not None:
+                    yield sse(dict(head, choices=[choice]))
+        if state.req.include_usage:
+            yield sse(dict(head, choices=[], usage=state.usage()))
+        yield "data: [DONE]\n\n"
+
+
+def _busy(e: QueueFull) -> APIError:
+    return APIError(
+        429,
+        f"the server is busy ({e}); retry after {RETRY_AFTER_S} s",
+        type="rate_limit_error",
+        code="server_busy",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+class _Choices:
+    """Accumulates engine events into OpenAI choices; `add` also returns the streaming delta of an event."""
+
+    def __init__(self, req, tok) -> None:
+        self.req = req
+        self.tok = tok
+        n = req.params.n
+        self.total = len(req.prompts) * n
+        self.text = [""] * self.total
+        self.finish: list[str | None] = [None] * self.total
+        self.completion_tokens = 0
+        self.done = 0
+        want = req.params.logprobs is not None
+        self.logprobs = (
+            [dict(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[]) for _ in range(self.total)]
+            if want
+            else None
+        )
+        # text_offset counts characters of prompt + completion, as OpenAI's (echo or not)
+        self.offset = [len(self._prompt_text(i // n)) for i in range(self.total)]
+
+    def _prompt_text(self, p: int) -> str:
+        text = self.req.prompt_texts[p]
+        return text if text is not None else self.tok.decode(self.req.prompts[p])
+
+    @property
+    def all_done(self) -> bool:
+        return self.done == self.total
+
+    def add(self, ev: dict) -> dict | None:
+        i = ev["index"]
+        kind = ev["type"]
+        text = ev.get("text", "")
+        if kind == "prompt":
+            text = self._prompt_text(i // self.req.params.n)
+            self.offset[i] = 0
+        lp = None
+        if self.logprobs is not None and "tokens" in ev:
+            offsets = []
+            for s in ev["tokens"]:
+                offsets.append(self.offset[i])
+                self.offset[i] += len(s)
+            lp = dict(
+                tokens=ev["tokens"],
+                token_logprobs=ev["token_logprobs"],
+                top_logprobs=ev["top_logprobs"],
+                text_offset=offsets,
+            )
+            for key, values in lp.items():
+                self.logprobs[i][key].extend(values)
+        self.text[i] += text
+        reason = None
+        if kind == "finish":
+            reason = self.finish[i] = ev["reason"]
+            self.completion_tokens += ev["completion_tokens"]
+            self.done += 1
+        if not text and lp is None and reason is None:
+            return None
+        return dict(text=text, index=i, logprobs=lp, finish_reason=reason)
+
+    def choices(self) -> list[dict]:
+        return [
+            dict(
+                text=self.text[i],
+                index=i,
+                logprobs=self.logprobs[i] if self.logprobs else None,
+                finish_reason=self.finish[i],
+            )
+            for i in range(self.total)
+        ]
+
+    def usage(self) -> dict[str, int]:
+        prompt = sum(len(p) for p in self.req.prompts)
+        return dict(
+            prompt_tokens=prompt,
+            completion_tokens=self.completion_tokens,
+            total_tokens=prompt + self.completion_tokens,
+        )
+
+
+# --- building and running -----------------------------------------------------------------------------------
+
+
+def load_engine(
+    model: str | os.PathLike,
+    *,
+    dtype: str = "float32",
+    device: str | None = None,
+    threads: int | None = None,
+    **engine_options: Any,
+) -> Engine:
+    """Load a checkpoint folder (or cached name) and its tokenizer into an Engine (not started)."""
+    import torch
+
+    from gpt2kit import AutoModelForCausalLM, AutoTokenizer, hub
+
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    folder = hub.find_model_dir(model, files=("config.json",))
+    lm = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    if device:
+        lm = lm.to(device)
+    has_tok = (Path(folder) / "vocab.json").is_file() or (Path(folder) / "tokenizer.json").is_file()
+    if not has_tok and lm.config.vocab_size != 50257:
+        raise FileNotFoundError(
+            f"{folder} has no tokenizer files and its vocabulary ({lm.config.vocab_size}) is not GPT-2's; "
+            "save the tokenizer into the folder"
+        )
+    tok = AutoTokenizer.from_pretrained(folder if has_tok else "gpt2")
+    return Engine(lm, tok, **engine_options)
+
+
+def build_app(
+    engine: Engine,
+    model_name: str,
+    aliases: tuple[str, ...] = (),
+    api_key: str | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
+):
+    """The ASGI application for an engine (started and stopped with the app's lifespan)."""
+    return Server(engine, model_name, aliases, api_key, max_body).app
+
+
+def run(
+    model: str | os.PathLike,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    served_model_name: str | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
+    log_level: str = "info",
+    **engine_options: Any,
+) -> None:
+    """Load the model and serve it until interrupted (uvicorn). api_key=None reads $GPT2KIT_API_KEY."""
+    import uvicorn
+
+    api_key = api_key or os.environ.get(API_KEY_ENV) or None
+    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        logger.warning("serving on %s without an API key: anyone who can reach it can use it", host)
+    engine = load_engine(model, **engine_options)
+    name = served_model_name or str(model)
+    aliases = tuple({Path(str(model)).name} - {name})
+    app = build_app(engine, name, aliases, api_key, max_body)
+    # limit_concurrency bounds open connections (503 past it): memory stays bounded even under a flood
+    limit = 4 * (engine.max_queue + engine.max_batch) + 16
+    uvicorn.run(app, host=host, port=port, log_level=log_level, limit_concurrency=limit, timeout_keep_alive=5)

@@ -1,0 +1,608 @@
+"""The batching engine behind `gpt2kit serve`: one thread owns the model and runs every request on it.
+
+Each turn of the engine loop (vLLM's continuous batching, sized for a CPU):
+
+1. embeddings: the queued embedding requests (up to a token budget) are merged into one `Embedder` call,
+   which sorts their texts by length and cuts length-bucketed batches (`plan_batches`);
+2. admission: queued completions join the running batch while slots are free; their prompts are prefilled
+   together (right-padded, plain causal attention, so padding never reaches a real token) and each one's
+   first token is chosen from its last real position;
+3. one decode step for every running sequence at once, then each row's token is chosen with that request's
+   own settings (temperature, top_p, penalties, logit_bias, its own seeded generator), its text released
+   through an `IncrementalDecoder` (whole characters only, stop strings held back), and finished or
+   cancelled rows leave the batch.
+
+Sequences in one batch have different lengths, so the KV cache here is per row (`SlotCache`): row i's keys
+live at positions 0 .. len_i - 1 of its slot, a step writes each row's new key at its own position, and the
+attention mask hides every column past a row's own length. Each row's attention is therefore exactly the
+attention it would have alone, which is why greedy output through the server equals `model.generate()`.
+
+Requests wait in bounded queues: when one is full, `submit` raises `QueueFull` and the HTTP layer answers 429
+with Retry-After, so memory never grows with the offered load. Results go back to the asyncio side through
+callbacks the HTTP layer supplies (it wraps them in `loop.call_soon_threadsafe`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from gpt2kit.generation.streaming import IncrementalDecoder
+from gpt2kit.model.cache import Cache, DynamicCache
+from gpt2kit.serve.protocol import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+Events = list[dict[str, Any]]
+
+
+class QueueFull(Exception):
+    """The engine's queue is full: try again later (HTTP 429 with Retry-After)."""
+
+
+# --- the per-row KV cache -----------------------------------------------------------------------------------
+
+
+class SlotCache(Cache):
+    """KV buffers (slots, nh, width, hs) per layer, with a fill length per slot (row).
+
+    Rows 0 .. n-1 are the running sequences (the engine keeps them contiguous). During a decode step the model
+    sees it as a cache of `max(len)` positions: `update` writes row i's one new key at column len_i and returns
+    the first max(len) + 1 columns; the caller's attention mask hides columns beyond each row's own length.
+    Buffers start narrow and double when a row needs more (up to max_length), so memory follows the longest
+    sequence actually running, not the model's context.
+    """
+
+    def __init__(
+        self, n_layer: int, slots: int, n_head: int, head_dim: int, max_length: int, dtype, device
+    ) -> None:
+        self.n_layer, self.slots, self.n_head, self.head_dim = n_layer, slots, n_head, head_dim
+        self.max_length = max_length
+        self.dtype, self.device = dtype, device
+        self.width = 0
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+        self.lengths = torch.zeros(slots, dtype=torch.long)
+        self._n = 0
+        self._pos: torch.Tensor | None = None
+        self._rows: torch.Tensor | None = None
+        self._past = 0
+        self.ensure_width(min(64, max_length))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.k, *self.v))
+
+    def ensure_width(self, width: int) -> None:
+        """Make room for `width` positions per row (copying what is cached)."""
+        if width <= self.width:
+            return
+        assert width <= self.max_length, (width, self.max_length)
+        new = min(max(width, 2 * self.width), self.max_length)
+        shape = (self.slots, self.n_head, new, self.head_dim)
+        # zeros, not empty: masked columns are still multiplied by 0 in attention, and 0 * NaN garbage is NaN
+        k = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.n_layer)]
+        v = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.n_layer)]
+        for old, fresh in zip((*self.k, *self.v), (*k, *v)):
+            fresh[:, :, : self.width] = old
+        self.k, self.v, self.width = k, v, new
+
+    def load(self, slot: int, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> None:
+        """Put a prefilled prompt's keys / values, per layer (nh, L, hs), into `slot`."""
+        L = keys[0].shape[-2]
+        self.ensure_width(L)
+        for layer in range(self.n_layer):
+            self.k[layer][slot, :, :L] = keys[layer]
+            self.v[layer][slot, :, :L] = values[layer]
+        self.lengths[slot] = L
+
+    def move(self, src: int, dst: int) -> None:
+        """Copy row src into row dst (to keep the running rows contiguous when one leaves)."""
+        L = int(self.lengths[src])
+        for buf in (*self.k, *self.v):
+            buf[dst, :, :L] = buf[src, :, :L]
+        self.lengths[dst] = L
+
+    def begin_step(self, n: int) -> None:
+        """The next forward is a decode step of rows 0 .. n-1, one new token each."""
+        self._n = n
+        self._pos = self.lengths[:n].to(self.device)
+        self._rows = torch.arange(n, device=self.device)
+        self._past = int(self.lengths[:n].max())
+        self.ensure_width(self._past + 1)
+
+    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        assert k.shape[0] == self._n and k.shape[-2] == 1, "SlotCache takes decode steps of one token per row"
+        # buf[rows, :, pos] is (n, nh, hs): each row's new key at that row's own position
+        self.k[layer_idx][self._rows, :, self._pos] = k[:, :, 0]
+        self.v[layer_idx][self._rows, :, self._pos] = v[:, :, 0]
+        end = self._past + 1
+        return self.k[layer_idx][: self._n, :, :end], self.v[layer_idx][: self._n, :, :end]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self._past
+
+    def __getitem__(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self._past
+        return self.k[layer_idx][: self._n, :, :end], self.v[layer_idx][: self._n, :, :end]
+
+    def __len__(self) -> int:
+        return self.n_layer
+
+
+# --- requests -----------------------------------------------------------------------------------------------
+
+
+class GenerationRequest:
+    """One prompt and its n sequences. `emit(events)` is called from the engine thread."""
+
+    def __init__(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        emit: Callable[[Events], None],
+        index_base: int = 0,
+    ) -> None:
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.emit = emit
+        self.index_base = index_base  # choice index of its first sequence
+        self.cancelled = False
+        self.done = False
+
+    def cancel(self) -> None:
+        """Stop generating (the client went away); the engine drops its rows at its next step."""
+        self.cancelled = True
+
+
+@dataclass
+class EmbeddingJob:
+    """Token ids to embed; `done(vectors (N, D) float32 | exception)` is called from the engine thread."""
+
+    inputs: list[list[int]]
+    done: Callable[[np.ndarray | BaseException], None]
+    tokens: int = 0
+
+    def __post_init__(self) -> None:
+        self.tokens = sum(len(x) for x in self.inputs)
+
+
+@dataclass
+class _Sequence:
+    request: GenerationRequest
+    index: int  # the choice index in the response
+    decoder: IncrementalDecoder
+    generator: torch.Generator | None
+    generated: int = 0
+
+    @property
+    def params(self) -> SamplingParams:
+        return self.request.params
+
+
+@dataclass
+class EngineStats:
+    steps: int = 0  # decode steps
+    tokens: int = 0  # generated tokens
+    prefills: int = 0  # prefill forward passes
+    prefilled_prompts: int = 0
+    max_rows: int = 0  # the most sequences decoded together in one step
+    cancelled: int = 0  # sequences dropped because their client went away
+    rejected: int = 0  # requests refused with QueueFull
+    embed_batches: int = 0  # merged embedding runs
+    embed_requests: int = 0
+    errors: int = 0
+    started: float = field(default_factory=time.time)
+
+
+# --- the engine ---------------------------------------------------------------------------------------------
+
+
+class Engine:
+    """Continuous batching of completions and merged embedding batches on one model, in one thread.
+
+    >>> engine = Engine(model, tok, max_batch=8, max_queue=64)  # doctest: +SKIP
+    >>> engine.start(); engine.submit([GenerationRequest(ids, SamplingParams(), print)])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        max_batch: int = 8,
+        max_queue: int = 64,
+        prefill_tokens: int = 2048,
+        embed_tokens: int = 8192,
+        embedder=None,
+    ) -> None:
+        from gpt2kit.embeddings import Embedder
+
+        for name, value in (
+            ("max_batch", max_batch),
+            ("max_queue", max_queue),
+            ("prefill_tokens", prefill_tokens),
+            ("embed_tokens", embed_tokens),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.config = model.config
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.prefill_tokens = prefill_tokens
+        self.embed_tokens = embed_tokens
+        # Default embeddings: the last layer (after ln_f), mean over each text's tokens.
+        self.embedder = embedder if embedder is not None else Embedder(model, tokenizer)
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        if eos is None:
+            eos = self.config.eos_token_id
+        self.eos = {eos} if isinstance(eos, int) else set(eos or [])
+        device, dtype = model.device, model.dtype
+        self.device = device
+        self.cache = SlotCache(
+            self.config.n_layer, max_batch, self.config.n_head, self.config.head_dim,
+            self.config.n_positions, dtype, device,
+        )  # fmt: skip
+        V = self.config.vocab_size
+        self.counts = torch.zeros(max_batch, V, device=device)  # generated-token counts, for the penalties
+        self.last = torch.zeros(max_batch, dtype=torch.long, device=device)  # each row's newest token
+        self.active: list[_Sequence] = []  # engine thread only
+        self.stats = EngineStats()
+        self._cond = threading.Condition()
+        self._pending: deque[GenerationRequest] = deque()
+        self._embed_pending: deque[EmbeddingJob] = deque()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._token_strs: dict[int, str] = {}
+
+    # --- the caller's side (any thread) ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="gpt2kit-engine", daemon=True)
+            self._thread.start()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending) + len(self._embed_pending)
+
+    def submit(self, requests: Sequence[GenerationRequest]) -> None:
+        """Queue the prompts of one HTTP request, all or none; QueueFull when they do not fit."""
+        with self._cond:
+            if len(self._pending) + len(requests) > self.max_queue:
+                self.stats.rejected += 1
+                raise QueueFull(f"{len(self._pending)} completion requests are already waiting")
+            self._pending.extend(requests)
+            self._cond.notify()
+
+    def submit_embedding(self, job: EmbeddingJob) -> None:
+        with self._cond:
+            if len(self._embed_pending) >= self.max_queue:
+                self.stats.rejected += 1
+                raise QueueFull(f"{len(self._embed_pending)} embedding requests are already waiting")
+            self._embed_pending.append(job)
+            self._cond.notify()
+
+    # --- the engine thread ----------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cond:
+                    while not (self._stopping or self._pending or self._embed_pending or self.active):
+                        self._cond.wait()
+                    if self._stopping:
+                        break
+                    jobs = self._take_embeddings()
+                    newcomers = self._take_newcomers()
+                if jobs:
+                    self._embed(jobs)
+                try:
+                    if newcomers:
+                        self._prefill(newcomers)
+                    self._drop_cancelled()
+                    if self.active:
+                        self._step()
+                except Exception as e:  # a bug must not kill the server: fail these requests, go on
+                    logger.exception("engine step failed")
+                    self.stats.errors += 1
+                    self._fail({s.request for s in self.active} | set(newcomers), e)
+        self._fail({s.request for s in self.active} | set(self._pending), RuntimeError("the server stopped"))
+
+    def _take_embeddings(self) -> list[EmbeddingJob]:
+        jobs: list[EmbeddingJob] = []
+        tokens = 0
+        while self._embed_pending and (
+            not jobs or tokens + self._embed_pending[0].tokens <= self.embed_tokens
+        ):
+            job = self._embed_pending.popleft()
+            jobs.append(job)
+            tokens += job.tokens
+        return jobs
+
+    def _take_newcomers(self) -> list[GenerationRequest]:
+        free = self.max_batch - len(self.active)
+        taken: list[GenerationRequest] = []
+        tokens = 0
+        while self._pending:
+            req = self._pending[0]
+            if req.cancelled:
+                self._pending.popleft()
+                self.stats.cancelled += req.params.n
+                continue
+            n, L = req.params.n, len(req.prompt_ids)
+            if n > free or (taken and tokens + L > self.prefill_tokens):
+                break  # first come, first served: no overtaking
+            taken.append(self._pending.popleft())
+            free -= n
+            tokens += L
+        return taken
+
+    def _embed(self, jobs: list[EmbeddingJob]) -> None:
+        ids = [x for job in jobs for x in job.inputs]
+        try:
+            vectors = self.embedder.embed_ids(ids, progress=False)
+        except Exception as e:
+            logger.exception("embedding failed")
+            self.stats.errors += 1
+            for job in jobs:
+                job.done(e)
+            return
+        self.stats.embed_batches += 1
+        self.stats.embed_requests += len(jobs)
+        start = 0
+        for job in jobs:
+            job.done(vectors[start : start + len(job.inputs)])
+            start += len(job.inputs)
+
+    def _token_str(self, token: int) -> str:
+        s = self._token_strs.get(token)
+        if s is None:
+            s = self._token_strs[token] = self.tokenizer.decode([token])
+        return s
+
+    def _top(self, logprobs: torch.Tensor, k: int, chosen: int) -> dict[str, float]:
+        """The k most likely tokens and the chosen one: {token text: logprob} (as vLLM, chosen always in)."""
+        top: dict[str, float] = {}
+        if k:
+            values, ids = torch.topk(logprobs, k)
+            top = {self._token_str(int(i)): float(v) for v, i in zip(values, ids)}
+        top.setdefault(self._token_str(chosen), float(logprobs[chosen]))
+        return top
+
+    def _prefill(self, reqs: list[GenerationRequest]) -> None:
+        """Run the newcomers' prompts together, place them in free slots, choose their first tokens."""
+        lens = [len(r.prompt_ids) for r in reqs]
+        B, T = len(reqs), max(lens)
+        x = torch.zeros(B, T, dtype=torch.long)  # right padding: causal attention keeps pads out of real rows
+        for j, r in enumerate(reqs):
+            x[j, : lens[j]] = torch.tensor(r.prompt_ids)
+        cache = DynamicCache()
+        out = self.model.transformer(input_ids=x.to(self.device), past_key_values=cache, use_cache=True)
+        h = out.last_hidden_state  # (B, T, C)
+        last = torch.tensor(lens, device=self.device) - 1
+        logits = self.model.lm_head(h[torch.arange(B, device=self.device), last]).float()  # (B, V)
+        self.stats.prefills += 1
+        self.stats.prefilled_prompts += B
+        rows: list[int] = []
+        source: list[int] = []
+        for j, r in enumerate(reqs):
+            p = r.params
+            if p.echo:
+                self._emit_prompt(r, h[j, : lens[j]])
+            if p.max_tokens == 0:  # echo-only: score the prompt, generate nothing
+                r.done = True
+                r.emit([
+                    dict(type="finish", index=r.index_base + c, reason="length", text="", completion_tokens=0)
+                    for c in range(p.n)
+                ])  # fmt: skip
+                continue
+            # One generator per request: its n sequences draw from it in turn, so a seed reproduces them all.
+            gen = None
+            if p.seed is not None and not p.greedy:
+                gen = torch.Generator(device=self.device).manual_seed(p.seed)
+            for c in range(p.n):
+                slot = len(self.active)
+                self.cache.load(
+                    slot, [k[j, :, : lens[j]] for k in cache.keys], [v[j, :, : lens[j]] for v in cache.values]
+                )
+                self.counts[slot].zero_()
+                decoder = IncrementalDecoder(self.tokenizer, p.stop, skip_special_tokens=True)
+                self.active.append(_Sequence(r, r.index_base + c, decoder, gen))
+                rows.append(slot)
+                source.append(j)
+        if rows:
+            self._choose(rows, logits[torch.tensor(source, device=self.device)])
+
+    def _emit_prompt(self, req: GenerationRequest, hidden: torch.Tensor) -> None:
+        """echo: the prompt comes back first, with its tokens' logprobs when asked for (the first has none)."""
+        p = req.params
+        ev: dict[str, Any] = dict(type="prompt")
+        if p.logprobs is not None:
+            ids = req.prompt_ids
+            lp = self.model.lm_head(hidden[:-1]).float().log_softmax(-1)  # position t predicts token t + 1
+            ev["tokens"] = [self._token_str(t) for t in ids]
+            ev["token_logprobs"] = [None] + [float(lp[t - 1, ids[t]]) for t in range(1, len(ids))]
+            ev["top_logprobs"] = [None] + [
+                self._top(lp[t - 1], p.logprobs, ids[t]) for t in range(1, len(ids))
+            ]
+        req.emit([dict(ev, index=req.index_base + c) for c in range(p.n)])
+
+    def _drop_cancelled(self) -> None:
+        gone = [i for i, s in enumerate(self.active) if s.request.cancelled]
+        for i in reversed(gone):
+            self._retire(i)
+        self.stats.cancelled += len(gone)
+
+    def _step(self) -> None:
+        """One decode step for every running sequence, then choose each row's next token."""
+        n = len(self.active)
+        self.cache.begin_step(n)
+        pos = self.cache.lengths[:n].to(self.device)  # (n,): each row's next position
+        mask = None
+        if not bool((pos == pos[0]).all()):
+            width = int(pos.max()) + 1
+            mask = (torch.arange(width, device=self.device)[None] <= pos[:, None]).long()  # (n, S)
+        out = self.model.transformer(
+            input_ids=self.last[:n, None],
+            attention_mask=mask,
+            position_ids=pos[:, None],
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self.cache.lengths[:n] += 1
+        logits = self.model.lm_head(out.last_hidden_state[:, -1]).float()  # (n, V)
+        self.stats.steps += 1
+        self.stats.max_rows = max(self.stats.max_rows, n)
+        self._choose(list(range(n)), logits)
+
+    def _choose(self, rows: list[int], logits: torch.Tensor) -> None:
+        """logits (len(rows), V) of the given rows -> each row's next token; emit it; retire finished rows."""
+        seqs = [self.active[r] for r in rows]
+        params = [s.params for s in seqs]
+        idx = torch.tensor(rows, device=self.device)
+        logprobs = torch.log_softmax(logits, -1) if any(p.logprobs is not None for p in params) else None
+        scores = apply_penalties(
+            logits,
+            self.counts[idx],
+            [p.presence_penalty for p in params],
+            [p.frequency_penalty for p in params],
+            [p.logit_bias for p in params],
+        )
+        nxt = torch.empty(len(rows), dtype=torch.long, device=self.device)
+        greedy = [i for i, p in enumerate(params) if p.greedy]
+        if greedy:
+            g = torch.tensor(greedy, device=self.device)
+            nxt[g] = scores[g].argmax(-1)
+        sampled = [i for i, p in enumerate(params) if not p.greedy]
+        if sampled:
+            s_idx = torch.tensor(sampled, device=self.device)
+            probs = sampling_probs(
+                scores[s_idx], [params[i].temperature for i in sampled], [params[i].top_p for i in sampled]
+            )
+            groups: dict[int, list[int]] = {}  # rows that share a generator draw from it together, in order
+            for k, i in enumerate(sampled):
+                groups.setdefault(id(seqs[i].generator), []).append(k)
+            for members in groups.values():
+                gen = seqs[sampled[members[0]]].generator
+                m = torch.tensor(members, device=self.device)
+                drawn = torch.multinomial(probs[m], 1, generator=gen).squeeze(1)
+                nxt[s_idx[m]] = drawn
+        self.last[idx] = nxt
+        self.counts.index_put_((idx, nxt), torch.ones(len(rows), device=self.device), accumulate=True)
+        self.stats.tokens += len(rows)
+
+        tokens = nxt.tolist()
+        by_request: dict[int, tuple[GenerationRequest, Events]] = {}
+        finished: list[int] = []
+        for i, (row, s, token) in enumerate(zip(rows, seqs, tokens)):
+            s.generated += 1
+            ev: dict[str, Any] = dict(type="token", index=s.index, text=s.decoder.add([token]))
+            if s.params.logprobs is not None:
+                ev["tokens"] = [self._token_str(token)]
+                ev["token_logprobs"] = [float(logprobs[i, token])]
+                ev["top_logprobs"] = [self._top(logprobs[i], s.params.logprobs, token)]
+            events = by_request.setdefault(id(s.request), (s.request, []))[1]
+            events.append(ev)
+            reason = None
+            if token in self.eos or s.decoder.stopped:
+                reason = "stop"
+            elif s.generated >= s.params.max_tokens:
+                reason = "length"
+            if reason is not None:
+                events.append(
+                    dict(type="finish", index=s.index, reason=reason, text=s.decoder.flush(),
+                         completion_tokens=s.generated)
+                )  # fmt: skip
+                finished.append(row)
+        for req, events in by_request.values():
+            req.emit(events)
+        for row in sorted(finished, reverse=True):
+            self._retire(row)
+
+    def _retire(self, row: int) -> None:
+        """Drop a row; the last running row moves into its slot so rows 0 .. n-1 stay contiguous."""
+        last = len(self.active) - 1
+        if row != last:
+            self.cache.move(last, row)
+            self.counts[row] = self.counts[last]
+            self.last[row] = self.last[last]
+            self.active[row] = self.active[last]
+        self.active.pop()
+
+    def _fail(self, requests: set[GenerationRequest], error: BaseException) -> None:
+        for req in requests:
+            if not req.done:
+                req.done = True
+                req.emit([dict(type="error", message=f"generation failed: {error}")])
+        self.active.clear()
+        self.cache.lengths.zero_()
+
+
+# --- sampling -----------------------------------------------------------------------------------------------
+
+
+def apply_penalties(
+    logits: torch.Tensor,
+    counts: torch.Tensor,
+    presence: Sequence[float],
+    frequency: Sequence[float],
+    logit_bias: Sequence[dict[int, float]] | None = None,
+) -> torch.Tensor:
+    """OpenAI's penalties, per row: logit[j] - count[j] * frequency - (count[j] > 0) * presence (+ bias[j]).
+
+    logits, counts (B, V); count[j] is how often token j was generated so far (the prompt does not count).
+    Returns logits itself when every penalty is 0 and there is no bias, so greedy rows stay bit-exact.
+
+    >>> apply_penalties(torch.zeros(1, 3), torch.tensor([[0.0, 1.0, 2.0]]), [0.5], [1.0]).tolist()
+    [[0.0, -1.5, -2.5]]
+    """
+    scores = logits
+    if any(presence) or any(frequency):
+        pres = torch.tensor(presence, dtype=logits.dtype, device=logits.device)[:, None]
+        freq = torch.tensor(frequency, dtype=logits.dtype, device=logits.device)[:, None]
+        scores = scores - counts * freq - (counts > 0).to(logits.dtype) * pres
+    if logit_bias and any(logit_bias):
+        scores = scores.clone() if scores is logits else scores
+        for i, bias in enumerate(logit_bias):
+            if bias:
+                ids = torch.tensor(list(bias), device=logits.device)
+                scores[i, ids] += torch.tensor(list(bias.values()), dtype=logits.dtype, device=logits.device)
+    return scores
+
+
+def sampling_probs(
+    scores: torch.Tensor, temperature: Sequence[float], top_p: Sequence[float]
+) -> torch.Tensor:
+    """scores (B, V) -> the distribution to sample from: softmax(scores / temperature), nucleus-filtered.
+
+    top_p keeps the smallest set of most likely tokens whose mass reaches top_p (at least one token).
+    """
+    temp = torch.tensor(temperature, dtype=scores.dtype, device=scores.device)[:, None]
+    probs = torch.softmax(scores / temp, dim=-1)
+    if all(p >= 1.0 for p in top_p):
+        return probs
+    p = torch.tensor(top_p, dtype=scores.dtype, device=scores.device)[:, None]
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    before = sorted_p.cumsum(-1) - sorted_p  # mass of the more likely tokens
+    # the first token always stays; rows with top_p = 1 keep everything (no rounding at the tail)
+    sorted_p = sorted_p.masked_fill((before >= p) & (before > 0) & (p < 1.0), 0.0)
+    return torch.zeros_like(probs).scatter_(-1, order, sorted_p)

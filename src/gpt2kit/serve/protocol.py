@@ -1,0 +1,314 @@
+"""OpenAI's request and error shapes: parse and validate JSON bodies into plain dataclasses.
+
+Pure Python (no torch, no Starlette), so the rules can be read and tested on their own. Every rejection is
+an `APIError` whose message names the parameter, the bad value and what to send instead; the app turns it
+into OpenAI's error body `{"error": {"message", "type", "param", "code"}}` with a 4xx status.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_LOGPROBS = 5  # OpenAI's limit for the legacy completions endpoint
+MAX_STOP = 4  # OpenAI: up to 4 stop sequences
+MAX_EMBED_INPUTS = 2048  # OpenAI: at most 2048 inputs per embeddings request
+
+
+class APIError(Exception):
+    """An error the client caused (or back-pressure); rendered as OpenAI's error JSON."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",  # noqa: A002 (OpenAI's field name)
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def _bad(param: str, message: str, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+# --- field checks -------------------------------------------------------------------------------------------
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _number(body: dict, name: str, default: float, lo: float, hi: float) -> float:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _bad(name, f"'{name}' must be a number in [{lo}, {hi}], got {value!r}")
+    if not lo <= value <= hi:
+        raise _bad(name, f"'{name}' must be in [{lo}, {hi}], got {value}")
+    return float(value)
+
+
+def _integer(body: dict, name: str, default: int | None, lo: int, hi: int | None = None) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not _is_int(value):
+        raise _bad(name, f"'{name}' must be an integer, got {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        span = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise _bad(name, f"'{name}' must be {span}, got {value}")
+    return value
+
+
+def _boolean(body: dict, name: str, default: bool = False) -> bool:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise _bad(name, f"'{name}' must be true or false, got {value!r}")
+    return value
+
+
+def check_model(body: dict, served: set[str]) -> str:
+    """The `model` field must name the served model (404 otherwise, as OpenAI answers)."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _bad(
+            "model", f"'model' must be the served model's name (one of {sorted(served)}), got {model!r}"
+        )
+    if model not in served:
+        raise APIError(
+            404,
+            f"The model '{model}' does not exist; this server serves {sorted(served)} (see GET /v1/models)",
+            param="model",
+            code="model_not_found",
+        )
+    return model
+
+
+def token_lists(value: Any, name: str, vocab_size: int, encode) -> tuple[list[list[int]], list[str | None]]:
+    """OpenAI's prompt / input forms -> token ids per item, and the text of each (None for id input).
+
+    Accepted: a string, a list of strings, a list of token ids (one item), a list of lists of token ids.
+    """
+    if isinstance(value, str):
+        items: list[Any] = [value]
+    elif isinstance(value, list) and value and all(_is_int(t) for t in value):
+        items = [value]
+    elif isinstance(value, list) and value:
+        items = value
+    else:
+        raise _bad(
+            name,
+            f"'{name}' must be a non-empty string, list of strings, list of token ids or list of lists of "
+            f"token ids, got {_short(value)}",
+        )
+    ids: list[list[int]] = []
+    texts: list[str | None] = []
+    for i, item in enumerate(items):
+        where = name if len(items) == 1 else f"{name}[{i}]"
+        if isinstance(item, str):
+            if not item:
+                raise _bad(name, f"'{where}' is an empty string; send at least one character")
+            ids.append(encode(item))
+            texts.append(item)
+        elif isinstance(item, list) and item and all(_is_int(t) for t in item):
+            bad = next((t for t in item if not 0 <= t < vocab_size), None)
+            if bad is not None:
+                raise _bad(name, f"'{where}' holds token id {bad}, outside the vocabulary [0, {vocab_size})")
+            ids.append(list(item))
+            texts.append(None)
+        else:
+            raise _bad(
+                name,
+                f"'{where}' must be a non-empty string or a non-empty list of integer token ids, got "
+                f"{_short(item)}",
+            )
+        if not ids[-1]:  # a string of only characters the tokenizer drops
+            raise _bad(name, f"'{where}' encodes to no tokens")
+    return ids, texts
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# --- /v1/completions ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class SamplingParams:
+    """One sequence's decoding settings, OpenAI's semantics (temperature 0 = greedy)."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    logprobs: int | None = None  # None: none; k: the chosen token's and the k most likely tokens' logprobs
+    echo: bool = False
+    n: int = 1
+    logit_bias: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass
+class CompletionRequest:
+    model: str
+    prompts: list[list[int]]
+    prompt_texts: list[str | None]
+    params: SamplingParams
+    stream: bool
+    include_usage: bool
+
+
+def parse_completion(
+    body: Any, served: set[str], vocab_size: int, n_positions: int, max_n: int, encode
+) -> CompletionRequest:
+    """Validate a /v1/completions body. encode: text -> token ids."""
+    if not isinstance(body, dict):
+        raise _bad("body", f"the request body must be a JSON object, got {type(body).__name__}")
+    model = check_model(body, served)
+    if "prompt" not in body:
+        raise _bad("prompt", "'prompt' is required: a string, a list of strings or token ids")
+    prompts, texts = token_lists(body["prompt"], "prompt", vocab_size, encode)
+    for name in ("suffix",):
+        if body.get(name) is not None:
+            raise _bad(name, f"'{name}' is not supported by this server; leave it out")
+    best_of = body.get("best_of")
+    if best_of is not None and best_of != 1:
+        raise _bad("best_of", f"'best_of' is not supported (only 1), got {best_of!r}; use 'n' instead")
+    n = _integer(body, "n", 1, 1, max_n)
+    max_tokens = _integer(body, "max_tokens", 16, 0)
+    echo = _boolean(body, "echo")
+    if max_tokens == 0 and not echo:
+        raise _bad(
+            "max_tokens", "'max_tokens' is 0; ask for at least 1 token (or set echo to score the prompt)"
+        )
+    longest = max(len(p) for p in prompts)
+    if longest + max_tokens > n_positions:
+        raise _bad(
+            "max_tokens",
+            f"this model's context is {n_positions} tokens, but the prompt has {longest} and max_tokens is "
+            f"{max_tokens} ({longest + max_tokens} in all); lower max_tokens to at most "
+            f"{max(n_positions - longest, 0)} or shorten the prompt",
+            code="context_length_exceeded",
+        )
+    stop = body.get("stop")
+    if stop is None:
+        stops: list[str] = []
+    elif isinstance(stop, str):
+        stops = [stop]
+    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        stops = list(stop)
+    else:
+        raise _bad(
+            "stop", f"'stop' must be a string or a list of up to {MAX_STOP} strings, got {_short(stop)}"
+        )
+    if len(stops) > MAX_STOP:
+        raise _bad("stop", f"'stop' holds {len(stops)} strings; at most {MAX_STOP} are allowed")
+    if any(not s for s in stops):
+        raise _bad("stop", "'stop' strings must not be empty")
+    seed = body.get("seed")
+    if seed is not None and not _is_int(seed):
+        raise _bad("seed", f"'seed' must be an integer, got {seed!r}")
+    bias_raw = body.get("logit_bias") or {}
+    if not isinstance(bias_raw, dict):
+        raise _bad("logit_bias", f"'logit_bias' must map token ids to numbers, got {_short(bias_raw)}")
+    bias: dict[int, float] = {}
+    for key, value in bias_raw.items():
+        try:
+            token = int(key)
+        except (TypeError, ValueError):
+            raise _bad("logit_bias", f"'logit_bias' keys must be token ids, got {key!r}") from None
+        if not 0 <= token < vocab_size:
+            raise _bad(
+                "logit_bias", f"'logit_bias' token id {token} is outside the vocabulary [0, {vocab_size})"
+            )
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
+            raise _bad("logit_bias", f"'logit_bias' values must be numbers in [-100, 100], got {value!r}")
+        bias[token] = float(value)
+    params = SamplingParams(
+        max_tokens=max_tokens,
+        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
+        top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
+        presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
+        frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+        seed=seed,
+        stop=stops,
+        logprobs=_integer(body, "logprobs", None, 0, MAX_LOGPROBS),
+        echo=echo,
+        n=n,
+        logit_bias=bias,
+    )
+    stream = _boolean(body, "stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise _bad("stream_options", f"'stream_options' must be an object, got {_short(options)}")
+    include_usage = _boolean(options or {}, "include_usage")
+    if options is not None and not stream:
+        raise _bad("stream_options", "'stream_options' is only allowed when 'stream' is true")
+    return CompletionRequest(model, prompts, texts, params, stream, include_usage)
+
+
+# --- /v1/embeddings -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class EmbeddingRequest:
+    model: str
+    inputs: list[list[int]]
+    encoding_format: str
+
+
+def parse_embedding(
+    body: Any, served: set[str], vocab_size: int, n_positions: int, dim: int, encode
+) -> EmbeddingRequest:
+    if not isinstance(body, dict):
+        raise _bad("body", f"the request body must be a JSON object, got {type(body).__name__}")
+    model = check_model(body, served)
+    if "input" not in body:
+        raise _bad("input", "'input' is required: a string, a list of strings or token ids")
+    inputs, _ = token_lists(body["input"], "input", vocab_size, encode)
+    if len(inputs) > MAX_EMBED_INPUTS:
+        raise _bad("input", f"'input' holds {len(inputs)} items; at most {MAX_EMBED_INPUTS} per request")
+    for i, ids in enumerate(inputs):
+        if len(ids) > n_positions:
+            raise _bad(
+                "input",
+                f"input {i} has {len(ids)} tokens, beyond this model's context of {n_positions}; "
+                "shorten or split it",
+                code="context_length_exceeded",
+            )
+    fmt = body.get("encoding_format") or "float"
+    if fmt not in ("float", "base64"):
+        raise _bad("encoding_format", f"'encoding_format' must be 'float' or 'base64', got {fmt!r}")
+    dims = body.get("dimensions")
+    if dims is not None and dims != dim:
+        raise _bad(
+            "dimensions",
+            f"this model's embeddings have {dim} dimensions and cannot be shortened; got dimensions={dims!r} "
+            "(leave it out)",
+        )
+    return EmbeddingRequest(model, inputs, fmt)

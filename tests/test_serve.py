@@ -1,0 +1,447 @@
+"""`gpt2kit serve`: a real uvicorn server on 127.0.0.1, driven by the official `openai` client and httpx.
+
+The model is a tiny random GPT-2 (2 layers x 64 wide, GPT-2's vocabulary) with large weights, so that its
+next-token distributions are peaked and greedy decoding is not decided by rounding.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+openai = pytest.importorskip("openai")
+
+import uvicorn  # noqa: E402
+
+from gpt2kit import Embedder, GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast  # noqa: E402
+from gpt2kit.serve.app import build_app, load_engine  # noqa: E402
+from gpt2kit.serve.engine import apply_penalties, sampling_probs  # noqa: E402
+
+NAME = "tiny-gpt2"
+N_POSITIONS = 128
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("serve-model")
+    torch.manual_seed(7)
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=50257, n_positions=N_POSITIONS, n_embd=64, n_layer=2, n_head=4)
+    )
+    with torch.no_grad():  # large weights: peaked distributions (see the module docstring)
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0.0, 0.5)
+            elif ".ln_" in name or "ln_f" in name:
+                p.normal_(1.0, 0.3)
+            else:
+                p.normal_(0.0, 0.3)
+    model.save_pretrained(path)
+    GPT2TokenizerFast.from_pretrained("gpt2").save_pretrained(path)
+    return path
+
+
+class Running:
+    """A uvicorn server in a thread, on a free loopback port."""
+
+    def __init__(self, folder, api_key=None, max_body=1 << 20, **engine_options):
+        self.engine = load_engine(folder, **engine_options)
+        app = build_app(self.engine, NAME, api_key=api_key, max_body=max_body)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs=dict(sockets=[sock]), daemon=True)
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            assert time.time() < deadline, "the server did not start"
+            time.sleep(0.02)
+
+    def client(self, **kw) -> openai.OpenAI:
+        return openai.OpenAI(
+            base_url=self.url + "/v1", api_key=kw.pop("api_key", "unused"), max_retries=0, **kw
+        )
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def server(folder):
+    s = Running(folder, max_batch=8)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def lm(folder):
+    return GPT2LMHeadModel.from_pretrained(folder).eval(), GPT2TokenizerFast.from_pretrained(folder)
+
+
+def greedy_reference(lm, prompt_ids, max_new):
+    model, tok = lm
+    out = model.generate(
+        torch.tensor([prompt_ids]), max_new_tokens=max_new, do_sample=False, pad_token_id=50256
+    )
+    new = out[0, len(prompt_ids) :].tolist()
+    return new, tok.decode(new, skip_special_tokens=True)
+
+
+# --- completions ----------------------------------------------------------------------------------------
+
+
+PROMPTS = [
+    "The quick brown fox",
+    "Once upon a time, in a land far away, there lived",
+    "Hello",
+    "import numpy as np\nimport torch\n\ndef main():",
+    "A much longer prompt that keeps going and going, so that the rows of the batch have very different "
+    "lengths when they are decoded together in one step",
+]
+
+
+def test_concurrent_greedy_equals_generate(server, lm):
+    """Prompts of different lengths arrive at different moments and are decoded in one batch; each greedy
+    continuation must still be exactly what model.generate() gives for that prompt alone."""
+    _, tok = lm
+    client = server.client()
+    steps_before = server.engine.stats.steps
+
+    def one(k):
+        time.sleep(0.02 * k)  # staggered: newcomers join a batch that is already decoding
+        prompt = PROMPTS[k % len(PROMPTS)]
+        return prompt, client.completions.create(model=NAME, prompt=prompt, max_tokens=24, temperature=0)
+
+    with ThreadPoolExecutor(8) as pool:
+        # sampled requests run in the same batches, with their own settings
+        noise = [
+            pool.submit(
+                client.completions.create,
+                model=NAME,
+                prompt="Noise",
+                max_tokens=30,
+                temperature=1.0,
+                top_p=0.9,
+            )
+            for _ in range(2)
+        ]
+        results = list(pool.map(one, range(8)))
+        for f in noise:
+            assert f.result().choices[0].finish_reason in ("stop", "length")
+    for prompt, resp in results:
+        ids = tok.encode(prompt)
+        want_ids, want_text = greedy_reference(lm, ids, 24)
+        assert resp.choices[0].text == want_text, prompt
+        assert resp.usage.prompt_tokens == len(ids)
+        assert resp.usage.completion_tokens == len(want_ids)
+        assert resp.choices[0].finish_reason == ("stop" if 50256 in want_ids else "length")
+    assert server.engine.stats.max_rows >= 3, "requests were not decoded together"
+    assert server.engine.stats.steps > steps_before
+
+
+def test_token_id_prompts_and_several_prompts(server, lm):
+    _, tok = lm
+    a, b = tok.encode("The quick brown fox"), tok.encode("Hello")
+    resp = server.client().completions.create(model=NAME, prompt=[a, b], max_tokens=8, temperature=0)
+    assert [c.index for c in resp.choices] == [0, 1]
+    assert resp.choices[0].text == greedy_reference(lm, a, 8)[1]
+    assert resp.choices[1].text == greedy_reference(lm, b, 8)[1]
+    assert resp.usage.prompt_tokens == len(a) + len(b)
+
+
+def test_stream_matches_non_stream_and_ends_with_done(server):
+    client = server.client()
+    kw = dict(model=NAME, prompt="Once upon a time", max_tokens=20, temperature=0)
+    whole = client.completions.create(**kw).choices[0]
+    chunks = list(client.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == whole.text and len(chunks) > 3
+    finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finals == [whole.finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    with httpx.stream("POST", server.url + "/v1/completions", json=dict(kw, stream=True)) as r:
+        lines = [line for line in r.iter_lines() if line]
+    assert r.headers["content-type"].startswith("text/event-stream")
+    assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
+
+
+def test_seed_reproduces_sampling_and_n_gives_n_choices(server):
+    client = server.client()
+    kw = dict(model=NAME, prompt="Once upon a time", max_tokens=16, temperature=1.0, n=3, seed=1234)
+    a, b = client.completions.create(**kw), client.completions.create(**kw)
+    assert [c.text for c in a.choices] == [c.text for c in b.choices]
+    assert [c.index for c in a.choices] == [0, 1, 2]
+    assert len({c.text for c in a.choices}) > 1, "n samples should differ"
+    other = client.completions.create(**dict(kw, seed=99))
+    assert [c.text for c in other.choices] != [c.text for c in a.choices]
+
+
+def test_stop_string_cuts_the_text(server, lm):
+    _, tok = lm
+    prompt = "Once upon a time, in a land far away, there lived"
+    _, full = greedy_reference(lm, tok.encode(prompt), 30)
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    assert stop.strip(), full
+    resp = server.client().completions.create(
+        model=NAME, prompt=prompt, max_tokens=30, temperature=0, stop=[stop]
+    )
+    assert resp.choices[0].text == full[: full.index(stop)]
+    assert resp.choices[0].finish_reason == "stop"
+
+
+def test_logprobs_and_echo(server, lm):
+    model, tok = lm
+    prompt = "The quick brown fox"
+    ids = tok.encode(prompt)
+    resp = server.client().completions.create(
+        model=NAME, prompt=prompt, max_tokens=5, temperature=0, logprobs=3, echo=True
+    )
+    c = resp.choices[0]
+    assert c.text.startswith(prompt)
+    lp = c.logprobs
+    n = len(ids) + resp.usage.completion_tokens
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == n
+    assert lp.token_logprobs[0] is None and lp.text_offset[0] == 0
+    with torch.no_grad():
+        full = model(torch.tensor([ids])).logits[0].log_softmax(-1)
+    # prompt token t is scored by position t - 1
+    for t in range(1, len(ids)):
+        assert lp.token_logprobs[t] == pytest.approx(float(full[t - 1, ids[t]]), abs=1e-4)
+    for t in range(len(ids), n):  # greedy: the chosen token is the most likely one
+        top = lp.top_logprobs[t]
+        assert len(top) == 3 and lp.token_logprobs[t] == pytest.approx(max(top.values()), abs=1e-5)
+    assert lp.text_offset == sorted(lp.text_offset)
+
+
+def test_penalties_math():
+    logits = torch.tensor([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])
+    counts = torch.tensor([[0.0, 1.0, 3.0], [2.0, 0.0, 0.0]])
+    out = apply_penalties(
+        logits, counts, presence=[0.5, 0.0], frequency=[1.0, 0.25], logit_bias=[{}, {1: 5.0}]
+    )
+    want = torch.tensor([[1.0, 2.0 - 1.0 - 0.5, 3.0 - 3.0 - 0.5], [1.0 - 0.5, 7.0, 3.0]])
+    torch.testing.assert_close(out, want)
+    assert apply_penalties(logits, counts, [0.0, 0.0], [0.0, 0.0]) is logits  # greedy stays bit-exact
+    # top_p=0.7 keeps the two most likely tokens (0.5 + 0.3 >= 0.7); multinomial needs no renormalising
+    probs = sampling_probs(torch.log(torch.tensor([[0.5, 0.3, 0.2]] * 2)), [1.0, 1.0], [0.7, 1.0])
+    torch.testing.assert_close(probs, torch.tensor([[0.5, 0.3, 0.0], [0.5, 0.3, 0.2]]))
+
+
+def test_frequency_penalty_changes_greedy_output(server):
+    client = server.client()
+    kw = dict(model=NAME, prompt="Hello", max_tokens=40, temperature=0)
+    plain = client.completions.create(**kw).choices[0].text
+    penalised = client.completions.create(**kw, frequency_penalty=2.0, presence_penalty=2.0).choices[0].text
+    assert plain != penalised
+
+
+# --- embeddings and small endpoints ---------------------------------------------------------------------
+
+
+def test_embeddings_equal_the_embedder(server, folder):
+    texts = ["a first text", "and a second, somewhat longer one", "x"]
+    want = Embedder.from_pretrained(folder).embed(texts)
+    client = server.client()
+    got = client.embeddings.create(model=NAME, input=texts)  # the client asks for base64 by default
+    np.testing.assert_allclose(np.array([d.embedding for d in got.data]), want, atol=1e-5)
+    floats = client.embeddings.create(model=NAME, input=texts[1], encoding_format="float")
+    np.testing.assert_allclose(floats.data[0].embedding, want[1], atol=1e-5)
+    ids = GPT2TokenizerFast.from_pretrained("gpt2").encode(texts[0])
+    by_ids = client.embeddings.create(model=NAME, input=ids, encoding_format="float")
+    np.testing.assert_allclose(by_ids.data[0].embedding, want[0], atol=1e-5)
+    assert got.usage.prompt_tokens == sum(
+        len(GPT2TokenizerFast.from_pretrained("gpt2").encode(t)) for t in texts
+    )
+    raw = httpx.post(
+        server.url + "/v1/embeddings", json=dict(model=NAME, input="x", encoding_format="base64")
+    ).json()
+    np.testing.assert_allclose(
+        np.frombuffer(base64.b64decode(raw["data"][0]["embedding"]), "<f4"), want[2], atol=1e-5
+    )
+
+
+def test_concurrent_embeddings_are_merged(server, folder):
+    texts = [f"text number {i} " * (1 + i % 7) for i in range(24)]
+    want = Embedder.from_pretrained(folder).embed(texts)
+    client = server.client()
+    before = server.engine.stats.embed_batches
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda t: client.embeddings.create(model=NAME, input=t).data[0].embedding, texts))
+    np.testing.assert_allclose(np.array(got), want, atol=1e-5)
+    assert server.engine.stats.embed_batches - before < len(texts), "no two requests were merged"
+
+
+def test_models_health_tokenize(server, lm):
+    _, tok = lm
+    models = server.client().models.list()
+    assert [m.id for m in models.data] == [NAME]
+    card = httpx.get(server.url + "/v1/models").json()["data"][0]
+    assert card["max_model_len"] == N_POSITIONS and card["embedding"] == {
+        "dimensions": 64,
+        "pooling": "mean",
+        "layer": 2,
+    }
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+    r = httpx.post(server.url + "/tokenize", json={"prompt": "Hello world"}).json()
+    assert r["tokens"] == tok.encode("Hello world") and r["count"] == 2
+    assert httpx.post(server.url + "/detokenize", json={"tokens": r["tokens"]}).json() == {
+        "prompt": "Hello world"
+    }
+
+
+# --- bad input ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body, status, param",
+    [
+        (b"{not json", 400, "body"),
+        (b"[1, 2]", 400, "body"),
+        (dict(model=NAME, prompt="hi", temperature="hot"), 400, "temperature"),
+        (dict(model=NAME, prompt="hi", temperature=3), 400, "temperature"),
+        (dict(model=NAME, prompt="hi", max_tokens=10_000), 400, "max_tokens"),
+        (dict(model=NAME, prompt="hi", max_tokens=-1), 400, "max_tokens"),
+        (dict(model=NAME, prompt="hi", max_tokens=1.5), 400, "max_tokens"),
+        (dict(model=NAME, prompt=""), 400, "prompt"),
+        (dict(model=NAME, prompt=[]), 400, "prompt"),
+        (dict(model=NAME, prompt=[[1, 2], []]), 400, "prompt"),
+        (dict(model=NAME, prompt=[1, 99999]), 400, "prompt"),
+        (dict(model=NAME, prompt={"a": 1}), 400, "prompt"),
+        (dict(model=NAME), 400, "prompt"),
+        (dict(model=NAME, prompt="hi", n=100), 400, "n"),
+        (dict(model=NAME, prompt="hi", stop=["a", "b", "c", "d", "e"]), 400, "stop"),
+        (dict(model=NAME, prompt="hi", logprobs=9), 400, "logprobs"),
+        (dict(model=NAME, prompt="hi", best_of=3), 400, "best_of"),
+        (dict(model=NAME, prompt="hi", stream="yes"), 400, "stream"),
+        (dict(model="gpt-4", prompt="hi"), 404, "model"),
+        (dict(prompt="hi"), 400, "model"),
+    ],
+)
+def test_bad_completion_requests_get_openai_errors(server, body, status, param):
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    r = httpx.post(
+        server.url + "/v1/completions", content=content, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["param"] == param and err["message"]
+
+
+def test_bad_input_errors_name_the_problem_and_the_server_lives_on(server):
+    client = server.client()
+    with pytest.raises(openai.BadRequestError, match="context is 128 tokens"):
+        client.completions.create(model=NAME, prompt="hi", max_tokens=500)
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.completions.create(model="nope", prompt="hi")
+    with pytest.raises(openai.BadRequestError, match="beyond this model's context"):
+        client.embeddings.create(model=NAME, input=[1] * 200)
+    with pytest.raises(openai.BadRequestError, match="empty string"):
+        client.embeddings.create(model=NAME, input=["ok", ""])
+    big = httpx.post(server.url + "/v1/completions", json=dict(model=NAME, prompt="x" * (2 << 20)))
+    assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
+
+    def chunked():  # no Content-Length: the limit is enforced while reading
+        for _ in range(40):
+            yield b" " * 65536
+
+    r = httpx.post(server.url + "/v1/completions", content=chunked())
+    assert r.status_code == 413
+    r = httpx.get(server.url + "/v1/nothing-here")
+    assert r.status_code == 404 and "error" in r.json()
+    r = httpx.get(server.url + "/v1/completions")
+    assert r.status_code == 405 and "error" in r.json()
+    assert (
+        client.completions.create(model=NAME, prompt="still alive", max_tokens=3).usage.completion_tokens >= 1
+    )
+
+
+# --- disconnects, back-pressure, auth ---------------------------------------------------------------------
+
+
+def test_client_disconnect_stops_its_generation(server):
+    engine = server.engine
+    cancelled, tokens = engine.stats.cancelled, engine.stats.tokens
+    body = dict(
+        model=NAME, prompt="Hi", max_tokens=120, temperature=1.0, stream=True, logit_bias={"50256": -100}
+    )
+    with httpx.Client(timeout=10) as c, c.stream("POST", server.url + "/v1/completions", json=body) as r:
+        lines = r.iter_lines()
+        got = [next(lines) for _ in range(3)]
+    assert got[0].startswith("data: ")
+    deadline = time.time() + 5
+    while engine.stats.cancelled == cancelled and time.time() < deadline:
+        time.sleep(0.01)
+    assert engine.stats.cancelled == cancelled + 1, "the engine never saw the cancel"
+    time.sleep(0.2)
+    assert not engine.active
+    assert engine.stats.tokens - tokens < 120, "the generation ran to the end anyway"
+
+
+def test_full_queue_answers_429_with_retry_after(folder):
+    s = Running(folder, max_batch=1, max_queue=1)
+    try:
+        body = dict(model=NAME, prompt="Hi", max_tokens=100, logit_bias={"50256": -100})
+
+        def post(_):
+            return httpx.post(s.url + "/v1/completions", json=body, timeout=60)
+
+        with ThreadPoolExecutor(6) as pool:
+            responses = list(pool.map(post, range(6)))
+        codes = sorted(r.status_code for r in responses)
+        assert codes.count(200) >= 2 and 429 in codes and set(codes) <= {200, 429}, codes
+        busy = next(r for r in responses if r.status_code == 429)
+        assert busy.headers["retry-after"] == "1" and busy.json()["error"]["code"] == "server_busy"
+        assert s.engine.stats.rejected >= 1 and s.engine.stats.max_rows == 1
+    finally:
+        s.stop()
+
+
+def test_api_key_is_required_on_every_request(folder):
+    s = Running(folder, api_key="s3cret", max_batch=2)
+    try:
+        for path in ("/health", "/v1/models"):
+            assert httpx.get(s.url + path).status_code == 401
+        wrong = httpx.get(s.url + "/v1/models", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+        assert httpx.get(s.url + "/health", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        with pytest.raises(openai.AuthenticationError):
+            s.client(api_key="nope").completions.create(model=NAME, prompt="hi", max_tokens=2)
+        ok = s.client(api_key="s3cret").completions.create(model=NAME, prompt="hi", max_tokens=2)
+        assert ok.choices[0].text is not None
+    finally:
+        s.stop()
+
+
+# --- the command ------------------------------------------------------------------------------------------
+
+
+def test_serve_without_the_extra_says_how_to_install(monkeypatch, capsys):
+    import builtins
+
+    from gpt2kit.cli import main
+
+    real = builtins.__import__
+
+    def fake(name, *args, **kwargs):
+        if name in ("uvicorn", "starlette"):
+            raise ImportError(f"No module named {name!r}", name=name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake)
+    assert main(["serve", "--model", "whatever"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and 'pip install "gpt2kit[serve]"' in err
