@@ -372,23 +372,53 @@ def test_bad_input_errors_name_the_problem_and_the_server_lives_on(server):
 # --- disconnects, back-pressure, auth ---------------------------------------------------------------------
 
 
-def test_client_disconnect_stops_its_generation(server):
+@pytest.fixture
+def slow_engine(server, monkeypatch):
+    """The server's engine with 20 ms decode steps, so a generation is surely still running when its client
+    goes away (the tiny model would otherwise finish 120 tokens in a blink)."""
     engine = server.engine
-    cancelled, tokens = engine.stats.cancelled, engine.stats.tokens
-    body = dict(
-        model=NAME, prompt="Hi", max_tokens=120, temperature=1.0, stream=True, logit_bias={"50256": -100}
-    )
-    with httpx.Client(timeout=10) as c, c.stream("POST", server.url + "/v1/completions", json=body) as r:
+    step = engine._step
+
+    def slow_step():
+        time.sleep(0.02)
+        step()
+
+    monkeypatch.setattr(engine, "_step", slow_step)
+    return engine
+
+
+def _wait_for_cancel(engine, before):
+    deadline = time.time() + 5
+    while engine.stats.cancelled == before and time.time() < deadline:
+        time.sleep(0.01)
+    assert engine.stats.cancelled == before + 1, "the engine never saw the cancel"
+    time.sleep(0.1)
+    assert not engine.active
+
+
+# logit_bias keeps eos out, so only the disconnect can end these generations early
+LONG = dict(model=NAME, prompt="Hi", max_tokens=120, temperature=1.0, logit_bias={"50256": -100})
+
+
+def test_client_disconnect_mid_stream_stops_its_generation(server, slow_engine):
+    cancelled, tokens = slow_engine.stats.cancelled, slow_engine.stats.tokens
+    with (
+        httpx.Client(timeout=10) as c,
+        c.stream("POST", server.url + "/v1/completions", json=dict(LONG, stream=True)) as r,
+    ):
         lines = r.iter_lines()
         got = [next(lines) for _ in range(3)]
     assert got[0].startswith("data: ")
-    deadline = time.time() + 5
-    while engine.stats.cancelled == cancelled and time.time() < deadline:
-        time.sleep(0.01)
-    assert engine.stats.cancelled == cancelled + 1, "the engine never saw the cancel"
-    time.sleep(0.2)
-    assert not engine.active
-    assert engine.stats.tokens - tokens < 120, "the generation ran to the end anyway"
+    _wait_for_cancel(slow_engine, cancelled)
+    assert slow_engine.stats.tokens - tokens < 60, "the generation ran on after the client left"
+
+
+def test_client_disconnect_while_waiting_stops_its_generation(server, slow_engine):
+    cancelled, tokens = slow_engine.stats.cancelled, slow_engine.stats.tokens
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/v1/completions", json=LONG, timeout=0.3)
+    _wait_for_cancel(slow_engine, cancelled)
+    assert slow_engine.stats.tokens - tokens < 80, "the generation ran on after the client left"
 
 
 def test_full_queue_answers_429_with_retry_after(folder):
@@ -445,3 +475,49 @@ def test_serve_without_the_extra_says_how_to_install(monkeypatch, capsys):
     assert main(["serve", "--model", "whatever"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and 'pip install "gpt2kit[serve]"' in err
+
+
+def test_gpt2kit_serve_command_end_to_end(folder):
+    """`python -m gpt2kit serve` binds 127.0.0.1, answers under --model as given and its folder name."""
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gpt2kit",
+        "serve",
+        "--model",
+        str(folder),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, (
+                proc.stdout.read() if proc.poll() else "no start"
+            )
+            time.sleep(0.1)
+        assert httpx.get(url + "/v1/models").json()["data"][0]["id"] == str(folder)
+        for name in (str(folder), folder.name):
+            r = httpx.post(
+                url + "/v1/completions", json=dict(model=name, prompt="Hi", max_tokens=2), timeout=30
+            )
+            assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert proc.returncode in (0, -15)

@@ -350,13 +350,17 @@ class Server:
         if req.stream:
             return _SSEResponse(self._stream(state, queue, head), on_close=cancel)
         try:
+            # Look for a departed client every DISCONNECT_POLL_S, whether or not tokens are arriving.
+            next_poll = time.monotonic() + DISCONNECT_POLL_S
             while not state.all_done:
                 try:
-                    events = await asyncio.wait_for(queue.get(), DISCONNECT_POLL_S)
+                    events = await asyncio.wait_for(queue.get(), max(next_poll - time.monotonic(), 0.01))
                 except asyncio.TimeoutError:
+                    events = []
+                if time.monotonic() >= next_poll:
                     if await request.is_disconnected():
                         return Response(status_code=499)  # nobody is listening; cancel() runs below
-                    continue
+                    next_poll = time.monotonic() + DISCONNECT_POLL_S
                 for ev in events:
                     if ev["type"] == "error":
                         return _error_response(APIError(500, ev["message"], type="server_error"))
