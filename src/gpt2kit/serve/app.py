@@ -155,6 +155,10 @@ class Server:
         api_key: str | None = None,
         max_body: int = DEFAULT_MAX_BODY,
     ) -> None:
+        if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1:
+            raise ValueError(
+                f"max_body (--max-body-bytes) must be a positive number of bytes, got {max_body!r}"
+            )
         self.engine = engine
         self.tok = engine.tokenizer
         self.config = engine.config
@@ -535,6 +539,8 @@ def run(
     """Load the model and serve it until interrupted (uvicorn). api_key=None reads $GPT2KIT_API_KEY."""
     import uvicorn
 
+    if api_key is not None and not api_key.strip():
+        raise ValueError("--api-key is empty; give a non-empty key, or leave it out to serve without one")
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         logger.warning("serving on %s without an API key: anyone who can reach it can use it", host)

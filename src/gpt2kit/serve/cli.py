@@ -37,8 +37,8 @@ def serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--embed-tokens",
         type=int,
-        default=8192,
-        help="embedding tokens merged per engine step (default: 8192)",
+        default=4096,
+        help="embedding tokens merged per engine step (default: 4096)",
     )
     p.add_argument(
         "--max-body-bytes",

@@ -221,7 +221,7 @@ class Engine:
         max_batch: int = 8,
         max_queue: int = 64,
         prefill_tokens: int = 2048,
-        embed_tokens: int = 8192,
+        embed_tokens: int = 4096,
         embedder=None,
     ) -> None:
         from gpt2kit.embeddings import Embedder
@@ -233,7 +233,8 @@ class Engine:
             ("embed_tokens", embed_tokens),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{name} ({flag}) must be a positive integer, got {value!r}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = model.config
