@@ -26,7 +26,7 @@ import uvicorn  # noqa: E402
 
 from gpt2kit import Embedder, GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast  # noqa: E402
 from gpt2kit.serve.app import build_app, load_engine  # noqa: E402
-from gpt2kit.serve.engine import apply_penalties, sampling_probs  # noqa: E402
+from gpt2kit.serve.engine import apply_penalties, draw, sampling_probs  # noqa: E402
 
 NAME = "tiny-gpt2"
 N_POSITIONS = 128
@@ -227,7 +227,7 @@ def test_logprobs_and_echo(server, lm):
     assert lp.text_offset == sorted(lp.text_offset)
 
 
-def test_penalties_math():
+def test_penalties_and_sampling_math():
     logits = torch.tensor([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])
     counts = torch.tensor([[0.0, 1.0, 3.0], [2.0, 0.0, 0.0]])
     out = apply_penalties(
@@ -239,6 +239,11 @@ def test_penalties_math():
     # top_p=0.7 keeps the two most likely tokens (0.5 + 0.3 >= 0.7); multinomial needs no renormalising
     probs = sampling_probs(torch.log(torch.tensor([[0.5, 0.3, 0.2]] * 2)), [1.0, 1.0], [0.7, 1.0])
     torch.testing.assert_close(probs, torch.tensor([[0.5, 0.3, 0.0], [0.5, 0.3, 0.2]]))
+    # inverse-CDF draws follow the (unnormalised) distribution and never pick a zero-probability token
+    p = torch.tensor([[0.0, 0.1, 0.0, 0.6, 0.3, 0.0]]).expand(100_000, -1).contiguous()
+    freq = torch.bincount(draw(p * 2.0, torch.Generator().manual_seed(0)), minlength=6) / 100_000
+    torch.testing.assert_close(freq, p[0], atol=0.01, rtol=0)
+    assert freq[[0, 2, 5]].sum() == 0
 
 
 def test_frequency_penalty_changes_greedy_output(server):
