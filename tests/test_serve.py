@@ -426,6 +426,27 @@ def test_client_disconnect_while_waiting_stops_its_generation(server, slow_engin
     assert slow_engine.stats.tokens - tokens < 80, "the generation ran on after the client left"
 
 
+def test_an_engine_failure_fails_its_requests_not_the_server(server, monkeypatch):
+    step = server.engine._step
+    calls = []
+
+    def broken_step():
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        step()
+
+    monkeypatch.setattr(server.engine, "_step", broken_step)
+    r = httpx.post(
+        server.url + "/v1/completions", json=dict(model=NAME, prompt="Hi", max_tokens=10), timeout=30
+    )
+    assert r.status_code == 500 and "boom" in r.json()["error"]["message"]
+    assert r.json()["error"]["type"] == "server_error"
+    monkeypatch.setattr(server.engine, "_step", step)
+    ok = server.client().completions.create(model=NAME, prompt="Hi", max_tokens=3)
+    assert ok.usage.completion_tokens >= 1
+
+
 def test_full_queue_answers_429_with_retry_after(folder):
     s = Running(folder, max_batch=1, max_queue=1)
     try:
