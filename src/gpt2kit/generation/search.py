@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,8 @@ import torch
 
 from gpt2kit.generation.config import GenerationConfig
 from gpt2kit.generation.processors import LogitsProcessorList, build_processors
-from gpt2kit.model.cache import StaticCache
+from gpt2kit.model.attention import AttentionMask
+from gpt2kit.model.cache import Cache, StaticCache
 from gpt2kit.model.outputs import ModelOutput
 
 logger = logging.getLogger(__name__)
@@ -76,6 +78,99 @@ def decode_one_token(model, tokens, attention_mask, position_ids, cache) -> torc
     return _logits(model, tokens, attention_mask, position_ids, cache)
 
 
+class _SlotCache(Cache):
+    """A StaticCache's full buffers as the fixed-shape step sees them: `update` writes the new position at
+    a tensor index (no Python int that would change every step) and returns the whole buffer."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], slot: torch.Tensor) -> None:
+        self.keys, self.values, self.slot = keys, values, slot
+
+    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.keys[layer_idx].index_copy_(2, self.slot, k)
+        self.values[layer_idx].index_copy_(2, self.slot, v)
+        return self.keys[layer_idx], self.values[layer_idx]
+
+
+def decode_one_token_static(
+    model,
+    tokens: torch.Tensor,
+    position_ids: torch.Tensor,
+    cache_position: torch.Tensor,
+    keys: list[torch.Tensor],
+    values: list[torch.Tensor],
+    key_ok: torch.Tensor,
+) -> torch.Tensor:
+    """decode_one_token with every shape fixed, so that torch.compile traces it once (gpt-fast's step).
+
+    tokens, position_ids (B, 1); cache_position (1,): the cache slot of the new position; keys, values: a
+    StaticCache's per-layer buffers (B, nh, S, hs), written in place at that slot; key_ok (B, S) bool,
+    False at left padding. Attention reads all S slots and masks the ones after cache_position, so no shape
+    depends on how far decoding has got. -> logits (B, V) as float32.
+    """
+    tr = model.transformer
+    x = tr.drop(tr.wte(tokens) + tr.wpe(position_ids))  # (B, 1, C)
+    visible = key_ok & (torch.arange(key_ok.shape[1], device=x.device) <= cache_position)  # (B, S)
+    mask = AttentionMask(sdpa=visible[:, None, None, :])
+    slots = _SlotCache(keys, values, cache_position)
+    for block in tr.h:
+        x = block(x, mask, slots)[0]
+    return model.lm_head(tr.ln_f(x)[:, -1, :]).float()
+
+
+# torch.compile's modes; True means "default". Options are checked here so a typo fails before any work.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+_COMPILE_KEYS = ("mode", "fullgraph", "dynamic", "backend", "options")
+_compiled_steps: dict[str, Any] = {}
+
+
+def compile_options(compile: bool | str | dict | None) -> dict[str, Any] | None:
+    """generate()'s `compile=` -> torch.compile keyword arguments, or None for the eager step.
+
+    False / None: eager. True: torch.compile(mode="default", fullgraph=True, dynamic=False). A mode name
+    (one of COMPILE_MODES), or a dict of torch.compile arguments (mode, fullgraph, dynamic, backend, options).
+
+    >>> compile_options(True)
+    {'fullgraph': True, 'dynamic': False, 'mode': 'default'}
+    """
+    if compile is None or compile is False:
+        return None
+    opts: dict[str, Any] = {"fullgraph": True, "dynamic": False}
+    if compile is True:
+        opts["mode"] = "default"
+    elif isinstance(compile, str):
+        if compile not in COMPILE_MODES:
+            raise ValueError(
+                f"compile={compile!r} is not a torch.compile mode; use True or one of {COMPILE_MODES}"
+            )
+        opts["mode"] = compile
+    elif isinstance(compile, dict):
+        unknown = sorted(set(compile) - set(_COMPILE_KEYS))
+        if unknown:
+            raise ValueError(
+                f"compile= got unknown torch.compile arguments {unknown}; allowed: {_COMPILE_KEYS}"
+            )
+        if compile.get("mode", "default") not in COMPILE_MODES:
+            raise ValueError(f"compile['mode']={compile['mode']!r} is not one of {COMPILE_MODES}")
+        opts.update(compile)
+    else:
+        raise TypeError(
+            f"compile must be a bool, a torch.compile mode name or a dict, got {type(compile).__name__}"
+        )
+    return opts
+
+
+def compiled_step(options: dict[str, Any]):
+    """decode_one_token_static under torch.compile with these options, built once per option set.
+
+    Compilation itself happens on the first call for each (batch size, cache length, dtype), and again
+    whenever one of those changes (up to torch._dynamo's recompile limit, then it runs eagerly).
+    """
+    key = repr(sorted(options.items()))
+    if key not in _compiled_steps:
+        _compiled_steps[key] = torch.compile(decode_one_token_static, **options)
+    return _compiled_steps[key]
+
+
 def choose(scores: torch.Tensor, do_sample: bool, generator: torch.Generator | None = None) -> torch.Tensor:
     """scores (B, V) after the processors -> next tokens (B,): argmax, or a draw from softmax(scores)."""
     if do_sample:
@@ -99,6 +194,7 @@ class _Plan:
     pad_token_id: int | None
     processors: LogitsProcessorList
     stop_checker: _StopStrings | None
+    compile: dict[str, Any] | None = None  # torch.compile arguments for the decode step, or None (eager)
 
 
 def plan_generation(
@@ -111,8 +207,10 @@ def plan_generation(
     truncate_prompt: bool = False,
     presence_penalty: float = 0.0,
     frequency_penalty: float = 0.0,
+    compile: bool | str | dict | None = False,
     **kwargs: Any,
 ) -> _Plan:
+    compile_opts = compile_options(compile)
     base = generation_config or getattr(model, "generation_config", None)
     if base is None:
         base = GenerationConfig.from_model_config(model.config)
@@ -226,7 +324,9 @@ def plan_generation(
         logits_processor=logits_processor,
     )
     eos_tensor = torch.tensor(eos_list, device=input_ids.device) if eos_list else None
-    return _Plan(input_ids, attention_mask, cfg, max_length, eos_tensor, pad, procs, stop_checker)
+    return _Plan(
+        input_ids, attention_mask, cfg, max_length, eos_tensor, pad, procs, stop_checker, compile_opts
+    )
 
 
 class _StopStrings:
@@ -265,6 +365,64 @@ def _position_ids(attention_mask: torch.Tensor | None, B: int, T: int, device) -
     return pos.masked_fill(attention_mask == 0, 1)
 
 
+# The compiled step's cache length is max_length rounded up to this, so that nearby lengths share one
+# compiled graph (each new shape costs a full compile); the extra slots are masked, and cost one more
+# K/V read per slot and layer.
+_CACHE_BUCKET = 64
+
+
+def _new_cache(model, plan: _Plan, batch_size: int) -> StaticCache:
+    length = plan.max_length
+    if plan.compile is not None:
+        length = -(-length // _CACHE_BUCKET) * _CACHE_BUCKET
+    cache = StaticCache.for_model(
+        model.config, batch_size, length, dtype=model.dtype, device=plan.input_ids.device
+    )
+    if plan.compile is not None:
+        # The fixed-shape step reads every slot and masks the unfilled ones; a masked slot still enters the
+        # attention as probability 0 x value, and 0 x NaN from uninitialised memory would be NaN.
+        for buf in (*cache.k, *cache.v):
+            buf.zero_()
+    return cache
+
+
+def _step_function(model, plan: _Plan, cache: StaticCache, mask: torch.Tensor | None):
+    """-> step(tokens (B, 1), cur, position_ids (B, 1)) -> logits (B, V) for the token at position cur - 1:
+    the eager decode_one_token, or the compiled fixed-shape decode_one_token_static."""
+    if plan.compile is None:
+
+        def step(tokens, cur, position_ids):
+            return decode_one_token(
+                model, tokens, mask[:, :cur] if mask is not None else None, position_ids, cache
+            )
+
+        return step
+
+    fn = compiled_step(plan.compile)
+    B, S = tokens_shape = (plan.input_ids.shape[0], cache.max_length)
+    key_ok = torch.ones(tokens_shape, dtype=torch.bool, device=plan.input_ids.device)
+    if mask is not None:
+        key_ok[:, : mask.shape[1]] = mask.bool()
+    first = [True]
+
+    def step(tokens, cur, position_ids):
+        slot = torch.tensor([cur - 1], device=tokens.device)
+        if first[0]:
+            t0 = time.perf_counter()
+        logits = fn(model, tokens, position_ids, slot, cache.k, cache.v, key_ok)
+        if first[0]:
+            first[0] = False
+            logger.info(
+                "first compiled decode step (batch %d, cache %d): %.1f s", B, S, time.perf_counter() - t0
+            )
+        cache.lengths = [cur] * len(
+            cache.lengths
+        )  # keep the cache's own view right (beam reordering reads it)
+        return logits
+
+    return step
+
+
 # --- greedy and sampling --------------------------------------------------------------------------------
 
 
@@ -292,7 +450,8 @@ def decode(
     if plan.attention_mask is not None:
         mask = torch.ones((B, plan.max_length), dtype=plan.attention_mask.dtype, device=device)
         mask[:, :T] = plan.attention_mask
-    cache = StaticCache.for_model(model.config, B, plan.max_length, dtype=model.dtype, device=device)
+    cache = _new_cache(model, plan, B)
+    step = _step_function(model, plan, cache, mask)
     unfinished = torch.ones(B, dtype=torch.bool, device=device)
 
     position_ids = _position_ids(plan.attention_mask, B, T, device)
@@ -319,9 +478,7 @@ def decode(
         if cur >= plan.max_length or not bool(unfinished.any()):
             break
         with torch.inference_mode():
-            logits = decode_one_token(
-                model, nxt[:, None], mask[:, :cur] if mask is not None else None, next_pos, cache
-            )
+            logits = step(nxt[:, None], cur, next_pos)
         next_pos = next_pos + 1
 
 
@@ -374,7 +531,8 @@ def beam_search(model, plan: _Plan, generator: torch.Generator | None = None, sc
     if plan.attention_mask is not None:
         mask = torch.ones((BK, max_length), dtype=plan.attention_mask.dtype, device=device)
         mask[:, :T] = plan.attention_mask
-    cache = StaticCache.for_model(model.config, BK, max_length, dtype=model.dtype, device=device)
+    cache = _new_cache(model, plan, BK)
+    step_fn = _step_function(model, plan, cache, mask)
     position_ids = _position_ids(plan.attention_mask, BK, T, device)
     with torch.inference_mode():
         logits = prefill(model, flat_ids, plan.attention_mask, position_ids, cache)
@@ -444,10 +602,7 @@ def beam_search(model, plan: _Plan, generator: torch.Generator | None = None, sc
         if not (bool(may_improve.any()) and open_beams and not bool(done.all())) or cur >= max_length:
             break
         with torch.inference_mode():
-            step = running[:, :, cur - 1].reshape(BK, 1)
-            logits = decode_one_token(
-                model, step, mask[:, :cur] if mask is not None else None, next_pos, cache
-            )
+            logits = step_fn(running[:, :, cur - 1].reshape(BK, 1), cur, next_pos)
         next_pos = next_pos + 1
 
     n = cfg.num_return_sequences

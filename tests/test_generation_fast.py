@@ -1,0 +1,148 @@
+"""The opt-in speed levers of generate(): the compiled fixed-shape decode step and weight-only int8.
+
+The compiled step must give the eager loop's tokens (a property: same model, same prompts); int8 changes the
+numbers on purpose, so it is held to its kernel's arithmetic and to a top-1 agreement rate instead.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import gpt2kit
+from gpt2kit.generation import search
+from gpt2kit.model.cache import StaticCache
+from gpt2kit.model.quant import Int8Linear, quantize_int8, quantize_weight
+from hf_oracle import hf_model
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fast")
+    hf_model("GPT2LMHeadModel", seed=7).save_pretrained(folder)
+    return gpt2kit.GPT2LMHeadModel.from_pretrained(folder)
+
+
+def prompts(B=3, T=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(1, 99, (B, T), generator=g)
+    mask = torch.ones_like(x)
+    mask[0, :3] = 0  # left padding
+    return x.masked_fill(mask == 0, 0), mask
+
+
+# --- compile= -------------------------------------------------------------------------------------------
+
+
+def test_compile_option_is_validated_before_any_work(model):
+    x = torch.tensor([[1, 2, 3]])
+    with pytest.raises(ValueError, match="not a torch.compile mode"):
+        model.generate(x, max_new_tokens=2, compile="fast")
+    with pytest.raises(ValueError, match=r"unknown torch.compile arguments \['fulgraph'\]"):
+        model.generate(x, max_new_tokens=2, compile={"fulgraph": True})
+    with pytest.raises(TypeError, match="compile must be a bool"):
+        model.generate(x, max_new_tokens=2, compile=1)
+    assert search.compile_options(False) is None and search.compile_options(None) is None
+    assert search.compile_options("max-autotune") == {
+        "fullgraph": True,
+        "dynamic": False,
+        "mode": "max-autotune",
+    }
+
+
+def test_static_step_equals_the_eager_step(model):
+    """decode_one_token_static (all slots, masked) gives decode_one_token's logits, with left padding."""
+    x, mask = prompts()
+    B, T = x.shape
+    logits = []
+    with torch.inference_mode():
+        for static in (False, True):
+            cache = StaticCache.for_model(model.config, B, 64)
+            for buf in (*cache.k, *cache.v):
+                buf.zero_()
+            pos = search._position_ids(mask, B, T, x.device)
+            nxt = search.prefill(model, x, mask, pos, cache).argmax(-1)[:, None]
+            full = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype)], dim=1)
+            if static:
+                key_ok = torch.ones(B, 64, dtype=torch.bool)
+                key_ok[:, : T + 1] = full.bool()
+                args = (nxt, pos[:, -1:] + 1, torch.tensor([T]), cache.k, cache.v, key_ok)
+                logits.append(search.decode_one_token_static(model, *args))
+            else:
+                logits.append(search.decode_one_token(model, nxt, full, pos[:, -1:] + 1, cache))
+    torch.testing.assert_close(logits[1], logits[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [dict(max_new_tokens=12), dict(max_new_tokens=8, num_beams=3, num_return_sequences=2)],
+    ids=["greedy", "beam"],
+)
+def test_traced_step_gives_the_eager_tokens(model, kw):
+    """The compile plumbing (fixed-shape cache, slot index, mask) under dynamo, without inductor's compile
+    time: backend="eager" traces the step exactly as torch.compile does and runs the graph as is."""
+    x, mask = prompts()
+    a = model.generate(x, attention_mask=mask, pad_token_id=0, **kw)
+    b = model.generate(x, attention_mask=mask, pad_token_id=0, compile={"backend": "eager"}, **kw)
+    assert torch.equal(a, b), (a, b)
+
+
+@pytest.mark.slow
+def test_compiled_step_gives_the_eager_tokens(model):
+    """inductor (compile=True): ~10-40 s of compilation on a 2-core CPU."""
+    x, mask = prompts()
+    a = model.generate(x, attention_mask=mask, pad_token_id=0, max_new_tokens=12)
+    b = model.generate(x, attention_mask=mask, pad_token_id=0, max_new_tokens=12, compile=True)
+    assert torch.equal(a, b), (a, b)
+
+
+# --- int8 -----------------------------------------------------------------------------------------------
+
+
+def test_quantize_weight_rounds_each_row_to_its_own_scale():
+    w = torch.randn(10, 16) * torch.logspace(-3, 1, 10)[:, None]
+    q, scales = quantize_weight(w)
+    assert q.dtype == torch.int8 and int(q.abs().max()) == 127
+    err = (q.float() * scales[:, None] - w).abs()
+    assert bool((err <= scales[:, None] / 2 + 1e-7).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_linear_is_the_dequantized_matmul(dtype):
+    layer = gpt2kit.model.linear.Linear(16, 24)
+    with torch.no_grad():
+        layer.weight.normal_()
+        layer.bias.normal_()
+    q = Int8Linear.from_float(layer, dtype)
+    x = torch.randn(2, 3, 16)
+    w = q.weight_int8.float() * q.scales.float()[:, None]  # (out, in)
+    want = x @ w.t() + layer.bias
+    tol = 1e-5 if dtype == torch.float32 else 0.1
+    torch.testing.assert_close(q(x.to(dtype)).float(), want, atol=tol, rtol=tol / 10)
+
+
+def test_quantize_int8_model_agrees_on_top1_and_generates(model):
+    """Teacher-forced top-1 agreement with the float model on 4 x 40 positions; the untouched embedding
+    stays the float one."""
+    qm = quantize_int8(copy.deepcopy(model))
+    assert isinstance(qm.lm_head, Int8Linear) and isinstance(qm.transformer.h[0].mlp.c_fc, Int8Linear)
+    assert qm.transformer.wte.weight.dtype == torch.float32
+    x = torch.randint(1, 99, (4, 40), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        agree = (qm(x).logits.argmax(-1) == model(x).logits.argmax(-1)).float().mean()
+    assert agree >= 0.9, agree
+    out = qm.generate(x[:, :5], max_new_tokens=6, pad_token_id=0)
+    assert out.shape == (4, 11)
+
+
+def test_quantize_int8_refuses_what_it_cannot_do(model):
+    m = copy.deepcopy(model)
+    with pytest.raises(ValueError, match="model.eval"):
+        quantize_int8(m.train())
+    quantize_int8(m.eval())
+    with pytest.raises(ValueError, match="already quantized"):
+        quantize_int8(m)
+    with pytest.raises(ValueError, match="float32, bfloat16 or float16"):
+        quantize_int8(copy.deepcopy(model).double())
