@@ -225,14 +225,20 @@ class TextSource:
             rows = {"txt": self._txt, "jsonl": self._jsonl, "csv": self._csv, "tsv": self._csv}.get(
                 self.format, self._parquet
             )(stream)
-            for text, kept in rows:
-                r = self.report
-                if not text:
-                    r.empty += 1
-                    if len(r.empty_rows) < _NOTED_ROWS:
-                        r.empty_rows.append(r.rows)
-                r.rows += 1
-                yield text, kept
+            # Close the row reader before its file: a caller that stops early (or raises) would otherwise
+            # leave the reader to be finalised later, reading from a closed file.
+            with contextlib.closing(rows):
+                yield from self._counted(rows)
+
+    def _counted(self, rows: Iterator[tuple[str, tuple]]) -> Iterator[tuple[str, tuple]]:
+        for text, kept in rows:
+            r = self.report
+            if not text:
+                r.empty += 1
+                if len(r.empty_rows) < _NOTED_ROWS:
+                    r.empty_rows.append(r.rows)
+            r.rows += 1
+            yield text, kept
 
     @contextlib.contextmanager
     def _open(self) -> Iterator[IO[bytes]]:
