@@ -364,3 +364,30 @@ def test_manifest_is_json_with_the_documented_keys(tmp_path, tok):
     for key in ("version", "path", "size", "mtime_ns", "format", "column", "label_column", "clean", "tokenizer",
                 "dtype", "rows", "docs", "tokens"):  # fmt: skip
         assert key in on_disk
+
+
+def test_texts_in_python_become_a_corpus_and_packed_blocks(tok):
+    texts = ["hello world", "", "a b c"]
+    c = data.corpus_from_texts(texts, tok, labels=["x", "y", "x"])
+    assert len(c) == 3 and c.doc(0).tolist() == tok("hello world")["input_ids"] and c.doc(1).tolist() == []
+    assert c.labels == ["x", "y", "x"]
+    ds = data.texts_dataset(texts, tok, block_size=4)
+    eos = tok.eos_token_id
+    stream = [*tok("hello world")["input_ids"], eos, *tok("a b c")["input_ids"], eos]
+    got = torch.cat([ds[i]["input_ids"] for i in range(len(ds))]).tolist()
+    assert got[: len(stream)] == stream
+    assert len(pickle.loads(pickle.dumps(ds))) == len(ds)  # in-memory corpora pickle their arrays
+    with pytest.raises(TypeError, match="list of strings"):
+        data.corpus_from_texts("one string", tok)
+    with pytest.raises(ValueError, match="one label per text"):
+        data.corpus_from_texts(["a", "b"], tok, labels=["x"])
+
+
+def test_training_names_are_exported_lazily():
+    import subprocess
+    import sys
+
+    code = "import sys, gpt2kit.training; assert 'torch' not in sys.modules; print(gpt2kit.Trainer)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "gpt2kit.training.trainer.Trainer" in out.stdout

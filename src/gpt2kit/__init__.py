@@ -35,6 +35,9 @@ _EXPORTS = {
     "TextStreamer": "gpt2kit.generation.streaming",
     "TextIteratorStreamer": "gpt2kit.generation.streaming",
     "Embedder": "gpt2kit.embeddings",
+    "Trainer": "gpt2kit.training",
+    "TrainingConfig": "gpt2kit.training",
+    "evaluate_perplexity": "gpt2kit.training",
 }
 
 __all__ = [
@@ -60,6 +63,9 @@ __all__ = [
     "StaticCache",
     "TextIteratorStreamer",
     "TextStreamer",
+    "Trainer",
+    "TrainingConfig",
+    "evaluate_perplexity",
     "stream",
 ]
 assert sorted(__all__) == sorted(_EXPORTS)
@@ -100,3 +106,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the eager spelling of the lazy 
         StaticCache,
     )
     from gpt2kit.tokenizer import AutoTokenizer, GPT2Tokenizer, GPT2TokenizerFast
+    from gpt2kit.training import Trainer, TrainingConfig, evaluate_perplexity

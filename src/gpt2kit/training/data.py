@@ -259,6 +259,28 @@ def _ids_dtype(tokenizer: Any) -> np.dtype:
     return np.dtype(np.uint16 if n <= 1 << 16 else np.uint32)
 
 
+def corpus_from_texts(
+    texts: Sequence[str], tokenizer: Any, labels: Sequence[Any] | None = None
+) -> TokenizedCorpus:
+    """Texts already in Python as an in-memory TokenizedCorpus (no cache folder): for notebooks and small
+    jobs. `labels` (one per text) makes it usable for ClassificationRows."""
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of strings, not one string: wrap it as [text]")
+    if labels is not None and len(labels) != len(texts):
+        raise ValueError(f"{len(labels)} labels for {len(texts)} texts: give one label per text")
+    encoded = _encode(tokenizer, list(texts))
+    lengths = np.array([len(e) for e in encoded], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ids = np.fromiter((t for e in encoded for t in e), dtype=_ids_dtype(tokenizer), count=int(offsets[-1]))
+    manifest = {"path": "<memory>", "docs": len(texts), "tokens": int(offsets[-1])}
+    return TokenizedCorpus(ids, offsets, None if labels is None else [str(x) for x in labels], manifest)
+
+
+def texts_dataset(texts: Sequence[str], tokenizer: Any, block_size: int = 128) -> LMBlocks:
+    """Packed LM blocks from a list of texts: `Trainer(model, texts_dataset(texts, tok), ...)`."""
+    return LMBlocks(corpus_from_texts(texts, tokenizer), block_size, eos_id=tokenizer.eos_token_id)
+
+
 def cache_root(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
     """Where tokenize_file keeps the cache of `path`: cache_dir, else $GPT2KIT_CACHE, else a
     `.gpt2kit-cache/` folder beside the input, or the user cache folder when the input's folder is read-only."""
