@@ -14,6 +14,7 @@ import torch
 import gpt2kit
 from gpt2kit.generation import search
 from gpt2kit.model.cache import StaticCache
+from gpt2kit.model.packed import PackedLinear, pack_weights
 from gpt2kit.model.quant import Int8Linear, quantize_int8, quantize_weight
 from hf_oracle import hf_model
 
@@ -146,3 +147,42 @@ def test_quantize_int8_refuses_what_it_cannot_do(model):
         quantize_int8(m)
     with pytest.raises(ValueError, match="float32, bfloat16 or float16"):
         quantize_int8(copy.deepcopy(model).double())
+
+
+# --- prepacked (oneDNN) weights -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rows", [1, 8, 37])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_linear_is_the_same_product(rows, dtype):
+    layer = gpt2kit.model.linear.Linear(48, 40)
+    with torch.no_grad():
+        layer.weight.normal_()
+        layer.bias.normal_()
+    layer = layer.to(dtype)
+    x = torch.randn(rows, 48, dtype=dtype)
+    packed = PackedLinear.from_float(layer, batch_size=8)
+    tol = 1e-5 if dtype == torch.float32 else 0.1
+    torch.testing.assert_close(packed(x[None]).float(), layer(x[None]).float(), atol=tol, rtol=tol)
+
+
+def test_pack_weights_keeps_greedy_tokens(model):
+    x, mask = prompts()
+    packed = pack_weights(copy.deepcopy(model), batch_size=3)
+    assert isinstance(packed.lm_head, PackedLinear) and isinstance(
+        packed.transformer.h[1].attn.c_attn, PackedLinear
+    )
+    a = model.generate(x, attention_mask=mask, pad_token_id=0, max_new_tokens=12)
+    b = packed.generate(x, attention_mask=mask, pad_token_id=0, max_new_tokens=12)
+    assert torch.equal(a, b), (a, b)
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(x).logits, model(x).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_pack_weights_refuses_what_it_cannot_do(model):
+    with pytest.raises(ValueError, match="model.eval"):
+        pack_weights(copy.deepcopy(model).train())
+    with pytest.raises(ValueError, match="batch_size"):
+        pack_weights(copy.deepcopy(model), batch_size=0)
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        pack_weights(copy.deepcopy(model).double())
