@@ -120,7 +120,10 @@ def main() -> None:
     )
     ap.add_argument("--sides", default=None, help="comma-separated side names, overriding the flags above")
     ap.add_argument("--bandwidth-gbs", type=float, default=19.0)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     make_checkpoint()
 
     names = ["hf-fp32", "hf-bf16", "fp32", "bf16"]

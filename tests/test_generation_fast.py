@@ -186,3 +186,5 @@ def test_pack_weights_refuses_what_it_cannot_do(model):
         pack_weights(copy.deepcopy(model), batch_size=0)
     with pytest.raises(ValueError, match="float32 or bfloat16"):
         pack_weights(copy.deepcopy(model).double())
+    with pytest.raises(ValueError, match="cannot trace a model after pack_weights"):
+        pack_weights(copy.deepcopy(model)).generate(torch.tensor([[1, 2]]), max_new_tokens=2, compile=True)

@@ -211,6 +211,11 @@ def plan_generation(
     **kwargs: Any,
 ) -> _Plan:
     compile_opts = compile_options(compile)
+    if compile_opts is not None and any(type(m).__name__ == "PackedLinear" for m in model.modules()):
+        raise ValueError(
+            "compile= cannot trace a model after pack_weights() (oneDNN's packed tensors are opaque to "
+            "torch.compile); use one of the two, or quantize_int8() with compile="
+        )
     base = generation_config or getattr(model, "generation_config", None)
     if base is None:
         base = GenerationConfig.from_model_config(model.config)
