@@ -24,6 +24,7 @@ from gpt2kit.generation.processors import LogitsProcessorList, build_processors
 from gpt2kit.model.attention import AttentionMask
 from gpt2kit.model.cache import Cache, StaticCache
 from gpt2kit.model.outputs import ModelOutput
+from gpt2kit.model.packed import PackedLinear
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +212,7 @@ def plan_generation(
     **kwargs: Any,
 ) -> _Plan:
     compile_opts = compile_options(compile)
-    if compile_opts is not None and any(type(m).__name__ == "PackedLinear" for m in model.modules()):
+    if compile_opts is not None and any(isinstance(m, PackedLinear) for m in model.modules()):
         raise ValueError(
             "compile= cannot trace a model after pack_weights() (oneDNN's packed tensors are opaque to "
             "torch.compile); use one of the two, or quantize_int8() with compile="
@@ -404,25 +405,35 @@ def _step_function(model, plan: _Plan, cache: StaticCache, mask: torch.Tensor | 
         return step
 
     fn = compiled_step(plan.compile)
-    B, S = tokens_shape = (plan.input_ids.shape[0], cache.max_length)
-    key_ok = torch.ones(tokens_shape, dtype=torch.bool, device=plan.input_ids.device)
+    B, S = shape = (plan.input_ids.shape[0], cache.max_length)
+    key_ok = torch.ones(shape, dtype=torch.bool, device=plan.input_ids.device)
     if mask is not None:
         key_ok[:, : mask.shape[1]] = mask.bool()
-    first = [True]
+    calls = 0
 
     def step(tokens, cur, position_ids):
-        slot = torch.tensor([cur - 1], device=tokens.device)
-        if first[0]:
-            t0 = time.perf_counter()
-        logits = fn(model, tokens, position_ids, slot, cache.k, cache.v, key_ok)
-        if first[0]:
-            first[0] = False
+        nonlocal calls
+        t0 = time.perf_counter()
+        logits = fn(
+            model,
+            tokens,
+            position_ids,
+            torch.tensor([cur - 1], device=tokens.device),
+            cache.k,
+            cache.v,
+            key_ok,
+        )
+        if calls == 0:  # where compilation happens when this shape is new: tell the user what it cost
             logger.info(
-                "first compiled decode step (batch %d, cache %d): %.1f s", B, S, time.perf_counter() - t0
+                "first compiled decode step of this call (batch %d, cache %d, compilation included if the "
+                "shape is new): %.1f s",
+                B,
+                S,
+                time.perf_counter() - t0,
             )
-        cache.lengths = [cur] * len(
-            cache.lengths
-        )  # keep the cache's own view right (beam reordering reads it)
+        calls += 1
+        # keep the cache's own bookkeeping right: beam search's reorder_cache reads it
+        cache.lengths = [cur] * len(cache.lengths)
         return logits
 
     return step

@@ -18,10 +18,14 @@ tokens differ from the float model's now and then; it is never applied implicitl
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
 from gpt2kit.model.linear import Linear
+
+logger = logging.getLogger(__name__)
 
 # The dtypes _weight_int8pack_mm accepts for activations (and scales).
 _ACTIVATION_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -102,6 +106,11 @@ def quantize_int8(model: nn.Module, lm_head: bool = True) -> nn.Module:
         )
     if any(isinstance(m, Int8Linear) for m in model.modules()):
         raise ValueError("this model is already quantized")
+    if dtype == torch.float32 and next(model.parameters()).device.type == "cpu":
+        logger.warning(
+            "int8 weights with float32 activations run a slow kernel on CPU (94 ms per 124M decode step on "
+            "the dev VM, against 10 ms with bfloat16); load the model with dtype='bfloat16' first"
+        )
     with torch.no_grad():
         for parent in list(model.modules()):
             for name, child in list(parent.named_children()):
