@@ -212,7 +212,7 @@ def table(report: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
-        same = "vs_hf-bf16" if ("bf16" in r["side"] or r["side"] == "int8") else "vs_hf-fp32"
+        same = "vs_hf-bf16" if ("bf16" in r["side"] or r["side"].startswith("int8")) else "vs_hf-fp32"
         if r["side"].startswith("hf-"):
             same = None
 
