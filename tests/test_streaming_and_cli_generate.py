@@ -143,3 +143,27 @@ def test_cli_generate_input_file_and_errors(folder, tmp_path, capsys):
     assert "top_p" in capsys.readouterr().err
     assert main(["generate", "--model", str(folder), "hi", "--max-new-tokens", "500"]) == 2
     assert "n_positions=128" in capsys.readouterr().err
+
+
+def test_cli_generate_weight_formats(folder, capsys):
+    from gpt2kit.model.packed import packing_available
+
+    base = [
+        "generate",
+        "--model",
+        str(folder),
+        "Hello there",
+        "--max-new-tokens",
+        "6",
+        "--no-stream",
+        "--json",
+    ]
+    assert main(base) == 0
+    exact = json.loads(capsys.readouterr().out)["ids"]
+    if packing_available():
+        assert main([*base, "--weights", "packed"]) == 0
+        assert json.loads(capsys.readouterr().out)["ids"] == exact  # packed kernels change only last bits
+    assert main([*base, "--weights", "int8"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["ids"]) == 6
+    assert main([*base, "--weights", "packed", "--compile"]) == 2
+    assert "--compile" in capsys.readouterr().err
