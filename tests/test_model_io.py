@@ -44,6 +44,21 @@ def test_our_save_loads_in_transformers(hf_lm, tmp_path):
         assert_close(ours(x).logits, hf(x).logits, **TOL)
 
 
+def test_saved_files_get_the_umask_mode_like_any_new_file(tmp_path):
+    """mkstemp and safetensors create 0o600 files; a saved folder must be readable like any other file."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        model = GPT2LMHeadModel(GPT2Config(**TINY))
+        model.save_pretrained(tmp_path / "m", max_shard_size="20KB")
+        gpt2kit.GPT2TokenizerFast.from_pretrained("gpt2").save_pretrained(tmp_path / "m")
+    finally:
+        os.umask(old)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in (tmp_path / "m").iterdir()}
+    assert len(modes) > 4 and set(modes.values()) == {"0o644"}, modes
+
+
 def test_bin_and_sharded_checkpoints(tmp_path):
     hf = hf_model("GPT2LMHeadModel", seed=3)
     x = x_ids()

@@ -31,6 +31,17 @@ logger = logging.getLogger(__name__)
 # for its atomic writes, and `gpt2kit tokenize` should not pay for either.
 
 
+def umask_mode() -> int:
+    """The mode open() would give a new file (0o644 under the usual umask 022).
+
+    mkstemp and safetensors create files 0o600; a checkpoint or output folder must be as readable as any
+    other file the user writes, so files written atomically get this mode before they are moved in place.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
     """Open a temporary file next to `path` and move it over `path` only when the block succeeds.
@@ -44,6 +55,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -406,6 +418,7 @@ def _write_npy(path: Path, blocks: Iterable[VectorBlock], rows: int | None) -> N
         del out
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -180,6 +180,8 @@ def save_state_dict(
     for old in folder.glob(f"{stem}*.{ext}"):
         if old.name not in names:
             old.unlink()
+    from gpt2kit.data import umask_mode
+
     written = []
     for name, shard in zip(names, shards):
         path = folder / name
@@ -190,6 +192,7 @@ def save_state_dict(
             save_file(shard, tmp, metadata={"format": "pt"})
         else:
             torch.save(shard, tmp)
+        os.chmod(tmp, umask_mode())  # safetensors creates 0o600 files
         os.replace(tmp, path)
         written.append(path)
     index_path = folder / index_name
