@@ -53,6 +53,15 @@ def test_train_from_scratch_writes_a_folder_transformers_loads(tmp_path, texts, 
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_train_compile_flag_compiles_the_step(tmp_path, texts, capsys):
+    out = tmp_path / "out"
+    rc = run("train", str(texts), "--init", "scratch", "--config", SMALL, "--output", str(out),
+             "--max-steps", "2", "--batch-size", "2", "--block-size", "32", "--compile")  # fmt: skip
+    assert rc == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 2
+    assert json.loads((out / "training_config.json").read_text())["compile"] is True
+
+
 def test_fine_tune_then_resume_skips_finished_work(tmp_path, texts, capsys):
     base = tmp_path / "base"
     assert run("train", str(texts), "--config", SMALL, "--output", str(base), "--max-steps", "1",

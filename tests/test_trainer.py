@@ -100,6 +100,26 @@ def test_gradient_accumulation_equals_the_bigger_batch(tmp_path):
     assert_same_weights(a, b, atol=2e-6)
 
 
+def test_compiled_training_equals_eager_and_still_checks_ids(tmp_path):
+    """compile=True runs the same arithmetic (up to fusion rounding), saves plain names, keeps the id check."""
+    no_dropout = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    eager, compiled = lm(**no_dropout), lm(**no_dropout)
+    data = Rows(8)
+    Trainer(eager, data, config=cfg(tmp_path / "e", max_steps=3, batch_size=4, lr=1e-2)).fit()
+    t = Trainer(compiled, data, config=cfg(tmp_path / "c", max_steps=3, batch_size=4, lr=1e-2, compile=True))
+    assert type(t._step_model).__name__ == "OptimizedModule"  # really compiled, not eager again
+    t.fit()
+    assert_same_weights(eager, compiled, atol=1e-5)
+    assert not torch.allclose(compiled.transformer.wte.weight, lm().transformer.wte.weight)
+    reloaded = GPT2LMHeadModel.from_pretrained(tmp_path / "c" / "out")  # no "_orig_mod." prefixes in the save
+    assert_same_weights(reloaded, compiled)
+
+    bad = Rows(4)
+    bad.x[1, 3] = TINY["vocab_size"] + 5
+    with pytest.raises(ValueError, match=f"token id {TINY['vocab_size'] + 5}, outside the vocabulary"):
+        Trainer(lm(), bad, config=cfg(tmp_path / "b", max_steps=1, batch_size=4, compile=True)).fit()
+
+
 def _train(tmp_path, callbacks=(), data=None, **kw) -> GPT2LMHeadModel:
     model = lm(seed=1)  # dropout on: resume must restore the RNG too
     c = cfg(tmp_path, max_steps=6, batch_size=2, lr=5e-3, warmup_steps=2, schedule="cosine", **kw)

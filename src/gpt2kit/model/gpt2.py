@@ -490,7 +490,9 @@ def _check_ids(ids: torch.Tensor, vocab_size: int, name: str = "input_ids") -> t
         raise TypeError(f"{name} must be a torch tensor of token ids, got {type(ids).__name__}")
     if ids.is_floating_point() or ids.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer token ids, got dtype {ids.dtype}")
-    if ids.numel():
+    # Under torch.compile the check would split the graph (a data-dependent int()); a compiled caller
+    # (Trainer with compile=True) checks its batches itself before the call.
+    if ids.numel() and not torch.compiler.is_compiling():
         hi, lo = int(ids.max()), int(ids.min())
         if hi >= vocab_size or lo < 0:
             bad = hi if hi >= vocab_size else lo

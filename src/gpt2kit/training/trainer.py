@@ -291,6 +291,9 @@ class Trainer:
 
             ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(model, device_ids=ids)
+        # What a training step calls: the (DDP-wrapped) model, compiled when asked.
+        self._step_model: Any = torch.compile(self.ddp) if cfg.compile else self.ddp
+        self._vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
         d = self.dist
         self.micro_per_epoch = len(
             epoch_micro_batches(len(train_data), 0, cfg.seed, cfg.batch_size, d.world, 0)
@@ -506,9 +509,11 @@ class Trainer:
             # DDP all-reduces gradients on the last micro-batch only.
             sync = i == n - 1 or self.dist.world == 1
             ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
+            if cfg.compile:
+                self._check_batch(batch)
             with ctx:
                 with self._autocast():
-                    out = self.ddp(**batch)
+                    out = self._call_compiled(batch) if cfg.compile else self._step_model(**batch)
                 loss = out.loss if hasattr(out, "loss") else out[0]
                 if loss is None:
                     raise ValueError("the model returned no loss: the training batches need a 'labels' entry")
@@ -521,6 +526,26 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return total_loss / n, tokens, grad_norm
+
+    def _check_batch(self, batch: dict[str, torch.Tensor]) -> None:
+        """The model's id check, done here because the compiled model skips it (see gpt2._check_ids)."""
+        if self._vocab_size is not None and "input_ids" in batch:
+            from gpt2kit.model.gpt2 import _check_ids
+
+            _check_ids(batch["input_ids"], self._vocab_size)
+
+    def _call_compiled(self, batch: dict[str, torch.Tensor]) -> Any:
+        try:
+            return self._step_model(**batch)
+        except Exception as e:
+            # A missing C++ compiler or an unsupported op surfaces deep inside torch._inductor.
+            if type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                raise RuntimeError(
+                    f"torch.compile could not compile the training step ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''}); train without compile "
+                    "(TrainingConfig(compile=False), or drop --compile)"
+                ) from e
+            raise
 
     def _loader(self, data: Dataset, batches: list[list[int]]) -> Iterator[dict[str, torch.Tensor]]:
         collate = getattr(data, "collate", None) or torch.utils.data.default_collate
