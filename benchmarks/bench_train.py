@@ -67,7 +67,13 @@ SMALL_CKPT = HERE / "out" / "gpt2-small-random"
 # A quick check of the script, not a benchmark: a small vocabulary too, as the 50257 x n_embd LM head and
 # its cross-entropy would otherwise dominate a tiny model's step.
 SMALL = dict(n_layer=2, n_embd=128, n_head=2, vocab_size=2048, n_positions=256)
-SIDES = ("gpt2kit", "transformers")
+SIDES = ("gpt2kit", "transformers", "gpt2kit+compile")  # the last only with --compile
+
+
+def sides_of(args) -> list[str]:
+    return list(SIDES) if args.compile else list(SIDES[:2])
+
+
 LR = 5e-5
 WEIGHT_DECAY = 0.01  # torch.optim.AdamW's default, which the plain loop gets
 SEED = 42  # TrainingConfig's default seed: the data order both sides follow
@@ -138,7 +144,7 @@ def order_of_batches(data: Dataset, batch: int, total: int) -> list[list[int]]:
     return out[:total]
 
 
-def training_config(args, precision: str, total: int, output_dir: str):
+def training_config(args, precision: str, total: int, output_dir: str, compile: bool = False):
     from gpt2kit.training import TrainingConfig
 
     return TrainingConfig(
@@ -156,6 +162,7 @@ def training_config(args, precision: str, total: int, output_dir: str):
         save_best=False,
         resume=False,
         log_every=10**9,
+        compile=compile,
     )
 
 
@@ -165,12 +172,22 @@ def training_config(args, precision: str, total: int, output_dir: str):
 class Ours:
     """gpt2kit through the Trainer, stepped the way fit() steps it."""
 
-    def __init__(self, ckpt: Path, data: Dataset, args, precision: str, total: int, output_dir: str) -> None:
+    def __init__(
+        self,
+        ckpt: Path,
+        data: Dataset,
+        args,
+        precision: str,
+        total: int,
+        output_dir: str,
+        compile: bool = False,
+    ) -> None:
         import gpt2kit
         from gpt2kit.training import Trainer
 
         self.model = gpt2kit.GPT2LMHeadModel.from_pretrained(ckpt, dtype=torch.float32)
-        self.trainer = Trainer(self.model, data, None, training_config(args, precision, total, output_dir))
+        config = training_config(args, precision, total, output_dir, compile)
+        self.trainer = Trainer(self.model, data, None, config)
         self.batches = self.trainer._steps()
         self.seen: list[list[int]] = []  # the examples of each step, to check both sides saw the same
 
@@ -239,10 +256,14 @@ def bench_precision(args, ckpt: Path, precision: str) -> dict:
             "gpt2kit": Ours(ckpt, data, args, precision, total, tmp),
             "transformers": Plain(ckpt, data, args, precision, total),
         }
+        if args.compile:  # the first (warm-up) step pays the compilation
+            sides["gpt2kit+compile"] = Ours(ckpt, data, args, precision, total, tmp, compile=True)
         for name, side in sides.items():
             check_weights(side.model, name)
         first = torch.stack([data[i]["input_ids"] for i in order_of_batches(data, args.batch, 1)[0]])
-        evals = {name: eval_forward(side.model, first, precision) for name, side in sides.items()}
+        evals = {
+            name: eval_forward(sides[name].model, first, precision) for name in ("gpt2kit", "transformers")
+        }
         eval_losses = {name: loss for name, (loss, _) in evals.items()}
         diff = abs(eval_losses["gpt2kit"] - eval_losses["transformers"])
         # Random weights give near-uniform predictions, so the loss alone is a weak check (any GPT-2 scores
@@ -260,7 +281,7 @@ def bench_precision(args, ckpt: Path, precision: str) -> dict:
         if precision == "fp32":
             assert logit_diff <= 1e-3, f"fp32 logits differ on the same weights: {logit_diff:.2e}"
 
-        names = list(SIDES)
+        names = sides_of(args)
         train_losses: dict[str, list[float]] = {n: [] for n in names}
         for w in range(args.warmup):
             for name in names if w % 2 == 0 else names[::-1]:
@@ -278,10 +299,15 @@ def bench_precision(args, ckpt: Path, precision: str) -> dict:
                 loss, tokens[name] = sides[name].step()
                 times[name].append(time.perf_counter() - t0)
                 train_losses[name].append(loss)
-        assert sides["gpt2kit"].seen == sides["transformers"].seen, "the sides trained on different batches"
+        for name in names:
+            assert sides[name].seen == sides["transformers"].seen, f"{name} trained on other batches"
         attn = sides["transformers"].attn_implementation
         del sides
-    ratios = [t_hf / t_ours for t_ours, t_hf in zip(times["gpt2kit"], times["transformers"])]
+
+    def ratios_of(name: str) -> list[float]:
+        return [t_hf / t_ours for t_ours, t_hf in zip(times[name], times["transformers"])]
+
+    ratios = ratios_of("gpt2kit")
     result: dict = {
         "precision": precision,
         "transformers_attn_implementation": attn,
@@ -292,6 +318,10 @@ def bench_precision(args, ckpt: Path, precision: str) -> dict:
         "ratio_reps": [round(r, 3) for r in ratios],
         "sides": {},
     }
+    if args.compile:
+        compiled = ratios_of("gpt2kit+compile")
+        result["ratio_compiled_over_transformers"] = statistics.median(compiled)
+        result["ratio_compiled_reps"] = [round(r, 3) for r in compiled]
     for name in names:
         t = statistics.median(times[name])
         result["sides"][name] = {
@@ -312,7 +342,7 @@ def child(args) -> None:
     data = RandomBlocks(args.batch * total, args.seq, vocab_size(ckpt))
     stamps: list[float] = []
     out: dict = {"side": args.child, "precision": args.precisions}
-    if args.child == "gpt2kit":
+    if args.child.startswith("gpt2kit"):
         import gpt2kit
         from gpt2kit.training import Trainer
 
@@ -328,7 +358,7 @@ def child(args) -> None:
                     out["peak_rss_mb"] = peak_rss_mb()
 
         with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-            cfg = training_config(args, args.precisions, total, tmp)
+            cfg = training_config(args, args.precisions, total, tmp, args.child == "gpt2kit+compile")
             Trainer(model, data, None, cfg, callbacks=[on_event]).fit()
     else:
         side = Plain(ckpt, data, args, args.precisions, total)
@@ -345,7 +375,7 @@ def child(args) -> None:
 
 def bench_memory(args, precision: str) -> dict[str, dict]:
     result = {}
-    for name in SIDES:
+    for name in sides_of(args):
         cmd = [sys.executable, __file__, "--child", name, "--precisions", precision, "--config", args.config]
         cmd += ["--warmup", str(args.warmup), "--batch", str(args.batch), "--seq", str(args.seq)]
         cmd += ["--threads", str(torch.get_num_threads())]
@@ -373,12 +403,15 @@ def table(report: dict) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
-        for name in SIDES:
+        for name in [n for n in SIDES if n in r["sides"]]:
             s = r["sides"][name]
             mem = r.get("memory", {}).get(name, {})
             ratio = ""
             if name == "gpt2kit":
                 ratio = f"{r['ratio_ours_over_transformers']:.2f}x ({', '.join(map(str, r['ratio_reps']))})"
+            elif name == "gpt2kit+compile":
+                reps = ", ".join(map(str, r["ratio_compiled_reps"]))
+                ratio = f"{r['ratio_compiled_over_transformers']:.2f}x ({reps})"
 
             def fmt(key, spec, mem=mem):
                 return format(mem[key], spec) if key in mem else "-"
@@ -403,6 +436,9 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--bf16-tol", type=float, default=1e-3, help="eval-loss agreement under bf16 autocast")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    ap.add_argument(
+        "--compile", action="store_true", help="add a gpt2kit+compile side (TrainingConfig(compile=True))"
+    )
     ap.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.warmup < 1 or args.steps < 1:
