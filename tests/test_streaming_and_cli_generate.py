@@ -145,8 +145,13 @@ def test_cli_generate_input_file_and_errors(folder, tmp_path, capsys):
     assert "n_positions=128" in capsys.readouterr().err
 
 
-def test_cli_generate_weight_formats(folder, capsys):
+def test_cli_generate_weight_formats(folder, capsys, monkeypatch):
+    import gpt2kit.model.packed as packed
     from gpt2kit.model.packed import packing_available
+
+    packed_calls = []
+    real_pack = packed.pack_weights
+    monkeypatch.setattr(packed, "pack_weights", lambda m, **kw: packed_calls.append(kw) or real_pack(m, **kw))
 
     base = [
         "generate",
@@ -158,11 +163,16 @@ def test_cli_generate_weight_formats(folder, capsys):
         "--no-stream",
         "--json",
     ]
-    assert main(base) == 0
+    assert main([*base, "--weights", "float"]) == 0
     exact = json.loads(capsys.readouterr().out)["ids"]
+    assert packed_calls == []
+    assert main(base) == 0  # auto: packed wherever oneDNN can pack, float elsewhere
+    assert json.loads(capsys.readouterr().out)["ids"] == exact
+    assert len(packed_calls) == (1 if packing_available() else 0)
     if packing_available():
         assert main([*base, "--weights", "packed"]) == 0
         assert json.loads(capsys.readouterr().out)["ids"] == exact  # packed kernels change only last bits
+        assert len(packed_calls) == 2
     assert main([*base, "--weights", "int8"]) == 0
     assert len(json.loads(capsys.readouterr().out)["ids"]) == 6
     assert main([*base, "--weights", "packed", "--compile"]) == 2

@@ -38,6 +38,8 @@ _EXPORTS = {
     "Trainer": "gpt2kit.training",
     "TrainingConfig": "gpt2kit.training",
     "evaluate_perplexity": "gpt2kit.training",
+    "pack_weights": "gpt2kit.model.packed",
+    "quantize_int8": "gpt2kit.model.quant",
 }
 
 __all__ = [
@@ -66,6 +68,8 @@ __all__ = [
     "Trainer",
     "TrainingConfig",
     "evaluate_perplexity",
+    "pack_weights",
+    "quantize_int8",
     "stream",
 ]
 assert sorted(__all__) == sorted(_EXPORTS)
@@ -105,5 +109,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the eager spelling of the lazy 
         GPT2PreTrainedModel,
         StaticCache,
     )
+    from gpt2kit.model.packed import pack_weights
+    from gpt2kit.model.quant import quantize_int8
     from gpt2kit.tokenizer import AutoTokenizer, GPT2Tokenizer, GPT2TokenizerFast
     from gpt2kit.training import Trainer, TrainingConfig, evaluate_perplexity
