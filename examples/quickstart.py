@@ -1,37 +1,30 @@
-"""gpt2kit in one page: tokenize, load, run, generate, stream, embed, save — all offline.
+"""gpt2kit in one page: tokenize, load, run, generate, stream, embed, fine-tune, save — all offline.
 
-    python examples/quickstart.py                 # a small random-weight GPT-2 built here
+    python examples/quickstart.py                 # the bundled demo model (gpt2kit-demo)
     python examples/quickstart.py --model DIR     # a real checkpoint folder (e.g. a downloaded gpt2)
 
-Without --model the script builds a 4-layer GPT-2 with random weights and GPT-2's real vocabulary in
-./quickstart-model: every call below works the same on it, but its text is gibberish — it is not GPT-2.
+gpt2kit-demo is a small GPT-2 (4 layers x 224, GPT-2's vocabulary) trained from scratch on WordNet's
+dictionary glosses: it writes definition-like English, it is a demo, not GPT-2.
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import tempfile
 
 import torch
 
 import gpt2kit
-from gpt2kit import AutoTokenizer, GPT2Config, GPT2LMHeadModel, GPT2Model
-
-
-def build_random_model(folder: Path) -> Path:
-    if not (folder / "model.safetensors").is_file():
-        torch.manual_seed(0)
-        model = GPT2LMHeadModel(GPT2Config(n_layer=4, n_embd=256, n_head=4))
-        model.save_pretrained(folder)
-        gpt2kit.GPT2TokenizerFast.from_pretrained("gpt2").save_pretrained(folder)
-    return folder
+from gpt2kit import AutoTokenizer, GPT2LMHeadModel, GPT2Model
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, help="a GPT-2 checkpoint folder (default: build a random one)")
+    ap.add_argument(
+        "--model", default="gpt2kit-demo", help="a GPT-2 checkpoint folder (default: gpt2kit-demo)"
+    )
     args = ap.parse_args()
-    folder = args.model or build_random_model(Path("quickstart-model"))
+    folder = args.model
 
     tok = AutoTokenizer.from_pretrained(folder)
     print("tokens:", tok("Hello world")["input_ids"])  # [15496, 995], GPT-2's ids
@@ -45,7 +38,7 @@ def main() -> None:
     # Generation: greedy and sampled, batched with left padding, then streamed
     lm = GPT2LMHeadModel.from_pretrained(folder)
     tok.padding_side, tok.pad_token = "left", tok.eos_token
-    batch = tok(["The weather today", "Once upon a time, a"], return_tensors="pt", padding=True)
+    batch = tok(["guitar (noun):", "run (verb):"], return_tensors="pt", padding=True)
     ids = lm.generate(**batch, max_new_tokens=12, pad_token_id=tok.eos_token_id)
     for text in tok.batch_decode(ids, skip_special_tokens=True):
         print("greedy:", repr(text))
@@ -53,12 +46,12 @@ def main() -> None:
     ids = lm.generate(**batch, max_new_tokens=12, do_sample=True, top_p=0.9, temperature=0.8)
     print("sampled:", repr(tok.decode(ids[1], skip_special_tokens=True)))
     print("stream: ", end="")
-    for piece in gpt2kit.stream(lm, tok, "In a distant galaxy", max_new_tokens=12):
+    for piece in gpt2kit.stream(lm, tok, "ocean (noun):", max_new_tokens=12):
         print(piece, end="", flush=True)
     print()
 
     # Language-model loss, as in fine-tuning
-    enc = tok(["A short training sentence."], return_tensors="pt")
+    enc = tok(["kettle (noun): a metal pot for boiling water"], return_tensors="pt")
     with torch.no_grad():
         print("loss:", float(lm(**enc, labels=enc["input_ids"]).loss))
 
@@ -68,8 +61,16 @@ def main() -> None:
         vectors = embedder.embed(["first text", "a second, longer text to embed"])
         print("embeddings:", vectors.shape, vectors.dtype)
 
-    lm.save_pretrained("quickstart-model-copy")  # a folder transformers also loads
-    print("saved to quickstart-model-copy/")
+    # Fine-tuning: a few steps on your own texts; the output folder is one transformers also loads
+    from gpt2kit.training import Trainer, TrainingConfig, texts_dataset
+
+    data = texts_dataset(
+        ["kite (noun): a toy that flies on a long string in the wind"] * 8, tok, block_size=16
+    )
+    out = tempfile.mkdtemp(prefix="quickstart-finetuned-")
+    config = TrainingConfig(output_dir=out, max_steps=3, batch_size=4, lr=1e-4, progress=False)
+    result = Trainer(lm, data, config=config, tokenizer=tok).fit()
+    print(f"fine-tuned {result.steps} steps, loss {result.train_loss:.3f}, saved to {out}")
 
 
 if __name__ == "__main__":
