@@ -7,6 +7,8 @@ save name-for-name with no transpose anywhere, and no copy of the weights at loa
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -27,3 +29,16 @@ class Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+def replace_projections(
+    model: nn.Module, make: Callable[[nn.Module], nn.Module], lm_head: bool = True
+) -> None:
+    """Swap every block projection (and the `lm_head` nn.Linear, when lm_head) for make(layer), in place.
+
+    What pack_weights and quantize_int8 share: they differ only in the layer they build.
+    """
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Linear) or (name == "lm_head" and lm_head and isinstance(child, nn.Linear)):
+                setattr(parent, name, make(child))

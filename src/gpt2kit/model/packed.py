@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gpt2kit.model.linear import Linear
+from gpt2kit.model.linear import Linear, replace_projections
 
 
 def packing_available() -> bool:
@@ -85,10 +85,5 @@ def pack_weights(model: nn.Module, batch_size: int = 8, lm_head: bool = True) ->
             "pack_weights is for inference; call model.eval() first (packed weights cannot train)"
         )
     with torch.no_grad():
-        for parent in list(model.modules()):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, Linear) or (
-                    name == "lm_head" and lm_head and isinstance(child, nn.Linear)
-                ):
-                    setattr(parent, name, PackedLinear.from_float(child, batch_size))
+        replace_projections(model, lambda layer: PackedLinear.from_float(layer, batch_size), lm_head)
     return model

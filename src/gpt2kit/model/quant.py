@@ -23,7 +23,7 @@ import logging
 import torch
 from torch import nn
 
-from gpt2kit.model.linear import Linear
+from gpt2kit.model.linear import Linear, replace_projections
 
 logger = logging.getLogger(__name__)
 
@@ -112,11 +112,6 @@ def quantize_int8(model: nn.Module, lm_head: bool = True) -> nn.Module:
             "the dev VM, against 10 ms with bfloat16); load the model with dtype='bfloat16' first"
         )
     with torch.no_grad():
-        for parent in list(model.modules()):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, Linear) or (
-                    name == "lm_head" and lm_head and isinstance(child, nn.Linear)
-                ):
-                    setattr(parent, name, Int8Linear.from_float(child, dtype))
+        replace_projections(model, lambda layer: Int8Linear.from_float(layer, dtype), lm_head)
     model.quantized = "int8"
     return model
