@@ -147,6 +147,7 @@ def main() -> None:
     p.add_argument("--completion-share", type=float, default=0.7)
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--threads", type=int, help="server torch threads")
+    p.add_argument("--weights", default="auto", help="the server's --weights (auto, float, packed, int8)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
@@ -159,6 +160,7 @@ def main() -> None:
            "--port", str(port), "--log-level", "warning", "--max-batch", str(args.max_batch)]  # fmt: skip
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    cmd += ["--weights", args.weights]
     env = dict(os.environ)
     env.pop("GPT2KIT_API_KEY", None)
     server = subprocess.Popen(cmd, env=env)

@@ -188,3 +188,19 @@ def test_pack_weights_refuses_what_it_cannot_do(model):
         pack_weights(copy.deepcopy(model).double())
     with pytest.raises(ValueError, match="cannot trace a model after pack_weights"):
         pack_weights(copy.deepcopy(model)).generate(torch.tensor([[1, 2]]), max_new_tokens=2, compile=True)
+
+
+def test_resolve_weights_picks_packed_only_where_it_can():
+    from gpt2kit.model.inference import convert_weights, load_dtype, resolve_weights
+    from gpt2kit.model.packed import packing_available
+
+    cpu = "packed" if packing_available() else "float"
+    assert resolve_weights("auto") == resolve_weights("auto", "cpu") == cpu
+    assert resolve_weights("auto", "cuda") == "float"  # oneDNN's layout is a CPU layout
+    assert resolve_weights("auto", "cpu", compile=True) == "float"  # dynamo cannot trace packed weights
+    assert resolve_weights("int8", "cpu") == "int8" and load_dtype("int8", "float32") == "bfloat16"
+    assert load_dtype("packed", "float32") == "float32"
+    with pytest.raises(ValueError, match="not one of auto, float, packed, int8"):
+        resolve_weights("fp4")
+    with pytest.raises(ValueError, match="resolve auto first"):
+        convert_weights(torch.nn.Linear(2, 2), "auto")

@@ -153,6 +153,35 @@ def test_concurrent_greedy_equals_generate(server, lm):
     assert server.engine.stats.steps > steps_before
 
 
+def test_packed_and_int8_weights_serve(folder, lm):
+    """--weights packed decodes the same greedy tokens as generate() (only the summation order changes);
+    int8 serves completions and embeddings too. auto picks packed on CPU."""
+    from gpt2kit.model.packed import PackedLinear, packing_available
+
+    if not packing_available():
+        pytest.skip("this torch build has no oneDNN linear ops")
+    s = Running(folder, max_batch=4, weights="auto")
+    try:
+        assert isinstance(s.engine.model.lm_head, PackedLinear)
+        client = s.client()
+        for prompt in PROMPTS[:3]:
+            resp = client.completions.create(model=NAME, prompt=prompt, max_tokens=12, temperature=0)
+            assert resp.choices[0].text == greedy_reference(lm, lm[1].encode(prompt), 12)[1], prompt
+    finally:
+        s.stop()
+    s = Running(folder, max_batch=4, weights="int8")
+    try:
+        client = s.client()
+        resp = client.completions.create(model=NAME, prompt=PROMPTS[0], max_tokens=6, temperature=0)
+        assert resp.usage.completion_tokens >= 1 and resp.choices[0].finish_reason in ("stop", "length")
+        vec = client.embeddings.create(model=NAME, input="int8 vectors").data[0].embedding
+        assert len(vec) == 64 and all(v == v for v in vec)  # no NaN
+    finally:
+        s.stop()
+    with pytest.raises(ValueError, match="weights='fp8' is not one of"):
+        load_engine(folder, weights="fp8")
+
+
 def test_token_id_prompts_and_several_prompts(server, lm):
     _, tok = lm
     a, b = tok.encode("The quick brown fox"), tok.encode("Hello")

@@ -233,28 +233,18 @@ def _generate(args: argparse.Namespace) -> int:
         options["truncate_prompt"] = True
     if args.seed is not None:
         torch.manual_seed(args.seed)
-    if args.weights == "auto":
-        from gpt2kit.model.packed import packing_available
+    from gpt2kit.model.inference import convert_weights, load_dtype, resolve_weights
 
-        # Packing only changes the order the products sum in (logits equal to ~1e-6), and it is what makes
-        # a CPU decode step fast; --compile traces the float weights instead.
-        args.weights = "packed" if packing_available() and not args.compile else "float"
+    # Packing only changes the order the products sum in (logits equal to ~1e-6), and it is what makes a
+    # CPU decode step fast; --compile traces the float weights instead.
+    args.weights = resolve_weights(args.weights, "cpu", compile=args.compile)
     if args.compile:
         if args.weights == "packed":
             raise ValueError("--compile cannot trace --weights packed; choose one of them")
         options["compile"] = True
     tok = AutoTokenizer.from_pretrained(args.model)
-    # int8 runs fast only with bf16 activations (torch's CPU int8 kernel is slow with fp32 ones).
-    dtype = "bfloat16" if args.weights == "int8" else args.dtype
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
-    if args.weights == "int8":
-        from gpt2kit.model.quant import quantize_int8
-
-        quantize_int8(model)
-    elif args.weights == "packed":
-        from gpt2kit.model.packed import pack_weights
-
-        pack_weights(model, batch_size=args.batch_size)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=load_dtype(args.weights, args.dtype))
+    convert_weights(model.eval(), args.weights, batch_size=args.batch_size)
     streaming = args.stream
     if streaming is None:  # stream by default on a terminal, when it makes sense
         streaming = sys.stdout.isatty() and not args.json and options.get("num_beams", 1) == 1

@@ -490,21 +490,28 @@ def load_engine(
     dtype: str = "float32",
     device: str | None = None,
     threads: int | None = None,
+    weights: str = "float",
     **engine_options: Any,
 ) -> Engine:
-    """Load a checkpoint folder (or cached name) and its tokenizer into an Engine (not started)."""
+    """Load a checkpoint folder (or cached name) and its tokenizer into an Engine (not started).
+
+    weights: float (as loaded), packed, int8 or auto (packed on CPU): see gpt2kit.model.inference.
+    """
     import torch
 
     from gpt2kit import AutoModelForCausalLM, AutoTokenizer, hub
+    from gpt2kit.model.inference import convert_weights, load_dtype, resolve_weights
 
     if threads is not None:
         if threads < 1:
             raise ValueError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     folder = hub.find_model_dir(model, files=("config.json",))
-    lm = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    weights = resolve_weights(weights, device)
+    lm = AutoModelForCausalLM.from_pretrained(folder, dtype=load_dtype(weights, dtype))
     if device:
         lm = lm.to(device)
+    convert_weights(lm.eval(), weights, batch_size=engine_options.get("max_batch", 8))
     has_tok = (Path(folder) / "vocab.json").is_file() or (Path(folder) / "tokenizer.json").is_file()
     if not has_tok and lm.config.vocab_size != 50257:
         raise FileNotFoundError(
