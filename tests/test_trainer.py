@@ -120,6 +120,31 @@ def test_compiled_training_equals_eager_and_still_checks_ids(tmp_path):
         Trainer(lm(), bad, config=cfg(tmp_path / "b", max_steps=1, batch_size=4, compile=True)).fit()
 
 
+class ShapeMismatch(Rows):
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.x[i], "labels": torch.cat([self.x[i], self.x[i][:1]])}  # one label too many
+
+
+class BadClassLabels(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": torch.arange(1, 7), "labels": torch.tensor(7 if i == 2 else 1)}
+
+
+def test_compiled_training_reports_the_data_error_not_a_compiler_error(tmp_path):
+    """A bad batch under compile=True gets the eager model's message, not "train without compile"."""
+    c = cfg(tmp_path / "s", max_steps=1, batch_size=4, compile=True)
+    with pytest.raises(ValueError, match="batch_size") as info:
+        Trainer(lm(), ShapeMismatch(4), config=c).fit()
+    assert "without compile" not in str(info.value)
+    clf = GPT2ForSequenceClassification(GPT2Config(**TINY, num_labels=3, pad_token_id=0))
+    c = cfg(tmp_path / "c", max_steps=1, batch_size=4, compile=True)
+    with pytest.raises(ValueError, match=r"class ids in \[0, num_labels=3\) or -100, got 7"):
+        Trainer(clf, BadClassLabels(), config=c).fit()
+
+
 def _train(tmp_path, callbacks=(), data=None, **kw) -> GPT2LMHeadModel:
     model = lm(seed=1)  # dropout on: resume must restore the RNG too
     c = cfg(tmp_path, max_steps=6, batch_size=2, lr=5e-3, warmup_steps=2, schedule="cosine", **kw)

@@ -485,6 +485,12 @@ class GPT2Model(GPT2PreTrainedModel):
         return out if return_dict else out.to_tuple()
 
 
+def is_compiling() -> bool:
+    """Whether torch.compile is tracing this call (torch.compiler.is_compiling exists from torch 2.3)."""
+    check = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(check()) if check is not None else False
+
+
 def _check_ids(ids: torch.Tensor, vocab_size: int, name: str = "input_ids") -> torch.Tensor:
     if not isinstance(ids, torch.Tensor):
         raise TypeError(f"{name} must be a torch tensor of token ids, got {type(ids).__name__}")
@@ -492,7 +498,7 @@ def _check_ids(ids: torch.Tensor, vocab_size: int, name: str = "input_ids") -> t
         raise TypeError(f"{name} must hold integer token ids, got dtype {ids.dtype}")
     # Under torch.compile the check would split the graph (a data-dependent int()); a compiled caller
     # (Trainer with compile=True) checks its batches itself before the call.
-    if ids.numel() and not torch.compiler.is_compiling():
+    if ids.numel() and not is_compiling():
         hi, lo = int(ids.max()), int(ids.min())
         if hi >= vocab_size or lo < 0:
             bad = hi if hi >= vocab_size else lo

@@ -15,7 +15,7 @@ from torch import nn
 
 from gpt2kit.config import GPT2Config
 from gpt2kit.generation.mixin import GenerationMixin
-from gpt2kit.model.gpt2 import GPT2Model, GPT2PreTrainedModel
+from gpt2kit.model.gpt2 import GPT2Model, GPT2PreTrainedModel, is_compiling
 from gpt2kit.model.outputs import (
     CausalLMOutputWithCrossAttentions,
     GPT2DoubleHeadsModelOutput,
@@ -193,6 +193,16 @@ class GPT2DoubleHeadsModel(GenerationMixin, GPT2PreTrainedModel):
         return result if return_dict else result.to_tuple()
 
 
+def check_class_labels(labels: torch.Tensor, num_labels: int) -> None:
+    """Single-label targets must be class ids in [0, num_labels), or -100 (ignored)."""
+    bad = labels[((labels < 0) | (labels >= num_labels)) & (labels != -100)]
+    if bad.numel():
+        raise ValueError(
+            f"labels must be class ids in [0, num_labels={num_labels}) or -100, got {int(bad[0])}; "
+            "pass num_labels= (or id2label=) when loading the model"
+        )
+
+
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: GPT2Config) -> torch.Tensor:
     """The loss transformers picks from problem_type (inferred when unset): MSE, cross-entropy or BCE."""
     n = config.num_labels
@@ -210,11 +220,8 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: GPT2
             return F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
         return F.mse_loss(logits, labels.to(logits.dtype))
     if problem == "single_label_classification":
-        if labels.numel() and (int(labels.max()) >= n or int(labels.min()) < -100):
-            raise ValueError(
-                f"labels must be class ids in [0, num_labels={n}), got {int(labels.max())}; "
-                f"pass num_labels= (or id2label=) when loading the model"
-            )
+        if not is_compiling():  # a data-dependent check would split the graph; the Trainer checks first
+            check_class_labels(labels, n)
         return F.cross_entropy(logits.view(-1, n), labels.view(-1))
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 

@@ -528,20 +528,37 @@ class Trainer:
         return total_loss / n, tokens, grad_norm
 
     def _check_batch(self, batch: dict[str, torch.Tensor]) -> None:
-        """The model's id check, done here because the compiled model skips it (see gpt2._check_ids)."""
-        if self._vocab_size is not None and "input_ids" in batch:
-            from gpt2kit.model.gpt2 import _check_ids
+        """The model's input checks, done here because the compiled model skips them (gpt2.is_compiling)."""
+        from gpt2kit.model.gpt2 import _check_ids
+        from gpt2kit.model.heads import check_class_labels
 
-            _check_ids(batch["input_ids"], self._vocab_size)
+        if self._vocab_size is not None:
+            for name in ("input_ids", "token_type_ids"):
+                if batch.get(name) is not None:
+                    _check_ids(batch[name], self._vocab_size, name)
+        labels, config = batch.get("labels"), getattr(self.model, "config", None)
+        single_label = (
+            config is not None
+            and getattr(config, "num_labels", 1) > 1
+            and getattr(config, "problem_type", None) in (None, "single_label_classification")
+        )
+        if single_label and labels is not None and labels.dim() == 1 and not labels.is_floating_point():
+            check_class_labels(labels, config.num_labels)
 
     def _call_compiled(self, batch: dict[str, torch.Tensor]) -> Any:
         try:
             return self._step_model(**batch)
         except Exception as e:
-            # A missing C++ compiler or an unsupported op surfaces deep inside torch._inductor.
-            if type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+            name = type(e).__name__
+            if name == "TorchRuntimeError":
+                # An error in the traced code (bad shapes in the batch, say), seen on fake tensors: the
+                # eager model raises it again with its own, clearer message.
+                self.ddp(**batch)
+                raise
+            if name in ("InductorError", "BackendCompilerFailed", "InvalidCxxCompiler"):
+                # The compiler itself failed (no C++ compiler, an unsupported op): not the user's data.
                 raise RuntimeError(
-                    f"torch.compile could not compile the training step ({type(e).__name__}: "
+                    f"torch.compile could not compile the training step ({name}: "
                     f"{str(e).splitlines()[0] if str(e) else ''}); train without compile "
                     "(TrainingConfig(compile=False), or drop --compile)"
                 ) from e
