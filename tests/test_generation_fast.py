@@ -200,6 +200,9 @@ def test_resolve_weights_picks_packed_only_where_it_can():
     assert resolve_weights("auto", "cpu", compile=True) == "float"  # dynamo cannot trace packed weights
     assert resolve_weights("int8", "cpu") == "int8" and load_dtype("int8", "float32") == "bfloat16"
     assert load_dtype("packed", "float32") == "float32"
+    assert load_dtype("int8", "float32", "cuda") == "float32"  # the slow fp32 int8 kernel is a CPU matter
+    with pytest.raises(ValueError, match="--weights packed is oneDNN's CPU layout and cannot run on cuda"):
+        resolve_weights("packed", "cuda")
     with pytest.raises(ValueError, match="not one of auto, float, packed, int8"):
         resolve_weights("fp4")
     with pytest.raises(ValueError, match="resolve auto first"):

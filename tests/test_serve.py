@@ -180,6 +180,8 @@ def test_packed_and_int8_weights_serve(folder, lm):
         s.stop()
     with pytest.raises(ValueError, match="weights='fp8' is not one of"):
         load_engine(folder, weights="fp8")
+    with pytest.raises(ValueError, match="max_batch"):  # the engine's own message, before any packing
+        load_engine(folder, weights="auto", max_batch=0)
 
 
 def test_token_id_prompts_and_several_prompts(server, lm):

@@ -508,10 +508,9 @@ def load_engine(
         torch.set_num_threads(threads)
     folder = hub.find_model_dir(model, files=("config.json",))
     weights = resolve_weights(weights, device)
-    lm = AutoModelForCausalLM.from_pretrained(folder, dtype=load_dtype(weights, dtype))
+    lm = AutoModelForCausalLM.from_pretrained(folder, dtype=load_dtype(weights, dtype, device))
     if device:
         lm = lm.to(device)
-    convert_weights(lm.eval(), weights, batch_size=engine_options.get("max_batch", 8))
     has_tok = (Path(folder) / "vocab.json").is_file() or (Path(folder) / "tokenizer.json").is_file()
     if not has_tok and lm.config.vocab_size != 50257:
         raise FileNotFoundError(
@@ -519,7 +518,9 @@ def load_engine(
             "save the tokenizer into the folder"
         )
     tok = AutoTokenizer.from_pretrained(folder if has_tok else "gpt2")
-    return Engine(lm, tok, **engine_options)
+    engine = Engine(lm, tok, **engine_options)  # checks its options before the (slower) conversion
+    convert_weights(lm.eval(), weights, batch_size=engine.max_batch)  # in place: the engine sees it
+    return engine
 
 
 def build_app(
