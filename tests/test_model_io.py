@@ -57,6 +57,9 @@ def test_saved_files_get_the_umask_mode_like_any_new_file(tmp_path):
         os.umask(old)
     modes = {p.name: oct(p.stat().st_mode & 0o777) for p in (tmp_path / "m").iterdir()}
     assert len(modes) > 4 and set(modes.values()) == {"0o644"}, modes
+    (tmp_path / "m" / "config.json").chmod(0o600)  # the user restricted it: a re-save keeps that
+    model.save_pretrained(tmp_path / "m", max_shard_size="20KB")
+    assert (tmp_path / "m" / "config.json").stat().st_mode & 0o777 == 0o600
 
 
 def test_bin_and_sharded_checkpoints(tmp_path):

@@ -31,15 +31,31 @@ logger = logging.getLogger(__name__)
 # for its atomic writes, and `gpt2kit tokenize` should not pay for either.
 
 
-def umask_mode() -> int:
-    """The mode open() would give a new file (0o644 under the usual umask 022).
+def file_mode(path: str | os.PathLike) -> int:
+    """The mode a file written atomically over `path` gets: the old file's, else what open() would give.
 
     mkstemp and safetensors create files 0o600; a checkpoint or output folder must be as readable as any
-    other file the user writes, so files written atomically get this mode before they are moved in place.
+    other file the user writes (0o644 under the usual umask 022), and a file the user restricted stays so.
     """
-    mask = os.umask(0)
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    # Linux reports the umask without changing it; os.umask can only set it, which would race other
+    # threads (the server, the trainer) creating files in between.
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
 
 
 @contextlib.contextmanager
@@ -55,7 +71,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, umask_mode())
+        os.chmod(tmp, file_mode(path))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -418,7 +434,7 @@ def _write_npy(path: Path, blocks: Iterable[VectorBlock], rows: int | None) -> N
         del out
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, umask_mode())
+        os.chmod(tmp, file_mode(path))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -180,7 +180,7 @@ def save_state_dict(
     for old in folder.glob(f"{stem}*.{ext}"):
         if old.name not in names:
             old.unlink()
-    from gpt2kit.data import umask_mode
+    from gpt2kit.data import file_mode
 
     written = []
     for name, shard in zip(names, shards):
@@ -192,7 +192,7 @@ def save_state_dict(
             save_file(shard, tmp, metadata={"format": "pt"})
         else:
             torch.save(shard, tmp)
-        os.chmod(tmp, umask_mode())  # safetensors creates 0o600 files
+        os.chmod(tmp, file_mode(path))  # safetensors creates 0o600 files
         os.replace(tmp, path)
         written.append(path)
     index_path = folder / index_name
