@@ -8,8 +8,10 @@ oneDNN's layout on each call. `pack_weights` reorders every projection and the L
 as torch.compile's CPU freezing pass does, without compiling anything.
 
 The products sum in another order than torch's default kernels, so logits differ in the last bits from
-transformers' and greedy tokens can (rarely) differ; the default model path is left exact, and this is
-never applied implicitly. Inference only: packed weights are opaque buffers that cannot train or be saved.
+transformers' (~1e-6) and a greedy token can differ where two candidates nearly tie (none did in the tests
+and benchmarks). The Python API never packs implicitly: from_pretrained + generate() stay exact and
+trainable. The inference commands (`gpt2kit generate`, `gpt2kit serve`) pack by default (--weights auto).
+Inference only: packed weights are opaque buffers that cannot train or be saved.
 
 >>> from gpt2kit.config import GPT2Config
 >>> from gpt2kit.model.heads import GPT2LMHeadModel

@@ -39,8 +39,8 @@ class TrainingConfig:
     precision: str = "fp32"  # "bf16": bf16 autocast (weights and optimizer state stay fp32)
     gradient_checkpointing: bool = False
     # torch.compile the training forward and backward: the first step pays the compilation (~40 s for the
-    # 124M model on 2 CPU cores), later steps fuse the elementwise work (1.55x bf16, 1.26x fp32 measured on
-    # 124M; benchmarks/RESULTS.md). Evaluation stays eager, so it does not compile a second graph.
+    # 124M model on 2 CPU cores), later steps fuse the elementwise work (on 124M, 1.3-1.4x eager's speed in
+    # bf16, little in fp32; benchmarks/RESULTS.md). Evaluation stays eager: no second graph to compile.
     compile: bool = False
     eval_every: int | None = None  # None: at the end of each epoch (and at the end)
     eval_max_batches: int | None = None
