@@ -170,6 +170,20 @@ def test_resume_after_interrupt_between_steps_is_exact(tmp_path):
     assert [r["step"] for r in lines] == [1, 2, 3, 4, 5, 6]  # no step logged twice
 
 
+def test_compiled_training_resumes_exactly(tmp_path):
+    """compile=True with dropout: the RNG snapshot in the checkpoint also drives the compiled graph."""
+    whole = _train(tmp_path / "whole", compile=True)
+
+    def stop_at_3(trainer, event, info):
+        if event == "step_end" and info["step"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path / "cut", callbacks=[stop_at_3], compile=True)
+    resumed = _train(tmp_path / "cut", compile=True)
+    assert_same_weights(whole, resumed)
+
+
 def test_resume_after_interrupt_mid_step_is_exact(tmp_path):
     whole = _train(tmp_path / "whole")
     # 2 examples per step: the 9th item fetched is in step 5, after 4 finished steps
@@ -322,7 +336,8 @@ _DDP_SCRIPT = textwrap.dedent(
     from gpt2kit.training.trainer import Trainer
     from pathlib import Path
     model = lm(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    c = cfg(Path(sys.argv[1]), max_steps=3, batch_size=2, grad_accum=1, lr=1e-2, log_every=1)
+    c = cfg(Path(sys.argv[1]), max_steps=3, batch_size=2, grad_accum=1, lr=1e-2, log_every=1,
+            compile=sys.argv[2] == "compile")
     Trainer(model, Rows(8), config=c).fit()
     """
 )
@@ -334,7 +349,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ddp_two_processes_equal_one_process_with_accumulation(tmp_path):
+@pytest.mark.parametrize("mode", ["eager", "compile"])
+def test_ddp_two_processes_equal_one_process_with_accumulation(tmp_path, mode):
     script = tmp_path / "ddp.py"
     script.write_text(_DDP_SCRIPT.format(tests=str(Path(__file__).parent)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -347,7 +363,7 @@ def test_ddp_two_processes_equal_one_process_with_accumulation(tmp_path):
         "--master_addr",
         "127.0.0.1",
     ]
-    cmd += ["--master_port", str(_free_port()), str(script), str(tmp_path / "ddp")]
+    cmd += ["--master_port", str(_free_port()), str(script), str(tmp_path / "ddp"), mode]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
 
