@@ -25,6 +25,7 @@ from gpt2kit.model.attention import AttentionMask, cross_attention_mask
 from gpt2kit.model.block import Block
 from gpt2kit.model.cache import Cache, DynamicCache, as_cache
 from gpt2kit.model.linear import Linear
+from gpt2kit.model.matmul import LMHead
 from gpt2kit.model.outputs import BaseModelOutputWithPastAndCrossAttentions
 
 logger = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ class GPT2PreTrainedModel(nn.Module):
             if self.config.tie_word_embeddings:
                 self.tie_weights()
             else:
-                head = nn.Linear(
+                head = LMHead(
                     old.embedding_dim,
                     new_num_tokens,
                     bias=False,

@@ -16,6 +16,7 @@ from torch import nn
 from gpt2kit.config import GPT2Config
 from gpt2kit.generation.mixin import GenerationMixin
 from gpt2kit.model.gpt2 import GPT2Model, GPT2PreTrainedModel, is_compiling
+from gpt2kit.model.matmul import LMHead
 from gpt2kit.model.outputs import (
     CausalLMOutputWithCrossAttentions,
     GPT2DoubleHeadsModelOutput,
@@ -76,7 +77,7 @@ class GPT2LMHeadModel(GenerationMixin, GPT2PreTrainedModel):
     def __init__(self, config: GPT2Config) -> None:
         super().__init__(config)
         self.transformer = GPT2Model(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = LMHead(config.n_embd, config.vocab_size, bias=False)
         self.post_init()
 
     def forward(
@@ -156,7 +157,7 @@ class GPT2DoubleHeadsModel(GenerationMixin, GPT2PreTrainedModel):
         config.num_labels = 1  # one score per choice, as transformers sets it
         super().__init__(config)
         self.transformer = GPT2Model(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = LMHead(config.n_embd, config.vocab_size, bias=False)
         self.multiple_choice_head = SequenceSummary(config)
         self.post_init()
 

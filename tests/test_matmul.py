@@ -1,0 +1,106 @@
+"""The float32 CPU kernel choice (model/matmul.py): oneDNN's product and its backward are right, it is used
+exactly where it should be, and torch's default stays available bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gpt2kit import GPT2Config, GPT2LMHeadModel
+from gpt2kit.model import matmul
+from gpt2kit.model.linear import Linear
+
+pytestmark = pytest.mark.skipif(
+    not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")),
+    reason="this torch build has no oneDNN linear op",
+)
+
+
+@pytest.fixture()
+def choice():
+    """Set the kernel for one test, then restore what the process had."""
+    before = matmul.cpu_matmul()
+    yield matmul.set_cpu_matmul
+    matmul.set_cpu_matmul(before)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("transposed_x", [False, True])
+def test_onednn_linear_forward_and_backward_match_float64(bias, transposed_x):
+    g = torch.Generator().manual_seed(0)
+    # (37, 48) rows, contiguous or a transposed view: strides oneDNN must read as they are
+    x = torch.randn(48, 37, generator=g).t() if transposed_x else torch.randn(37, 48, generator=g)
+    w = torch.randn(53, 48, generator=g)
+    b = torch.randn(53, generator=g) if bias else None
+    x.requires_grad_(True)
+    w.requires_grad_(True)
+    if b is not None:
+        b.requires_grad_(True)
+    y = matmul._OneDNNLinear.apply(x, w, b)
+    gy = torch.randn(y.shape, generator=g)
+    y.backward(gy)
+
+    x64, w64 = x.detach().double().requires_grad_(True), w.detach().double().requires_grad_(True)
+    b64 = b.detach().double().requires_grad_(True) if b is not None else None
+    y64 = torch.nn.functional.linear(x64, w64, b64)
+    y64.backward(gy.double())
+    torch.testing.assert_close(y.double(), y64, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(w.grad.double(), w64.grad, rtol=1e-5, atol=1e-5)
+    if b is not None:
+        torch.testing.assert_close(b.grad.double(), b64.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_projections_and_lm_head_use_the_chosen_kernel(choice):
+    torch.manual_seed(0)
+    layer = Linear(16, 24)
+    torch.nn.init.normal_(layer.weight)
+    x = torch.randn(2, 5, 16, requires_grad=True)
+
+    choice("torch")
+    exact = layer(x)
+    assert torch.equal(exact, torch.addmm(layer.bias, x.reshape(-1, 16), layer.weight).view(2, 5, 24))
+    assert "OneDNN" not in type(exact.grad_fn.next_functions[0][0]).__name__
+
+    choice("onednn")
+    fast = layer(x)
+    assert "OneDNN" in type(fast.grad_fn.next_functions[0][0]).__name__  # ViewBackward <- _OneDNNLinear
+    torch.testing.assert_close(fast, exact, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast's own bf16 kernels, not ours
+        assert "OneDNN" not in type(layer(x).grad_fn.next_functions[0][0]).__name__
+    assert layer.to(torch.bfloat16)(x.detach().bfloat16()).dtype == torch.bfloat16  # bf16: torch's path
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_layer=1, n_embd=16, n_head=2)).eval()
+    ids = torch.tensor([[1, 2, 3]])
+    logits = model(ids).logits
+    assert "OneDNN" in type(logits.grad_fn.next_functions[0][0]).__name__
+    choice("torch")
+    torch.testing.assert_close(model(ids).logits, logits, rtol=1e-5, atol=1e-5)
+
+
+def test_training_gradients_agree_between_kernels(choice):
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=64, n_positions=16, n_layer=2, n_embd=32, n_head=2, resid_pdrop=0.0)
+    config.embd_pdrop = config.attn_pdrop = 0.0
+    model = GPT2LMHeadModel(config)
+    ids = torch.randint(0, 64, (3, 12))
+    grads = {}
+    for kernel in ("torch", "onednn"):
+        choice(kernel)
+        model.zero_grad()
+        model(ids, labels=ids).loss.backward()
+        grads[kernel] = {n: p.grad.clone() for n, p in model.named_parameters()}
+    for name, g in grads["torch"].items():
+        torch.testing.assert_close(grads["onednn"][name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_bad_choice_names_the_variable(choice, monkeypatch):
+    with pytest.raises(ValueError, match="GPT2KIT_CPU_MATMUL"):
+        choice("mkl")
+    monkeypatch.setenv("GPT2KIT_CPU_MATMUL", "torch")
+    monkeypatch.setattr(matmul, "_choice", None)
+    assert matmul.cpu_matmul() == "torch"
+    monkeypatch.setattr(matmul, "_cpu_vendor", lambda: "AuthenticAMD")
+    assert choice("auto") == "onednn"
+    monkeypatch.setattr(matmul, "_cpu_vendor", lambda: "GenuineIntel")
+    assert choice("auto") == "torch"
