@@ -104,3 +104,49 @@ def test_bad_choice_names_the_variable(choice, monkeypatch):
     assert choice("auto") == "onednn"
     monkeypatch.setattr(matmul, "_cpu_vendor", lambda: "GenuineIntel")
     assert choice("auto") == "torch"
+
+
+def test_double_backward_strided_bias_and_frozen_weights(choice):
+    choice("onednn")
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 8, generator=g, requires_grad=True)
+    w = torch.randn(5, 8, generator=g, requires_grad=True)
+    b = torch.randn(10, generator=g)[::2]  # a strided view: oneDNN misreads those unless made contiguous
+    y = matmul.fp32_linear(x, w, b)
+    assert y is not None
+    torch.testing.assert_close(y, torch.nn.functional.linear(x, w, b), rtol=1e-5, atol=1e-5)
+
+    def grad_norm(f):  # a gradient penalty: needs the backward to be differentiable
+        (gx,) = torch.autograd.grad(f(x, w, b).square().sum(), x, create_graph=True)
+        (gw,) = torch.autograd.grad(gx.square().sum(), w)
+        return gw
+
+    ours = grad_norm(matmul.fp32_linear)
+    torch.testing.assert_close(ours, grad_norm(torch.nn.functional.linear), rtol=1e-4, atol=1e-4)
+    assert ours.abs().sum() > 0
+
+    frozen = matmul.fp32_linear(x, w.detach(), None)  # fine-tuning with a frozen layer
+    frozen.sum().backward()
+    torch.testing.assert_close(x.grad, w.detach().sum(0).expand(6, 8), rtol=1e-5, atol=1e-5)
+
+
+def test_transforms_and_switches_fall_back_to_torch(choice, monkeypatch):
+    choice("onednn")
+    x, w = torch.randn(4, 3), torch.randn(2, 3)
+    # torch.func and forward-mode AD: torch's own ops, which implement them
+    gx = torch.func.grad(lambda t: _linear_sum(t, w))(x)
+    torch.testing.assert_close(gx, w.sum(0).expand(4, 3))
+    with torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(x, torch.ones_like(x))
+        assert matmul.fp32_linear(dual, w, None) is None
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert matmul.fp32_linear(x, w, None) is None
+    # while torch.compile traces, return before the (untraceable) kernel choice is even looked at
+    monkeypatch.setattr(matmul, "_compiling", lambda: True)
+    monkeypatch.setattr(matmul, "cpu_matmul", lambda: pytest.fail("the choice was consulted while tracing"))
+    assert matmul.fp32_linear(x, w, None) is None
+
+
+def _linear_sum(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    out = matmul.fp32_linear(x, w, None)
+    return (out if out is not None else torch.nn.functional.linear(x, w)).sum()

@@ -10,8 +10,10 @@ bfloat16 products already go to oneDNN, so only float32 is rerouted.
 the parameters stay ordinary, trainable tensors) and has its own backward, written with the same kernel.
 It sums in another order than MKL, so results agree to float32 rounding (~1e-6 relative), not bit for bit.
 
-The choice, made once per process: GPT2KIT_CPU_MATMUL=onednn | torch | auto (default). auto uses oneDNN on
-AMD CPUs, where it was measured faster, and torch's default elsewhere.
+The choice: GPT2KIT_CPU_MATMUL=onednn | torch | auto (default), read at the first float32 CPU product of the
+process (set it before that; set_cpu_matmul() changes it any time). auto uses oneDNN on AMD CPUs, where it
+was measured faster, and torch's default elsewhere. torch's kernels still run under autocast, inside
+torch.compile, under torch.func transforms and forward-mode AD, and for double backward's second pass.
 """
 
 from __future__ import annotations
@@ -65,20 +67,37 @@ def _autocast_on() -> bool:
 def fp32_linear(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
     """x2 (M, in) @ weight (out, in).T + bias by oneDNN, when that is the float32 kernel in use; else None.
 
-    None also under autocast (which casts the operands for torch's own kernels), while torch.compile traces
-    (inductor chooses its kernels), and for anything but float32 CPU tensors.
+    None also while torch.compile traces (inductor chooses its kernels; checked first, so tracing never
+    reaches the choice below), under autocast (which casts the operands for torch's own kernels), with
+    oneDNN switched off (torch.backends.mkldnn.flags(enabled=False)), under torch.func transforms and
+    forward-mode AD (which this op does not implement), and for anything but float32 CPU tensors.
     """
     if (
-        x2.dtype is not torch.float32
+        _compiling()
+        or x2.dtype is not torch.float32
         or weight.dtype is not torch.float32
         or x2.device.type != "cpu"
         or x2.shape[0] == 0
-        or cpu_matmul() != "onednn"
         or _autocast_on()
-        or _compiling()
+        or not torch.backends.mkldnn.enabled
+        or cpu_matmul() != "onednn"
+        or _transformed(x2, weight, bias)
     ):
         return None
-    return _OneDNNLinear.apply(x2, weight, bias)
+    return _OneDNNLinear.apply(x2, weight, None if bias is None else bias.contiguous())
+
+
+def _transformed(*tensors: torch.Tensor | None) -> bool:
+    """Inside torch.func (grad, vmap) or carrying forward-mode tangents: leave those to torch's own ops."""
+    wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+    for t in tensors:
+        if t is None:
+            continue
+        if wrapped is not None and wrapped(t):
+            return True
+        if torch.autograd.forward_ad.unpack_dual(t).tangent is not None:
+            return True
+    return False
 
 
 def _compiling() -> bool:
@@ -107,14 +126,18 @@ class _OneDNNLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-        ctx.save_for_backward(x, w)
+        # Keep only what the backward will use: a frozen weight needs no x, a frozen input no w.
+        need_x, need_w = ctx.needs_input_grad[:2]
+        ctx.save_for_backward(x if need_w else None, w if need_x else None)
         ctx.has_bias = b is not None
         return _lp(x, w, b)
 
     @staticmethod
     def backward(ctx, gy: torch.Tensor):
         x, w = ctx.saved_tensors
-        gx = _lp(gy, w.t()) if ctx.needs_input_grad[0] else None  # gy @ w
-        gw = _lp(gy.t(), x.t()) if ctx.needs_input_grad[1] else None  # gy.T @ x
+        # With create_graph (double backward) use differentiable ops: oneDNN's op has no derivative.
+        mm = (lambda a, bt: a.mm(bt.t())) if torch.is_grad_enabled() else _lp
+        gx = mm(gy, w.t()) if ctx.needs_input_grad[0] else None  # gy @ w
+        gw = mm(gy.t(), x.t()) if ctx.needs_input_grad[1] else None  # gy.T @ x
         gb = gy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return gx, gw, gb
