@@ -40,7 +40,9 @@ class TrainingConfig:
     gradient_checkpointing: bool = False
     # torch.compile the training forward and backward: the first step pays the compilation (~40 s for the
     # 124M model on 2 CPU cores), later steps fuse the elementwise work (on 124M, 1.3-1.4x eager's speed in
-    # bf16, little in fp32; benchmarks/RESULTS.md). Evaluation stays eager: no second graph to compile.
+    # bf16; benchmarks/RESULTS.md). For fp32 on AMD CPUs eager is faster (3.3 s against 4.6-4.8 s a 124M
+    # step in separate runs): compiled code uses torch's MKL products, not gpt2kit's oneDNN route
+    # (model/matmul.py). Evaluation stays eager.
     compile: bool = False
     eval_every: int | None = None  # None: at the end of each epoch (and at the end)
     eval_max_batches: int | None = None
