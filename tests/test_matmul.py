@@ -11,7 +11,7 @@ from gpt2kit.model import matmul
 from gpt2kit.model.linear import Linear
 
 pytestmark = pytest.mark.skipif(
-    not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")),
+    not matmul.onednn_linear_available(),
     reason="this torch build has no oneDNN linear op",
 )
 
@@ -142,7 +142,7 @@ def test_transforms_and_switches_fall_back_to_torch(choice, monkeypatch):
     with torch.backends.mkldnn.flags(enabled=False):
         assert matmul.fp32_linear(x, w, None) is None
     # while torch.compile traces, return before the (untraceable) kernel choice is even looked at
-    monkeypatch.setattr(matmul, "_compiling", lambda: True)
+    monkeypatch.setattr(matmul, "is_compiling", lambda: True)
     monkeypatch.setattr(matmul, "cpu_matmul", lambda: pytest.fail("the choice was consulted while tracing"))
     assert matmul.fp32_linear(x, w, None) is None
 

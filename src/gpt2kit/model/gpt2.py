@@ -25,7 +25,7 @@ from gpt2kit.model.attention import AttentionMask, cross_attention_mask
 from gpt2kit.model.block import Block
 from gpt2kit.model.cache import Cache, DynamicCache, as_cache
 from gpt2kit.model.linear import Linear
-from gpt2kit.model.matmul import LMHead
+from gpt2kit.model.matmul import LMHead, is_compiling
 from gpt2kit.model.outputs import BaseModelOutputWithPastAndCrossAttentions
 
 logger = logging.getLogger(__name__)
@@ -484,12 +484,6 @@ class GPT2Model(GPT2PreTrainedModel):
             cross_attentions=all_cross,
         )
         return out if return_dict else out.to_tuple()
-
-
-def is_compiling() -> bool:
-    """Whether torch.compile is tracing this call (torch.compiler.is_compiling exists from torch 2.3)."""
-    check = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    return bool(check()) if check is not None else False
 
 
 def _check_ids(ids: torch.Tensor, vocab_size: int, name: str = "input_ids") -> torch.Tensor:

@@ -15,8 +15,8 @@ from torch import nn
 
 from gpt2kit.config import GPT2Config
 from gpt2kit.generation.mixin import GenerationMixin
-from gpt2kit.model.gpt2 import GPT2Model, GPT2PreTrainedModel, is_compiling
-from gpt2kit.model.matmul import LMHead
+from gpt2kit.model.gpt2 import GPT2Model, GPT2PreTrainedModel
+from gpt2kit.model.matmul import LMHead, is_compiling
 from gpt2kit.model.outputs import (
     CausalLMOutputWithCrossAttentions,
     GPT2DoubleHeadsModelOutput,

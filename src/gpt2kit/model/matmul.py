@@ -38,12 +38,17 @@ def _cpu_vendor() -> str:
     return ""
 
 
+def onednn_linear_available() -> bool:
+    """Whether this torch build has oneDNN's linear op (CPU builds on x86 and ARM do)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
 def set_cpu_matmul(choice: str) -> str:
     """Choose the float32 CPU kernel for gpt2kit's projections and LM head; returns what auto resolved to."""
     global _choice
     if choice not in CHOICES:
         raise ValueError(f"CPU matmul {choice!r} is not one of {', '.join(CHOICES)} (GPT2KIT_CPU_MATMUL)")
-    available = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    available = onednn_linear_available()
     if choice == "onednn" and not available:
         raise ValueError("this torch build has no oneDNN linear op; use GPT2KIT_CPU_MATMUL=torch")
     if choice == "auto":
@@ -73,7 +78,7 @@ def fp32_linear(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     forward-mode AD (which this op does not implement), and for anything but float32 CPU tensors.
     """
     if (
-        _compiling()
+        is_compiling()
         or x2.dtype is not torch.float32
         or weight.dtype is not torch.float32
         or x2.device.type != "cpu"
@@ -100,8 +105,9 @@ def _transformed(*tensors: torch.Tensor | None) -> bool:
     return False
 
 
-def _compiling() -> bool:
-    check = getattr(getattr(torch, "compiler", None), "is_compiling", None)  # torch >= 2.3
+def is_compiling() -> bool:
+    """Whether torch.compile is tracing this call (torch.compiler.is_compiling exists from torch 2.3)."""
+    check = getattr(getattr(torch, "compiler", None), "is_compiling", None)
     return bool(check()) if check is not None else False
 
 

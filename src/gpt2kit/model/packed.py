@@ -26,11 +26,12 @@ import torch
 from torch import nn
 
 from gpt2kit.model.linear import Linear, replace_projections
+from gpt2kit.model.matmul import onednn_linear_available
 
 
 def packing_available() -> bool:
     """Whether this torch build has oneDNN's linear ops (CPU builds on x86 and ARM do)."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    return onednn_linear_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
 class PackedLinear(nn.Module):

@@ -528,7 +528,7 @@ class Trainer:
         return total_loss / n, tokens, grad_norm
 
     def _check_batch(self, batch: dict[str, torch.Tensor]) -> None:
-        """The model's input checks, done here because the compiled model skips them (gpt2.is_compiling)."""
+        """The model's input checks, done here because the compiled model skips them (matmul.is_compiling)."""
         from gpt2kit.model.gpt2 import _check_ids
         from gpt2kit.model.heads import check_class_labels
 
