@@ -100,10 +100,7 @@ def test_bad_choice_names_the_variable(choice, monkeypatch):
     monkeypatch.setenv("GPT2KIT_CPU_MATMUL", "torch")
     monkeypatch.setattr(matmul, "_choice", None)
     assert matmul.cpu_matmul() == "torch"
-    monkeypatch.setattr(matmul, "_cpu_vendor", lambda: "AuthenticAMD")
-    assert choice("auto") == "onednn"
-    monkeypatch.setattr(matmul, "_cpu_vendor", lambda: "GenuineIntel")
-    assert choice("auto") == "torch"
+    assert choice("auto") == "auto"  # measured per shape, whatever the vendor (test_kernels.py)
 
 
 def test_double_backward_strided_bias_and_frozen_weights(choice):

@@ -179,9 +179,9 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
         default="auto",
         choices=["auto", "float", "packed", "int8"],
         help="auto (default): packed where oneDNN can pack them (CPU), else float; float: the exact "
-        "weights as loaded (the Python API's default); packed: oneDNN-prepacked matmuls, ~1.9x faster "
-        "decoding on CPU; int8: weight-only int8 with bf16 activations, fastest (agrees on ~99%% of next "
-        "tokens)",
+        "weights as loaded (the Python API's default); packed: oneDNN-prepacked matmuls where that measured "
+        "faster on this CPU; int8: the fastest int8 kernel measured here (dynamic int8 on x86), fastest "
+        "of all, next tokens mostly equal (see benchmarks/RESULTS.md)",
     )
     p.add_argument(
         "--compile",
@@ -244,7 +244,9 @@ def _generate(args: argparse.Namespace) -> int:
         options["compile"] = True
     tok = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=load_dtype(args.weights, args.dtype))
-    convert_weights(model.eval(), args.weights, batch_size=args.batch_size)
+    # the rows a decode step multiplies: the prompts of one batch (times the sequences each returns)
+    rows = min(args.batch_size, len(prompts)) * options.get("num_return_sequences", 1)
+    convert_weights(model.eval(), args.weights, batch_size=max(1, rows), compile=args.compile)
     streaming = args.stream
     if streaming is None:  # stream by default on a terminal, when it makes sense
         streaming = sys.stdout.isatty() and not args.json and options.get("num_beams", 1) == 1
@@ -366,14 +368,75 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _info_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="a model folder, or a name in the local Hugging Face cache")
+    p.add_argument("--model", help="a model folder, or a name in the local Hugging Face cache")
+    p.add_argument(
+        "--hardware",
+        action="store_true",
+        help="the CPU's ISA and the kernels chosen for the model's shapes (--model, else GPT-2 124M's), "
+        "with their measured GFLOP/s (timed once per machine, then cached)",
+    )
+    p.add_argument("--remeasure", action="store_true", help="with --hardware: time the kernels again")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _hardware(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from gpt2kit.config import GPT2Config
+    from gpt2kit.model import kernels
+    from gpt2kit.model.inference import measure_kernels
+    from gpt2kit.model.quant import dynamic_engines
+
+    if args.model:
+        from gpt2kit import hub
+
+        config = GPT2Config.from_pretrained(hub.find_model_dir(args.model, files=("config.json",)))
+    else:
+        config = GPT2Config()
+    hw = kernels.hardware()
+    decisions = measure_kernels(config, remeasure=args.remeasure)
+    summary = {
+        "cpu": hw.cpu,
+        "isa": hw.isa,
+        "flags": list(hw.flags),
+        "native_bf16": hw.native_bf16,
+        "aten_capability": hw.aten_capability,
+        "onednn_max_isa": hw.onednn_max_isa or None,
+        "threads": hw.threads,
+        "torch": hw.torch_version,
+        "quantized_engines": dynamic_engines(),
+        "cuda": hw.cuda,
+        "kernel_cache": str(kernels.cache_path() or "off"),
+        "kernels": decisions,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"cpu         {hw.cpu} ({hw.machine})")
+    print(f"isa         {hw.isa}; flags {' '.join(hw.flags) or '-'}")
+    print(f"bf16        {'native' if hw.native_bf16 else 'emulated (slower than float32 here)'}")
+    print(f"torch       {hw.torch_version}, ATen {hw.aten_capability}, {hw.threads} threads")
+    print(f"int8        quantized engines: {', '.join(dynamic_engines()) or 'none'}")
+    print(f"cuda        {hw.cuda or 'none'}" + (f" ({torch.version.cuda})" if hw.cuda else ""))
+    print(f"cache       {summary['kernel_cache']}")
+    print(f"kernels     for {config.n_embd} wide, MLP {config.inner_dim}, vocabulary {config.vocab_size}:")
+    for key, d in decisions.items():
+        rates = ", ".join(f"{name} {g:.0f}" for name, g in d["gflops"].items()) or "not timed"
+        print(f"  {key:<36} -> {d['choice']:<15} GFLOP/s: {rates}")
+    return 0
 
 
 def _info(args: argparse.Namespace) -> int:
     import json
 
     from gpt2kit import hub
+
+    if args.hardware:
+        return _hardware(args)
+    if not args.model:
+        raise ValueError("gpt2kit info needs --model DIR (or --hardware for the machine's kernels)")
     from gpt2kit.config import GPT2Config
     from gpt2kit.model.weights import inspect_checkpoint
 

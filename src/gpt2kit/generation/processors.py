@@ -32,8 +32,15 @@ def _ids_tensor(ids: int | Iterable[int] | torch.Tensor) -> torch.Tensor:
 
 
 def _vocab_mask(ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    """(V,) bool, True at the given ids; ids outside the vocabulary are ignored (as transformers)."""
-    return torch.isin(torch.arange(scores.shape[-1], device=scores.device), ids.to(scores.device))
+    """(V,) bool, True at the given ids; ids outside the vocabulary are ignored (as transformers).
+
+    A scatter into a zero mask, not isin(arange(V), ids): this runs every decode step, and over GPT-2's
+    50257 ids isin cost ~150 us a call, ~5% of an int8 batch-1 step."""
+    vocab = scores.shape[-1]
+    ids = ids.to(scores.device)
+    mask = torch.zeros(vocab, dtype=torch.bool, device=scores.device)
+    mask[ids[(ids >= 0) & (ids < vocab)]] = True
+    return mask
 
 
 def _check_min_tokens_to_keep(min_tokens_to_keep: int) -> None:

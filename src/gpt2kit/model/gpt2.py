@@ -245,6 +245,10 @@ class GPT2PreTrainedModel(nn.Module):
         state = W.read_state_dict(files, device)
         ckpt_dtype = next((t.dtype for t in state.values() if t.is_floating_point()), None)
         dtype = resolve_dtype(load.get("dtype", load.get("torch_dtype")), ckpt_dtype)
+        if dtype == torch.bfloat16 and torch.device(device).type == "cpu":
+            from gpt2kit.model.kernels import warn_if_slow_bf16
+
+            warn_if_slow_bf16("a bfloat16 model")
 
         with torch.device("meta"), _skip_torch_init():
             model = cls(config)

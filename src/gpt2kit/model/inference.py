@@ -1,9 +1,10 @@
 """The weight formats of the inference commands (`gpt2kit generate`, `gpt2kit serve`): auto, float, packed, int8.
 
 float keeps the weights as loaded (exact, what the Python API does by default); packed reorders them for
-oneDNN (pack_weights: logits equal to ~1e-6, 1.9-3.1x faster decoding on CPU); int8 quantizes them
-(quantize_int8, with bf16 activations: fastest, ~99% of next tokens equal). auto is packed where oneDNN can
-pack (a CPU model, unless the decode step is compiled: dynamo cannot trace packed weights), else float.
+oneDNN (pack_weights: logits equal to ~1e-6; each layer is packed only where that measured faster on this
+machine); int8 quantizes them (quantize_int8: the fastest int8 kernel this machine has, per layer, measured;
+next tokens mostly equal, see benchmarks/RESULTS.md). auto is packed where oneDNN can pack (a CPU model,
+unless the decode step is compiled: dynamo cannot trace packed weights), else float.
 """
 
 from __future__ import annotations
@@ -31,20 +32,23 @@ def resolve_weights(weights: str, device: str | torch.device | None = None, comp
 
 
 def load_dtype(weights: str, dtype: str, device: str | torch.device | None = None) -> str:
-    """int8 on a CPU runs fast only with bf16 activations (torch's CPU int8 kernel is slow with fp32 ones)."""
-    return "bfloat16" if weights == "int8" and _on_cpu(device) else dtype
+    """The dtype to load in: as asked. (int8 used to force bf16 activations on CPU, a trap on CPUs without
+    native bf16; quantize_int8 now measures its kernels for whatever dtype the model has.)"""
+    return dtype
 
 
 def _on_cpu(device: str | torch.device | None) -> bool:
     return device is None or torch.device(device).type == "cpu"
 
 
-def convert_weights(model: nn.Module, weights: str, batch_size: int = 8) -> nn.Module:
-    """Apply a resolved format (float, packed or int8) to an eval-mode model, in place; returns it."""
+def convert_weights(model: nn.Module, weights: str, batch_size: int = 8, compile: bool = False) -> nn.Module:
+    """Apply a resolved format (float, packed or int8) to an eval-mode model, in place; returns it.
+    batch_size: the rows a decode step will multiply (packing is timed and laid out for them); compile: the
+    decode step will be compiled, so int8 takes the kernel torch.compile can trace (weight-only)."""
     if weights == "int8":
         from gpt2kit.model.quant import quantize_int8
 
-        return quantize_int8(model)
+        return quantize_int8(model, method="weight-only" if compile else "auto")
     if weights == "packed":
         from gpt2kit.model.packed import pack_weights
 
@@ -52,3 +56,49 @@ def convert_weights(model: nn.Module, weights: str, batch_size: int = 8) -> nn.M
     if weights != "float":
         raise ValueError(f"convert_weights takes float, packed or int8 (resolve auto first), got {weights!r}")
     return model
+
+
+def measure_kernels(config, rows: tuple[int, ...] = (1, 8, 64), remeasure: bool = False) -> dict[str, dict]:
+    """Decide (time, where this machine has no decision yet) the kernels for every linear shape of a model
+    with this GPT2Config: the float32 route at each row count, packing at the decode rows, int8 at one row.
+    Returns {decision key: {"choice": name, "gflops": {candidate: GFLOP/s}}} for those shapes.
+
+    Random weights of the right shapes stand in for the model's: a kernel's speed depends on the shape, not
+    the values. remeasure forgets this machine's earlier decisions first."""
+    from gpt2kit.model import kernels, matmul
+    from gpt2kit.model.linear import Linear
+    from gpt2kit.model.packed import PackedLinear, _packing_wins, packing_available
+    from gpt2kit.model.quant import _choose, dynamic_engines
+
+    if remeasure:
+        kernels.TABLE.clear()
+        matmul._fast.clear()
+    c, inner = config.n_embd, config.inner_dim
+    shapes = [(c, 3 * c), (c, c), (c, inner), (inner, c)]
+    layers: list[nn.Module] = []
+    for k, n in shapes:
+        layer = Linear(k, n)
+        nn.init.normal_(layer.weight, std=0.02)
+        layers.append(layer)
+    head = nn.Linear(c, config.vocab_size, bias=False)
+    nn.init.normal_(head.weight, std=0.02)
+    layers.append(head)
+    keys = []
+    with torch.no_grad():
+        for layer in layers:
+            w = layer.weight.t() if isinstance(layer, Linear) else layer.weight  # (out, in)
+            n, k = w.shape
+            layout = "io" if isinstance(layer, Linear) else "oi"
+            if matmul.onednn_linear_available() and matmul.cpu_matmul() == "auto":
+                for m in rows:
+                    matmul.use_onednn(torch.empty(m, k), w)
+                    keys.append(kernels.decision_key(f"fp32-{layout}", k, n, m))
+            if packing_available():
+                for m in (r for r in rows if r <= 16):
+                    _packing_wins(layer, PackedLinear.from_float(layer, m), m)
+                    keys.append(kernels.decision_key(f"pack-float32-{layout}", k, n, m))
+            if dynamic_engines():
+                _choose(layer, torch.float32, "auto")
+                keys.append(kernels.decision_key(f"int8-auto-float32-{layout}", k, n, 1))
+    found = kernels.TABLE.decisions()
+    return {key: vars(found[key]) for key in keys if key in found}

@@ -1,19 +1,21 @@
-"""Which kernel multiplies float32 matrices on a CPU: torch's default (MKL) or oneDNN.
+"""Which kernel multiplies float32 matrices on a CPU: torch's default (MKL) or oneDNN, per shape, by measurement.
 
-torch sends float32 products on x86 CPUs to MKL's sgemm, and MKL picks its fast AVX-512 kernels only on
-Intel CPUs. On AMD (the project's dev VM: EPYC, AVX-512) sgemm runs at ~220 GFLOP/s on 2 cores where oneDNN,
-which torch also ships, runs the same product at ~500: every float32 projection, the LM head included,
-is 2-2.5x slower than the machine allows, at every row count from a 1-token decode step to training.
-bfloat16 products already go to oneDNN, so only float32 is rerouted.
+torch sends float32 products on x86 CPUs to MKL's sgemm. Which is faster, it or oneDNN (which torch also
+ships), depends on the CPU and the shape: on an AMD EPYC with AVX-512 oneDNN runs ~500 GFLOP/s where MKL's
+sgemm runs ~220 (MKL takes its AVX-512 kernels only on Intel), at every row count; on an AVX2-only EPYC
+oneDNN wins 3-6x at 8 rows but loses 0.6x on 768x3072 at 2048 rows. So `auto` (the default) times both
+once per (weight shape, layout, row bucket) on the machine that runs (model/kernels.py: decisions cached
+per CPU, torch version and thread count under ~/.cache/gpt2kit) and keeps oneDNN only where it is faster
+than torch's kernel. Products too small to matter (under kernels.MIN_MACS) stay on torch's kernel.
 
 `fp32_linear` computes x @ w.T + b with oneDNN's `_linear_pointwise` on the plain weight (no packing, no copy:
 the parameters stay ordinary, trainable tensors) and has its own backward, written with the same kernel.
 It sums in another order than MKL, so results agree to float32 rounding (~1e-6 relative), not bit for bit.
 
-The choice: GPT2KIT_CPU_MATMUL=onednn | torch | auto (default), read at the first float32 CPU product of the
-process (set it before that; set_cpu_matmul() changes it any time). auto uses oneDNN on AMD CPUs, where it
-was measured faster, and torch's default elsewhere. torch's kernels still run under autocast, inside
-torch.compile, under torch.func transforms and forward-mode AD, and for double backward's second pass.
+GPT2KIT_CPU_MATMUL=auto (default) | onednn | torch, read at the first float32 CPU product of the process
+(set it before that; set_cpu_matmul() changes it any time); onednn and torch force one kernel everywhere.
+torch's kernels still run under autocast, inside torch.compile, under torch.func transforms and forward-mode
+AD, and for double backward's second pass.
 """
 
 from __future__ import annotations
@@ -23,19 +25,12 @@ import os
 import torch
 from torch import nn
 
+from gpt2kit.model import kernels
+
 CHOICES = ("auto", "onednn", "torch")
-_choice: str | None = None  # "onednn" or "torch", once decided
-
-
-def _cpu_vendor() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+_choice: str | None = None  # one of CHOICES, once read
+# (layout, K, N, row bucket) -> use oneDNN: the hot path's copy of kernels.TABLE's decisions.
+_fast: dict[tuple[str, int, int, str], bool] = {}
 
 
 def onednn_linear_available() -> bool:
@@ -44,22 +39,57 @@ def onednn_linear_available() -> bool:
 
 
 def set_cpu_matmul(choice: str) -> str:
-    """Choose the float32 CPU kernel for gpt2kit's projections and LM head; returns what auto resolved to."""
+    """Choose the float32 CPU kernel for gpt2kit's projections and LM head: auto (measured per shape),
+    onednn or torch everywhere. Returns the choice."""
     global _choice
     if choice not in CHOICES:
         raise ValueError(f"CPU matmul {choice!r} is not one of {', '.join(CHOICES)} (GPT2KIT_CPU_MATMUL)")
-    available = onednn_linear_available()
-    if choice == "onednn" and not available:
-        raise ValueError("this torch build has no oneDNN linear op; use GPT2KIT_CPU_MATMUL=torch")
-    if choice == "auto":
-        choice = "onednn" if available and _cpu_vendor() == "AuthenticAMD" else "torch"
+    if choice == "onednn" and not onednn_linear_available():
+        raise ValueError("this torch build has no oneDNN linear op; use GPT2KIT_CPU_MATMUL=torch or auto")
+    if choice == "auto" and not onednn_linear_available():
+        choice = "torch"  # nothing to choose between
     _choice = choice
+    _fast.clear()
     return choice
 
 
 def cpu_matmul() -> str:
-    """ "onednn" or "torch": the float32 CPU kernel in use (decided from GPT2KIT_CPU_MATMUL on first use)."""
+    """ "auto", "onednn" or "torch": the float32 CPU kernel policy (from GPT2KIT_CPU_MATMUL on first use)."""
     return _choice or set_cpu_matmul(os.environ.get("GPT2KIT_CPU_MATMUL", "auto").strip().lower() or "auto")
+
+
+def use_onednn(x2: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether oneDNN multiplies x2 (M, K) by weight (N, K) here: the policy, or under auto this machine's
+    measured decision for the shape, the weight's layout and M's row bucket."""
+    policy = cpu_matmul()
+    if policy != "auto":
+        return policy == "onednn"
+    m, (n, k) = x2.shape[0], weight.shape
+    # (in, out) storage seen through .t() (GPT-2's projections) or (out, in) (the LM head): oneDNN reads
+    # them differently, and on AVX2 the layout decided which kernel won.
+    layout = "io" if weight.stride(0) == 1 and n > 1 else "oi"
+    bucket = kernels.row_bucket(m)
+    key = (layout, k, n, bucket)
+    hit = _fast.get(key)
+    if hit is None:
+        if k * n * kernels.timing_rows(bucket, k, n) < kernels.MIN_MACS:
+            hit = False
+        else:
+            decision = kernels.TABLE.decide(f"fp32-{layout}", k, n, m, lambda rows: _candidates(rows, weight))
+            hit = decision.choice == "onednn"
+        _fast[key] = hit
+    return hit
+
+
+def _candidates(rows: int, weight: torch.Tensor) -> dict[str, object]:
+    """torch's kernel and oneDNN's on this weight (in its own layout) and random rows."""
+    w = weight.detach()
+    x = torch.randn(rows, w.shape[1])
+    b = torch.randn(w.shape[0])
+    return {
+        "torch": lambda: torch.nn.functional.linear(x, w, b),
+        "onednn": lambda: _lp(x, w, b),
+    }
 
 
 def _autocast_on() -> bool:
@@ -70,7 +100,7 @@ def _autocast_on() -> bool:
 
 
 def fp32_linear(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
-    """x2 (M, in) @ weight (out, in).T + bias by oneDNN, when that is the float32 kernel in use; else None.
+    """x2 (M, in) @ weight (out, in).T + bias by oneDNN, when that is the float32 kernel chosen; else None.
 
     None also while torch.compile traces (inductor chooses its kernels; checked first, so tracing never
     reaches the choice below), under autocast (which casts the operands for torch's own kernels), with
@@ -85,8 +115,8 @@ def fp32_linear(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         or x2.shape[0] == 0
         or _autocast_on()
         or not torch.backends.mkldnn.enabled
-        or cpu_matmul() != "onednn"
         or _transformed(x2, weight, bias)
+        or not use_onednn(x2, weight)
     ):
         return None
     return _OneDNNLinear.apply(x2, weight, None if bias is None else bias.contiguous())

@@ -7,6 +7,11 @@ oneDNN's layout on each call. `pack_weights` reorders every projection and the L
 (`torch.ops.mkldnn._reorder_linear_weight`) and runs them with `torch.ops.mkldnn._linear_pointwise`,
 as torch.compile's CPU freezing pass does, without compiling anything.
 
+Packing is not always faster: on an AVX2-only EPYC packed weights won at 8 rows and lost at 1. So each
+layer is timed packed and as it is (kernels.py: once per shape and machine, cached) and packed only where
+that is faster; bf16 weights are packed only where oneDNN has bf16 kernels for this CPU (elsewhere its
+reorder refuses them), and left to torch's kernels otherwise.
+
 The products sum in another order than torch's default kernels, so logits differ in the last bits from
 transformers' (~1e-6) and a greedy token can differ where two candidates nearly tie (none did in the tests
 and benchmarks). The Python API never packs implicitly: from_pretrained + generate() stay exact and
@@ -25,13 +30,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from gpt2kit.model import kernels
 from gpt2kit.model.linear import Linear, replace_projections
 from gpt2kit.model.matmul import onednn_linear_available
 
 
-def packing_available() -> bool:
-    """Whether this torch build has oneDNN's linear ops (CPU builds on x86 and ARM do)."""
-    return onednn_linear_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+def packing_available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether oneDNN can pack weights of this dtype here: its linear ops are in this torch build (CPU builds
+    on x86 and ARM), and for bfloat16 the CPU has what oneDNN's bf16 reorder needs (AVX-512 BW/VL/DQ,
+    AVX-NE-CONVERT or ARM's BF16, as oneDNN itself reports it under any ONEDNN_MAX_CPU_ISA limit)."""
+    if not (onednn_linear_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+        return False
+    if dtype == torch.bfloat16:
+        supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        return bool(supported()) if supported is not None else False
+    return dtype == torch.float32
 
 
 class PackedLinear(nn.Module):
@@ -39,6 +52,11 @@ class PackedLinear(nn.Module):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, batch_size: int) -> None:
         super().__init__()
+        if not packing_available(weight.dtype):
+            raise ValueError(
+                f"oneDNN cannot pack {weight.dtype} weights on this CPU (ISA {kernels.hardware().isa}); "
+                "use float32, or leave the layer unpacked (pack_weights does)"
+            )
         self.out_features, self.in_features = weight.shape
         # The layout is chosen for batch_size rows; other row counts are still computed correctly.
         packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), batch_size)
@@ -65,28 +83,64 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, oneDNN prepacked"
 
 
-def pack_weights(model: nn.Module, batch_size: int = 8, lm_head: bool = True) -> nn.Module:
-    """Replace every projection (and, by default, the LM head) with a PackedLinear, in place; returns model.
+def pack_weights(
+    model: nn.Module, batch_size: int = 8, lm_head: bool = True, measure: bool = True
+) -> nn.Module:
+    """Replace the projections (and, by default, the LM head) with PackedLinear layers, in place; returns
+    model. With measure (the default) a layer is packed only where packing measured faster on this machine
+    at batch_size rows (kernels.py); measure=False packs every layer.
 
-    batch_size: the rows per call to tune the layout for (the generation batch; 8 also serves 1 well).
-    The tied LM head gets its own packed copy of the token embedding (154 MB more for the 124M model in
-    fp32); the projections' float weights are released.
+    batch_size: the rows per call to tune the layout for (the generation batch).
+    A packed tied LM head gets its own copy of the token embedding (154 MB more for the 124M model in
+    fp32); packed projections release their float weights. `model.packed` says how many layers were packed.
 
     >>> model = pack_weights(GPT2LMHeadModel.from_pretrained("gpt2", dtype="bfloat16"))  # doctest: +SKIP
     """
-    if not packing_available():
-        raise RuntimeError("this torch build has no oneDNN (mkldnn) linear ops; use the model unpacked")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     dtype = next(model.parameters()).dtype
     if dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"pack_weights needs a float32 or bfloat16 model, got {dtype}")
+    if not packing_available(dtype):
+        if dtype == torch.bfloat16 and onednn_linear_available():
+            # Not an error: the model runs as it is, on torch's (emulated) bf16 kernels.
+            kernels.warn_if_slow_bf16("bfloat16 (unpacked: oneDNN cannot pack bf16 weights here)")
+            model.packed = 0
+            return model
+        raise RuntimeError("this torch build has no oneDNN (mkldnn) linear ops; use the model unpacked")
     if next(model.parameters()).device.type != "cpu":
         raise ValueError("pack_weights is for CPU models (oneDNN's CPU layout)")
     if model.training:
         raise ValueError(
             "pack_weights is for inference; call model.eval() first (packed weights cannot train)"
         )
+    count = 0
+
+    def make(layer: nn.Module) -> nn.Module:
+        nonlocal count
+        packed = PackedLinear.from_float(layer, batch_size)
+        if measure and not _packing_wins(layer, packed, batch_size):
+            return layer
+        count += 1
+        return packed
+
     with torch.no_grad():
-        replace_projections(model, lambda layer: PackedLinear.from_float(layer, batch_size), lm_head)
+        replace_projections(model, make, lm_head)
+    model.packed = count
     return model
+
+
+def _packing_wins(layer: nn.Module, packed: PackedLinear, rows: int) -> bool:
+    """Whether the packed layer measured faster than the layer as it is, at rows (once per shape)."""
+    dtype = layer.weight.dtype
+    k, n = packed.in_features, packed.out_features
+    layout = "io" if isinstance(layer, Linear) else "oi"
+    if k * n * rows < kernels.MIN_MACS:
+        return False
+
+    def candidates(m: int) -> dict[str, object]:
+        x = torch.randn(m, k, dtype=dtype)
+        return {"plain": lambda: layer(x), "packed": lambda: packed(x)}
+
+    family = f"pack-{str(dtype).removeprefix('torch.')}-{layout}"
+    return kernels.TABLE.decide(family, k, n, rows, candidates, floor="plain").choice == "packed"

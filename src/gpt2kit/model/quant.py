@@ -1,28 +1,43 @@
-"""Weight-only int8 quantization for faster generation on CPU (opt-in).
+"""int8 weights for faster inference on CPU (opt-in): dynamic int8 (weights and activations) or weight-only.
 
 A decode step reads every weight once and does little arithmetic with it, so its speed is the memory
-bandwidth divided by the weights' bytes. Storing the projection and LM-head weights as int8 with one fp
-scale per output channel halves the bytes of bf16 (a quarter of fp32); the matmul reads the int8 weights
-directly (`torch.ops.aten._weight_int8pack_mm`, which dequantizes inside its kernel), so nothing
-full-precision is rebuilt per step. Embeddings, LayerNorms, biases and the KV cache keep the model's dtype.
+bandwidth divided by the weights' bytes; int8 weights are a quarter of fp32's. Two kernels use them:
 
-This changes the model's numbers (each weight is rounded to 1/127 of its row's largest magnitude), so greedy
-tokens differ from the float model's now and then; it is never applied implicitly.
+- **dynamic** (`DynamicInt8Linear`): int8 weights with one scale per output channel, and the activations
+  quantized to 8 bits per call from their range (torch's quantized engines: fbgemm / oneDNN on x86,
+  QNNPACK on ARM). Both operands are integers, so it runs on the CPU's integer dot-product units (VNNI where
+  present, AVX2 otherwise): the approach of ONNX Runtime's dynamic quantization. It takes float32
+  activations and works on every x86 CPU, with or without native bf16.
+- **weight-only** (`Int8Linear`): int8 weights dequantized inside the kernel
+  (`torch.ops.aten._weight_int8pack_mm`) with float activations; fast only with bf16 activations on a CPU
+  with native bf16, a trap elsewhere (0.05x transformers with fp32 activations on an AVX2-only EPYC).
+
+`quantize_int8(model)` (method="auto") times, for each layer shape, the kernels that exist here and the
+float layer as it is (kernels.py: once per shape and machine, cached) and keeps the fastest, so a layer is
+never slower than unquantized. Embeddings, LayerNorms, biases and the KV cache keep the model's dtype.
+
+This changes the model's numbers (each weight is rounded to 1/127 of its row's largest magnitude; dynamic
+also rounds each activation), so greedy tokens differ from the float model's now and then (benchmarks/
+RESULTS.md reports top-1 agreement next to ONNX Runtime's and CTranslate2's); it is never applied implicitly.
 
 >>> from gpt2kit.config import GPT2Config
 >>> from gpt2kit.model.heads import GPT2LMHeadModel
->>> model = quantize_int8(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)).eval())
+>>> model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)).eval()
+>>> model = quantize_int8(model, method="weight-only")
 >>> type(model.lm_head).__name__, model.lm_head.weight_int8.dtype
 ('Int8Linear', torch.int8)
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import warnings
 
 import torch
 from torch import nn
 
+from gpt2kit.model import kernels
 from gpt2kit.model.linear import Linear, replace_projections
 
 logger = logging.getLogger(__name__)
@@ -87,16 +102,162 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
 
 
-def quantize_int8(model: nn.Module, lm_head: bool = True) -> nn.Module:
-    """Replace every projection (and, by default, the LM head) with an Int8Linear, in place; returns model.
+METHODS = ("auto", "dynamic", "weight-only")
+# The quantized engines torch may have, in the order tried (each is a candidate where it builds).
+_ENGINES = ("fbgemm", "onednn", "qnnpack")
 
-    Call it on a loaded model in eval mode, in the dtype the rest of the model should run in (bf16 is the
-    fastest on CPUs with AVX512-BF16; fp32 works too). The tied LM head gets its own int8 copy of the token
-    embedding; the embedding itself is untouched. Inference only: the quantized weights are buffers, and a
-    quantized model cannot be saved in transformers' format (save the float model instead).
 
-    >>> model = quantize_int8(GPT2LMHeadModel.from_pretrained("gpt2", dtype="bfloat16"))  # doctest: +SKIP
+def dynamic_engines() -> list[str]:
+    """The quantized engines of this torch build that can run dynamic int8 linears here."""
+    supported = set(torch.backends.quantized.supported_engines)
+    return [e for e in _ENGINES if e in supported and (e != "qnnpack" or _arm())]
+
+
+def _arm() -> bool:
+    return kernels.hardware().machine in ("aarch64", "arm64")
+
+
+@contextlib.contextmanager
+def _engine(name: str):
+    """torch.backends.quantized.engine = name for a block (the packed weight remembers its engine)."""
+    before = torch.backends.quantized.engine
+    torch.backends.quantized.engine = name
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = before
+
+
+def _reduce_range() -> bool:
+    """x86 int8 kernels multiply u8 x s8 pairs with saturating 16-bit sums (vpmaddubsw) unless they use
+    AVX-512 VNNI or AMX: 7-bit activations then keep those sums from saturating. Only at the AVX-512 level
+    with VNNI (and not under an ONEDNN_MAX_CPU_ISA=AVX2 limit, where oneDNN's engine lost 2-5% accuracy to
+    saturation) are the full 8 bits safe."""
+    hw = kernels.hardware()
+    vnni = hw.isa in ("AVX512", "AVX512-BF16", "AMX") and bool(set(hw.flags) & {"avx512_vnni", "amx_int8"})
+    return not vnni and not _arm()
+
+
+class DynamicInt8Linear(nn.Module):
+    """y = dequant(quant(x) @ weight_int8.T) + bias: int8 weights (per output channel) and activations
+    quantized per call (per tensor), on a torch quantized engine (fbgemm, oneDNN or QNNPACK).
+
+    The weight lives in the engine's prepacked form; activations of any float dtype are computed in float32
+    and returned in their own dtype.
     """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, engine: str) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.engine = engine
+        self.reduce_range = _reduce_range()
+        w = weight.detach().float().contiguous()
+        q, scales = quantize_weight(w)
+        with warnings.catch_warnings():  # torch deprecates quantized tensors; its dynamic kernels need one
+            warnings.simplefilter("ignore")
+            zeros = torch.zeros(scales.shape, dtype=torch.long)
+            wq = torch._make_per_channel_quantized_tensor(q, scales.double(), zeros, 0)
+            b = bias.detach().float().contiguous() if bias is not None else None
+            with _engine(engine):
+                self._packed = torch.ops.quantized.linear_prepack(wq, b)
+
+    @classmethod
+    def from_float(cls, module: nn.Module, engine: str) -> DynamicInt8Linear:
+        weight = module.weight.t() if isinstance(module, Linear) else module.weight
+        return cls(weight, module.bias, engine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features)
+        x32 = x2 if x2.dtype == torch.float32 else x2.float()
+        y = torch.ops.quantized.linear_dynamic(x32.contiguous(), self._packed, self.reduce_range)
+        return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, dynamic int8 ({self.engine})"
+        )
+
+
+def _builders(dtype: torch.dtype, method: str) -> dict[str, object]:
+    """name -> layer builder for the int8 kernels that may run here with activations in dtype."""
+    out: dict[str, object] = {}
+    if method in ("auto", "dynamic"):
+        for engine in dynamic_engines():
+            out[f"dynamic-{engine}"] = lambda layer, e=engine: DynamicInt8Linear.from_float(layer, e)
+    if method == "weight-only" or (method == "auto" and dtype != torch.float32):
+        # with float32 activations torch's CPU kernel is far slower than float: not a candidate for auto
+        out["weight-only"] = lambda layer: Int8Linear.from_float(layer, dtype)
+    return out
+
+
+def _choose(layer: nn.Module, dtype: torch.dtype, method: str) -> nn.Module:
+    """The fastest int8 version of layer measured on this machine, or the layer itself when none is faster
+    (method auto), or the requested kind's fastest (dynamic / weight-only)."""
+    builders = _builders(dtype, method)
+    if not builders:
+        raise RuntimeError(
+            f"no int8 kernel for method={method!r} in this torch build (quantized engines: "
+            f"{', '.join(torch.backends.quantized.supported_engines) or 'none'}); use method='weight-only'"
+        )
+    weight = layer.weight.t() if isinstance(layer, Linear) else layer.weight
+    n, k = weight.shape
+    layout = "io" if isinstance(layer, Linear) else "oi"
+    family = f"int8-{method}-{str(dtype).removeprefix('torch.')}-{layout}"
+    # Decoding dominates generation time: choose at a batch-1 step's single row.
+    known = kernels.TABLE.get(kernels.decision_key(family, k, n, 1))
+    if known is not None:  # this shape was decided (an earlier layer, or an earlier run): build only that
+        if known.choice in builders:
+            return builders[known.choice](layer)  # type: ignore[operator]
+        if known.choice == "float" and method == "auto":
+            return layer
+    built: dict[str, nn.Module] = {}
+    for name, build in builders.items():
+        try:
+            candidate = build(layer)  # type: ignore[operator]
+            probe = torch.randn(4, k, dtype=dtype)
+            if _relative_error(candidate(probe), layer(probe)) < 0.04:  # an inexact engine is no candidate
+                built[name] = candidate
+        except (RuntimeError, NotImplementedError) as e:
+            logger.debug("int8 kernel %s cannot run here: %s", name, e)
+    if not built:
+        if method == "auto":
+            return layer
+        raise RuntimeError(f"no {method} int8 kernel runs on this machine; use method='auto'")
+    if len(built) == 1 and method != "auto":
+        return next(iter(built.values()))
+
+    def candidates(m: int) -> dict[str, object]:
+        x = torch.randn(m, k, dtype=dtype)
+        calls = {name: (lambda c=c: c(x)) for name, c in built.items()}
+        if method == "auto":
+            calls["float"] = lambda: layer(x)
+        return calls
+
+    floor = "float" if method == "auto" else ""
+    choice = kernels.TABLE.decide(family, k, n, 1, candidates, floor=floor).choice
+    return built.get(choice, layer)
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.float(), b.float()
+    return float((a - b).norm() / b.norm().clamp(min=1e-12))
+
+
+def quantize_int8(model: nn.Module, lm_head: bool = True, method: str = "auto") -> nn.Module:
+    """Replace the projections (and, by default, the LM head) with int8 layers, in place; returns model.
+
+    method: "auto" (default) times the int8 kernels this machine has (dynamic int8 on each quantized
+    engine; weight-only for bf16/fp16 models) against the float layer, per layer shape, and keeps the
+    fastest (kernels.py, cached); "dynamic" or "weight-only" force a kind. Call it on a loaded model in eval
+    mode; float32 is the right dtype on every CPU (dynamic int8 computes in integers either way). A tied LM
+    head gets its own int8 copy of the token embedding; the embedding itself is untouched. Inference only:
+    the quantized weights are buffers, and a quantized model cannot be saved in transformers' format (save
+    the float model instead). `model.quantized` names the kinds used, e.g. "int8 (dynamic-fbgemm x49)".
+
+    >>> model = quantize_int8(GPT2LMHeadModel.from_pretrained("gpt2"))  # doctest: +SKIP
+    """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not one of {', '.join(METHODS)}")
     dtype = next(model.parameters()).dtype
     if dtype not in _ACTIVATION_DTYPES:
         raise ValueError(f"quantize_int8 needs a float32, bfloat16 or float16 model, got {dtype}")
@@ -104,14 +265,34 @@ def quantize_int8(model: nn.Module, lm_head: bool = True) -> nn.Module:
         raise ValueError(
             "quantize_int8 is for inference; call model.eval() first (int8 weights cannot train)"
         )
-    if any(isinstance(m, Int8Linear) for m in model.modules()):
+    if getattr(model, "quantized", None) or any(
+        isinstance(m, (Int8Linear, DynamicInt8Linear)) for m in model.modules()
+    ):
         raise ValueError("this model is already quantized")
-    if dtype == torch.float32 and next(model.parameters()).device.type == "cpu":
+    if next(model.parameters()).device.type != "cpu" and method != "weight-only":
+        method = "weight-only"  # torch's quantized engines are CPU-only
+    if method == "weight-only" and dtype == torch.float32 and next(model.parameters()).device.type == "cpu":
         logger.warning(
-            "int8 weights with float32 activations run a slow kernel on CPU (94 ms per 124M decode step on "
-            "the dev VM, against 10 ms with bfloat16); load the model with dtype='bfloat16' first"
+            "weight-only int8 with float32 activations runs a slow kernel on CPU (94 ms per 124M decode "
+            "step on an AVX-512 EPYC); use method='auto' or 'dynamic', or a bfloat16 model"
         )
+    used: dict[str, int] = {}
+
+    def make(layer: nn.Module) -> nn.Module:
+        if method == "weight-only" and next(model.parameters()).device.type != "cpu":
+            new = Int8Linear.from_float(layer, dtype)
+        else:
+            new = _choose(layer, dtype, method)
+        if new is layer:
+            kind = "float"
+        elif isinstance(new, DynamicInt8Linear):
+            kind = f"dynamic-{new.engine}"
+        else:
+            kind = "weight-only"
+        used[kind] = used.get(kind, 0) + 1
+        return new
+
     with torch.no_grad():
-        replace_projections(model, lambda layer: Int8Linear.from_float(layer, dtype), lm_head)
-    model.quantized = "int8"
+        replace_projections(model, make, lm_head)
+    model.quantized = "int8 (" + ", ".join(f"{k} x{n}" for k, n in sorted(used.items())) + ")"
     return model

@@ -25,8 +25,8 @@ def serve_args(p: argparse.ArgumentParser) -> None:
         "--weights",
         default="auto",
         choices=["auto", "float", "packed", "int8"],
-        help="auto (default): oneDNN-packed on CPU (faster decoding; logits equal to ~1e-6), else float; "
-        "int8: fastest, ~99%% of next tokens equal",
+        help="auto (default): oneDNN-packed on CPU where that measured faster (logits equal to ~1e-6), "
+        "else float; int8: the fastest int8 kernel measured on this CPU, next tokens mostly equal",
     )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: one per core)")
     p.add_argument(

@@ -279,6 +279,10 @@ class Trainer:
                 "(load with dtype=torch.float32) and precision='bf16' for bf16 autocast"
             )
         self.dist = _setup_dist(device)
+        if cfg.precision == "bf16" and self.dist.device.type == "cpu":
+            from gpt2kit.model.kernels import warn_if_slow_bf16
+
+            warn_if_slow_bf16("bf16 autocast")
         self.out = Path(cfg.output_dir)
         self.model.to(self.dist.device)
         if cfg.gradient_checkpointing:

@@ -1,0 +1,391 @@
+"""Which kernel multiplies each linear layer on this machine: chosen by timing the candidates, not by vendor.
+
+The fastest CPU kernel for a product depends on the CPU, the torch build, the weight's shape and the number
+of rows. Measured on the project's machines: oneDNN beats torch's default (MKL) 2x on an AMD EPYC with
+AVX-512 at every row count, but on an AVX2-only EPYC it loses 0.6x on 768x3072 at many rows and wins 3-6x at
+8 rows; packed weights win at 8 rows there and lose at 1. No rule written from one machine is right on the
+next, so every choice here is a measurement:
+
+- a *family* names the candidates and the weight's layout ("fp32-io": a GPT-2 projection, weight (in, out);
+  "fp32-oi": the LM head, weight (out, in); "pack-*": plain vs prepacked; "int8-*": the int8 kernels);
+- the rows are bucketed: 1 (a batch-1 decode step), 2-16 (batched decoding, timed at 8), 17+ (prefill,
+  embedding, training: timed at a row count that keeps one call near 2 GFLOP, 64-512 rows);
+- `choose(family, K, N, rows, candidates)` times each candidate on random inputs of that shape, interleaved,
+  a few timed units each (the best counts: this machine's speed drifts, and the minimum is the least noisy
+  statistic of a fixed amount of work), and keeps the fastest. torch's own kernel is always a candidate where
+  it exists, and another wins only when it is at least 5% faster, so a choice is never slower than torch's
+  default by more than the timing noise.
+
+Decisions are cached in memory and in `$GPT2KIT_KERNEL_CACHE` (default `~/.cache/gpt2kit/kernels.json`), keyed by
+the machine: CPU model, its ISA flags, the torch version, the thread count, and the oneDNN/ATen ISA limits
+(ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY). A new machine, a new torch or another thread count measures again;
+the same one reuses the file (atomic writes; an unreadable file is ignored and rewritten).
+GPT2KIT_KERNEL_CACHE=0 keeps decisions in memory only; `gpt2kit info --hardware --remeasure` times again
+(a decision measured while other programs loaded the CPU can be wrong: the timer takes the best of
+several interleaved runs, which resists short hiccups, not a machine busy for the whole measurement).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+# A candidate must beat torch's kernel by this much to replace it: less is within the timing noise.
+MARGIN = 1.05
+# Products smaller than this (multiply-adds) are not worth timing: overheads dominate and torch's kernel is
+# as good as any. Tiny test models stay on torch's default without a measurement.
+MIN_MACS = 1 << 18
+# Timing: rounds per candidate (the best counts), the length of one timed unit, and the time a candidate
+# may use before it stops after 2 rounds.
+ROUNDS = 5
+UNIT_S = 0.002
+BUDGET_S = 0.06
+# A measurement whose units spread more than this (median / best) was disturbed: used, not cached.
+NOISE = 1.5
+
+_ISA_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx_vnni",
+    "avx_ne_convert",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
+
+
+# --- the machine ---------------------------------------------------------------------------------------
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none: macOS, Windows)."""
+    info: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if not line.strip():
+                    if info:
+                        break
+                    continue
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return info
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What this process computes on: the CPU, the ISA features gpt2kit's kernels care about, and the limits
+    torch runs under. `isa` is the highest level oneDNN and ATen may use here (the env limits included)."""
+
+    cpu: str
+    machine: str
+    flags: tuple[str, ...]
+    aten_capability: str
+    onednn_max_isa: str
+    native_bf16: bool
+    threads: int
+    torch_version: str
+    cuda: str | None = None
+
+    @property
+    def isa(self) -> str:
+        """One word for the fastest instruction set the kernels may use here."""
+        if self.machine in ("aarch64", "arm64"):
+            return "NEON" + ("+BF16" if "bf16" in self.flags else "")
+        if self.aten_capability.upper().startswith("AVX512") or "avx512f" in self.flags:
+            limited = self.onednn_max_isa.upper().startswith(("AVX2", "SSE"))
+            if limited or self.aten_capability.upper() in ("AVX2", "DEFAULT"):
+                return "AVX2" if "avx2" in self.flags else "SSE4"
+            if {"amx_bf16", "amx_tile"} <= set(self.flags) and self.native_bf16:
+                return "AMX"
+            return "AVX512-BF16" if self.native_bf16 else "AVX512"
+        return "AVX2" if "avx2" in self.flags else (self.aten_capability or "generic")
+
+    def key(self) -> str:
+        """What makes a measurement valid: the same CPU, ISA limits, torch and thread count."""
+        parts = [self.cpu, self.machine, ",".join(self.flags), self.aten_capability, self.onednn_max_isa]
+        parts += [str(self.threads), self.torch_version]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+    def describe(self) -> str:
+        return (
+            f"{self.cpu} ({self.machine}), ISA {self.isa}, flags {' '.join(self.flags) or '-'}, "
+            f"torch {self.torch_version} (ATen {self.aten_capability}), {self.threads} threads"
+            + (f", CUDA {self.cuda}" if self.cuda else "")
+        )
+
+
+def native_bf16() -> bool:
+    """Whether bfloat16 products run natively here (AVX512-BF16, AMX or AVX-NE-CONVERT on x86, as oneDNN
+    reports under any ONEDNN_MAX_CPU_ISA limit; BF16 on ARM). Elsewhere bf16 is emulated and slower than
+    float32 (measured 14 against 115 GFLOP/s on an AVX2-only EPYC)."""
+    flags = set(_flags())
+    machine = platform.machine().lower()
+    if machine in ("aarch64", "arm64"):
+        return "bf16" in flags
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    onednn_ok = bool(supported()) if supported is not None and torch.backends.mkldnn.is_available() else False
+    return onednn_ok and bool(flags & {"avx512_bf16", "amx_bf16", "avx_ne_convert"})
+
+
+def _flags() -> tuple[str, ...]:
+    info = _cpuinfo()
+    raw = set((info.get("flags") or info.get("Features") or "").split())
+    wanted = _ISA_FLAGS + ("asimd", "bf16", "i8mm", "sve", "sve2")
+    return tuple(f for f in wanted if f in raw)
+
+
+_hardware: Hardware | None = None
+
+
+def hardware() -> Hardware:
+    """This process's Hardware (the CPU read once; the thread count as it is now)."""
+    global _hardware
+    if _hardware is None:
+        info = _cpuinfo()
+        cpu = info.get("model name") or info.get("Model") or platform.processor() or "unknown CPU"
+        get_cap = getattr(torch.backends.cpu, "get_cpu_capability", None)
+        cuda = None
+        if torch.cuda.is_available():
+            cuda = torch.cuda.get_device_name(0)
+        _hardware = Hardware(
+            cpu=cpu,
+            machine=platform.machine().lower(),
+            flags=_flags(),
+            aten_capability=get_cap() if get_cap else "",
+            onednn_max_isa=os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "")),
+            native_bf16=native_bf16(),
+            threads=torch.get_num_threads(),
+            torch_version=torch.__version__,
+            cuda=cuda,
+        )
+    if _hardware.threads != torch.get_num_threads():
+        _hardware = dataclasses.replace(_hardware, threads=torch.get_num_threads())
+    return _hardware
+
+
+# --- rows and timing -------------------------------------------------------------------------------------
+
+
+def row_bucket(rows: int) -> str:
+    """The row bucket a product falls in: '1', '8' (2-16 rows) or 'many'."""
+    return "1" if rows <= 1 else ("8" if rows <= 16 else "many")
+
+
+def timing_rows(bucket: str, k: int, n: int) -> int:
+    """Rows to time a bucket at: 1, 8, or ~0.5 GFLOP per call (32-256 rows: a few ms on any CPU)."""
+    if bucket in ("1", "8"):
+        return int(bucket)
+    rows = int(5e8 // (2 * k * n))
+    return max(32, min(256, rows))
+
+
+def time_candidates(calls: dict[str, Callable[[], object]]) -> dict[str, list[float]]:
+    """Seconds per call of each candidate, one figure per timed unit, taken in rounds A B C, A B C, ...
+    (interleaving spreads the machine's drift over all candidates). A unit repeats a fast call until it
+    lasts ~UNIT_S, so one scheduler hiccup cannot decide a 50-microsecond product; a candidate stops once it
+    has used BUDGET_S and has 2 units."""
+    units: dict[str, list[float]] = {name: [] for name in calls}
+    spent = dict.fromkeys(calls, 0.0)
+    repeats = {}
+    with torch.no_grad():
+        for name, call in calls.items():  # warm-up, and the repeats for a unit
+            t0 = time.perf_counter()
+            call()
+            repeats[name] = max(1, min(200, int(UNIT_S / max(time.perf_counter() - t0, 1e-7))))
+        for round_ in range(ROUNDS):
+            for name, call in calls.items():
+                if round_ >= 2 and spent[name] >= BUDGET_S:
+                    continue
+                t0 = time.perf_counter()
+                for _ in range(repeats[name]):
+                    call()
+                dt = time.perf_counter() - t0
+                spent[name] += dt
+                units[name].append(dt / repeats[name])
+    return units
+
+
+def steady(units: dict[str, list[float]]) -> bool:
+    """Whether a measurement looks undisturbed: each candidate's median unit within NOISE of its best.
+    Another program busy on the same cores makes threaded kernels wait for descheduled threads, and a
+    decision taken then is not worth keeping."""
+    return all(statistics.median(u) <= NOISE * min(u) for u in units.values())
+
+
+# --- decisions -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Decision:
+    """The choice for one (family, K, N, bucket): the winner and each candidate's measured GFLOP/s."""
+
+    choice: str
+    gflops: dict[str, float] = field(default_factory=dict)
+    steady: bool = True  # False: timed on a busy CPU, used by this process but not cached
+
+
+def cache_path() -> Path | None:
+    """$GPT2KIT_KERNEL_CACHE (a file; 0/off: no file), else ~/.cache/gpt2kit/kernels.json."""
+    env = os.environ.get("GPT2KIT_KERNEL_CACHE", "").strip()
+    if env.lower() in ("0", "false", "no", "off"):
+        return None
+    if env:
+        return Path(env).expanduser()
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(root) / "gpt2kit" / "kernels.json"
+
+
+def decision_key(family: str, k: int, n: int, rows: int) -> str:
+    return f"{family}:{k}x{n}:{row_bucket(rows)}"
+
+
+class KernelTable:
+    """Decisions for this machine: in memory, backed by cache_path() (read once, rewritten on each new one)."""
+
+    def __init__(self) -> None:
+        # RLock: a candidate's setup may itself run a product that consults the table.
+        self._lock = threading.RLock()
+        self._by_machine: dict[str, dict[str, Decision]] = {}  # Hardware.key() -> decisions
+
+    def _load(self) -> dict[str, Decision]:
+        """This machine's decisions (the thread count is part of the machine: set_num_threads changes it)."""
+        key = hardware().key()
+        if key not in self._by_machine:
+            self._by_machine[key] = {}
+            path = cache_path()
+            try:
+                if path is not None and path.is_file():
+                    mine = json.loads(path.read_text()).get(key, {}).get("decisions", {})
+                    self._by_machine[key] = {k: Decision(**v) for k, v in mine.items()}
+            except (OSError, ValueError, TypeError) as e:
+                logger.warning("ignoring the kernel cache %s (%s); it will be rewritten", path, e)
+        return self._by_machine[key]
+
+    def _save(self) -> None:
+        """Write this machine's steady decisions (unsteady ones stay in memory, for this process only)."""
+        path = cache_path()
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                data = json.loads(path.read_text()) if path.is_file() else {}
+            except (OSError, ValueError):
+                data = {}
+            hw = hardware()
+            data[hw.key()] = {
+                "machine": hw.describe(),
+                "decisions": {k: vars(d) for k, d in sorted(self._load().items()) if d.steady},
+            }
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".kernels-", suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, indent=1)
+            os.replace(tmp, path)
+        except OSError as e:  # a read-only home must not break inference: decide again next process
+            logger.info("could not write the kernel cache %s: %s", path, e)
+
+    def get(self, key: str) -> Decision | None:
+        with self._lock:
+            return self._load().get(key)
+
+    def decide(
+        self,
+        family: str,
+        k: int,
+        n: int,
+        rows: int,
+        candidates: Callable[[int], dict[str, Callable]],
+        floor: str = "torch",
+    ) -> Decision:
+        """The decision for (family, K, N, rows' bucket), measured now if this machine has none yet.
+
+        candidates(rows) returns {name: zero-argument call} for the rows to time; `floor` (when present:
+        torch's kernel, or the layer as it is) is the one the others must beat by MARGIN.
+        """
+        bucket = row_bucket(rows)
+        key = decision_key(family, k, n, rows)
+        with self._lock:
+            found = self._load().get(key)
+            if found is not None:
+                return found
+            m = timing_rows(bucket, k, n)
+            calls = candidates(m)
+            if len(calls) == 1:
+                decision = Decision(next(iter(calls)))
+            else:
+                t0 = time.perf_counter()
+                units = time_candidates(calls)
+                seconds = {name: min(u) for name, u in units.items()}
+                persist = steady(units)
+                gflops = {name: round(2 * m * k * n / s / 1e9, 1) for name, s in seconds.items()}
+                base = seconds.get(floor)
+                best = min(seconds, key=seconds.__getitem__)
+                if base is not None and best != floor and seconds[best] * MARGIN > base:
+                    best = floor
+                decision = Decision(best, gflops, persist)
+                logger.info(
+                    "kernel %s for %s (%d rows timed, %.0f ms%s): %s",
+                    best,
+                    key,
+                    m,
+                    1e3 * (time.perf_counter() - t0),
+                    "" if persist else "; timings unsteady, the CPU is busy: not cached",
+                    gflops,
+                )
+            self._load()[key] = decision
+            if decision.steady:
+                self._save()
+            return decision
+
+    def decisions(self) -> dict[str, Decision]:
+        with self._lock:
+            return dict(self._load())
+
+    def clear(self) -> None:
+        """Forget this machine's decisions, so each is measured again (the file's entry for this machine is
+        replaced at the next decision)."""
+        with self._lock:
+            self._by_machine[hardware().key()] = {}
+
+
+TABLE = KernelTable()
+
+_warned_bf16 = False
+
+
+def warn_if_slow_bf16(what: str = "bfloat16") -> bool:
+    """Log one warning per process when bf16 products are emulated on this CPU; returns whether they are."""
+    global _warned_bf16
+    if native_bf16() or platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return False
+    if not _warned_bf16:
+        _warned_bf16 = True
+        logger.warning(
+            "%s runs emulated on this CPU (%s: no AVX512-BF16, AMX or AVX-NE-CONVERT), several times slower "
+            "than float32; use float32 here (and int8 weights for speed)",
+            what,
+            hardware().isa,
+        )
+    return True

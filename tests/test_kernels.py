@@ -1,0 +1,281 @@
+"""Kernels chosen by measurement (model/kernels.py) and the layers that use the choice: the fp32 route
+(matmul.py), per-layer packing (packed.py) and per-layer int8 (quant.py).
+
+Timings are never asserted: the decision rule is tested with fixed, fake timings, and the timer with sleeps
+far apart. What is asserted is that the measured winner is what runs, that torch's kernel is the floor, that
+decisions are cached per machine, and that every layer chosen computes the same product.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+
+import pytest
+import torch
+
+import gpt2kit
+from gpt2kit.model import kernels, matmul
+from gpt2kit.model.linear import Linear
+from gpt2kit.model.packed import PackedLinear, pack_weights, packing_available
+from gpt2kit.model.quant import DynamicInt8Linear, Int8Linear, dynamic_engines, quantize_int8
+
+
+@pytest.fixture()
+def table(tmp_path, monkeypatch):
+    """A fresh decision table with its own cache file."""
+    monkeypatch.setenv("GPT2KIT_KERNEL_CACHE", str(tmp_path / "kernels.json"))
+    fresh = kernels.KernelTable()
+    monkeypatch.setattr(kernels, "TABLE", fresh)
+    matmul._fast.clear()
+    yield fresh
+    matmul._fast.clear()
+
+
+def fake_timings(monkeypatch, seconds: dict[str, float]) -> list[str]:
+    """time_candidates returns these seconds; the list records which candidates were offered."""
+    offered: list[str] = []
+
+    def fake(calls):
+        offered.extend(calls)
+        for call in calls.values():
+            call()  # every candidate must at least run
+        return {name: [seconds[name]] * 3 for name in calls}
+
+    monkeypatch.setattr(kernels, "time_candidates", fake)
+    return offered
+
+
+def two(rows):
+    x = torch.randn(rows, 4)
+    return {"torch": lambda: x + 1, "onednn": lambda: x * 2}
+
+
+def test_the_fastest_wins_but_only_by_more_than_the_margin(table, monkeypatch):
+    fake_timings(monkeypatch, {"torch": 1.0, "onednn": 0.5})
+    assert table.decide("f", 64, 64, 1, two).choice == "onednn"
+    fake_timings(monkeypatch, {"torch": 1.0, "onednn": 0.97})  # 3% faster: within the noise, keep torch
+    assert table.decide("f", 64, 64, 8, two).choice == "torch"
+    fake_timings(monkeypatch, {"torch": 1.0, "onednn": 2.0})
+    d = table.decide("f", 64, 64, 100, two)
+    assert d.choice == "torch" and set(d.gflops) == {"torch", "onednn"}
+
+
+def test_rows_are_bucketed_and_each_bucket_is_measured_once(table, monkeypatch):
+    offered = fake_timings(monkeypatch, {"torch": 1.0, "onednn": 0.5})
+    for rows in (1, 1, 2, 16, 17, 4096):
+        table.decide("f", 64, 64, rows, two)
+    assert len(offered) == 2 * 3  # buckets 1, 2-16, 17+
+    assert [kernels.row_bucket(r) for r in (1, 2, 16, 17)] == ["1", "8", "8", "many"]
+    assert 32 <= kernels.timing_rows("many", 768, 50257) <= kernels.timing_rows("many", 64, 64) <= 256
+
+
+def test_decisions_persist_per_machine_and_survive_a_bad_file(table, tmp_path, monkeypatch):
+    fake_timings(monkeypatch, {"torch": 1.0, "onednn": 0.5})
+    table.decide("f", 64, 64, 1, two)
+    data = json.loads((tmp_path / "kernels.json").read_text())
+    (entry,) = data.values()
+    assert entry["decisions"]["f:64x64:1"]["choice"] == "onednn"
+    assert kernels.hardware().cpu in entry["machine"]
+
+    def never(rows):
+        raise AssertionError("measured again although the machine's decision is cached")
+
+    assert kernels.KernelTable().decide("f", 64, 64, 1, never).choice == "onednn"
+    # another thread count is another machine: measured again
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads % 2 + 1) if threads != 1 else 2)
+    try:
+        fake_timings(monkeypatch, {"torch": 0.5, "onednn": 1.0})
+        assert kernels.KernelTable().decide("f", 64, 64, 1, two).choice == "torch"
+    finally:
+        torch.set_num_threads(threads)
+    assert len(json.loads((tmp_path / "kernels.json").read_text())) == 2
+    # a corrupt file is ignored and rewritten
+    (tmp_path / "kernels.json").write_text("{not json")
+    fake_timings(monkeypatch, {"torch": 1.0, "onednn": 0.5})
+    assert kernels.KernelTable().decide("f", 64, 64, 1, two).choice == "onednn"
+    assert json.loads((tmp_path / "kernels.json").read_text())
+
+
+def test_no_cache_file_when_disabled(table, tmp_path, monkeypatch):
+    monkeypatch.setenv("GPT2KIT_KERNEL_CACHE", "0")
+    fake_timings(monkeypatch, {"torch": 1.0, "onednn": 0.5})
+    assert table.decide("f", 64, 64, 1, two).choice == "onednn"
+    assert not (tmp_path / "kernels.json").exists()
+
+
+def test_the_timer_ranks_candidates_that_differ():
+    units = kernels.time_candidates({"slow": lambda: time.sleep(0.004), "fast": lambda: None})
+    assert max(units["fast"]) < min(units["slow"]) and min(units["slow"]) >= 0.004
+    assert len(units["slow"]) >= 2
+
+
+def test_unsteady_timings_are_used_but_not_cached(table, tmp_path, monkeypatch):
+    """A busy CPU (units spread beyond NOISE) decides for this process only; the next one measures again."""
+    assert kernels.steady({"a": [1.0, 1.1, 1.2]}) and not kernels.steady({"a": [1.0, 3.0, 3.0]})
+    monkeypatch.setattr(kernels, "time_candidates", lambda calls: {"torch": [1, 3, 3], "onednn": [0.5] * 3})
+    d = table.decide("f", 64, 64, 1, two)
+    assert d.choice == "onednn" and not d.steady
+    assert table.get("f:64x64:1") is d  # used by this process
+    saved = (
+        json.loads((tmp_path / "kernels.json").read_text()) if (tmp_path / "kernels.json").exists() else {}
+    )
+    assert all("f:64x64:1" not in m["decisions"] for m in saved.values())
+
+
+@pytest.mark.skipif(not matmul.onednn_linear_available(), reason="no oneDNN linear op in this torch")
+@pytest.mark.parametrize("winner", ["torch", "onednn"])
+def test_auto_runs_the_measured_winner_per_shape(table, monkeypatch, winner):
+    before = matmul.cpu_matmul()
+    matmul.set_cpu_matmul("auto")
+    try:
+        offered = fake_timings(monkeypatch, {"torch": 1.0, "onednn": 0.5 if winner == "onednn" else 2.0})
+        layer = Linear(256, 384)  # 256 x 384 x 8 rows: above MIN_MACS, so it is measured
+        torch.nn.init.normal_(layer.weight)
+        x = torch.randn(8, 256, requires_grad=True)
+        y = layer(x)
+        assert offered == ["torch", "onednn"]
+        assert ("OneDNN" in type(y.grad_fn.next_functions[0][0]).__name__) == (winner == "onednn")
+        torch.testing.assert_close(y, torch.addmm(layer.bias, x, layer.weight), rtol=1e-5, atol=1e-5)
+        assert table.get("fp32-io:256x384:8").choice == winner
+        layer(torch.randn(8, 256))
+        assert len(offered) == 2  # decided once
+        tiny = Linear(8, 8)
+        tiny(torch.randn(2, 8))
+        assert len(offered) == 2  # too small to be worth timing: torch's kernel, nothing measured
+    finally:
+        matmul.set_cpu_matmul(before)
+
+
+# --- packing --------------------------------------------------------------------------------------------
+
+
+def lm(n_embd=256, vocab=512):
+    config = gpt2kit.GPT2Config(vocab_size=vocab, n_positions=32, n_layer=2, n_embd=n_embd, n_head=2)
+    torch.manual_seed(0)
+    return gpt2kit.GPT2LMHeadModel(config).eval()
+
+
+@pytest.mark.skipif(not packing_available(), reason="no oneDNN packing in this torch")
+@pytest.mark.parametrize("winner", ["plain", "packed"])
+def test_pack_weights_packs_only_layers_that_measured_faster(table, monkeypatch, winner):
+    times = {"plain": 1.0, "packed": 0.5 if winner == "packed" else 2.0, "torch": 1.0, "onednn": 1.0}
+    fake_timings(monkeypatch, times)
+    model = lm()
+    x = torch.randint(0, 512, (2, 9))
+    with torch.inference_mode():
+        want = model(x).logits
+        packed = pack_weights(copy.deepcopy(model), batch_size=8)
+        n_packed = sum(isinstance(m, PackedLinear) for m in packed.modules())
+        assert n_packed == packed.packed == (2 * 4 + 1 if winner == "packed" else 0)
+        torch.testing.assert_close(packed(x).logits, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not matmul.onednn_linear_available(), reason="no oneDNN in this torch")
+def test_bf16_without_onednn_bf16_is_not_packed_and_does_not_crash(table, monkeypatch, caplog):
+    """What an AVX2-only CPU does (oneDNN's bf16 reorder refuses there): run unpacked, warn once."""
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(kernels, "native_bf16", lambda: False)
+    monkeypatch.setattr(kernels, "_warned_bf16", False)
+    monkeypatch.setattr(kernels.platform, "machine", lambda: "x86_64")
+    assert not packing_available(torch.bfloat16) and packing_available(torch.float32)
+    model = lm().to(torch.bfloat16)
+    with caplog.at_level("WARNING", logger="gpt2kit.model.kernels"):
+        out = pack_weights(model)
+    assert out.packed == 0 and not any(isinstance(m, PackedLinear) for m in out.modules())
+    assert "emulated on this CPU" in caplog.text and "float32" in caplog.text
+    ids = out.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3, pad_token_id=0)
+    assert ids.shape == (1, 6)
+
+
+# --- int8 -----------------------------------------------------------------------------------------------
+
+
+needs_dynamic = pytest.mark.skipif(not dynamic_engines(), reason="no quantized engine in this torch")
+
+
+@needs_dynamic
+@pytest.mark.parametrize("engine", dynamic_engines() or ["none"])
+@pytest.mark.parametrize("rows", [1, 8, 37])
+def test_dynamic_int8_linear_is_close_to_the_float_product(engine, rows):
+    layer = Linear(96, 80)
+    with torch.no_grad():
+        layer.weight.normal_()
+        layer.bias.normal_()
+    q = DynamicInt8Linear.from_float(layer, engine)
+    x = torch.randn(2, rows, 96)
+    y = q(x)
+    assert y.shape == (2, rows, 80) and y.dtype == torch.float32
+    want = layer(x).detach()
+    err = float((y - want).norm() / want.norm())
+    assert err < 0.03, err  # 8-bit weights and 8-bit (7 without VNNI) activations: ~1-2% relative error
+    assert q(x.bfloat16()).dtype == torch.bfloat16  # other activations: computed in fp32, returned as given
+    head = torch.nn.Linear(96, 80)
+    with torch.no_grad():
+        assert float((DynamicInt8Linear.from_float(head, engine)(x) - head(x)).norm() / head(x).norm()) < 0.03
+
+
+@needs_dynamic
+def test_quantize_int8_auto_keeps_the_measured_winner_per_layer(table, monkeypatch):
+    engine = dynamic_engines()[0]
+    model = lm()
+    x = torch.randint(0, 512, (2, 12))
+    seconds = {f"dynamic-{e}": 1.0 for e in dynamic_engines()} | {"float": 2.0, "torch": 1, "onednn": 1}
+    seconds[f"dynamic-{engine}"] = 0.5
+    fake_timings(monkeypatch, seconds)
+    q = quantize_int8(copy.deepcopy(model))
+    assert q.quantized == f"int8 (dynamic-{engine} x9)"
+    assert isinstance(q.lm_head, DynamicInt8Linear) and q.lm_head.engine == engine
+    with torch.inference_mode():
+        agree = (q(x).logits.argmax(-1) == model(x).logits.argmax(-1)).float().mean()
+    assert agree >= 0.9
+    # where float measures fastest, layers stay float: never slower than unquantized
+    monkeypatch.setattr(kernels, "TABLE", kernels.KernelTable())
+    monkeypatch.setenv("GPT2KIT_KERNEL_CACHE", "0")
+    fake_timings(monkeypatch, seconds | {"float": 0.1})
+    q = quantize_int8(copy.deepcopy(model))
+    assert q.quantized == "int8 (float x9)" and isinstance(q.lm_head, torch.nn.Linear)
+
+
+def test_quantize_int8_methods(table):
+    model = lm()
+    wo = quantize_int8(copy.deepcopy(model), method="weight-only")
+    assert isinstance(wo.lm_head, Int8Linear) and wo.quantized == "int8 (weight-only x9)"
+    if dynamic_engines():
+        dyn = quantize_int8(copy.deepcopy(model), method="dynamic")
+        assert isinstance(dyn.transformer.h[0].mlp.c_fc, DynamicInt8Linear)
+    with pytest.raises(ValueError, match="not one of auto, dynamic, weight-only"):
+        quantize_int8(copy.deepcopy(model), method="int4")
+
+
+# --- the machine ----------------------------------------------------------------------------------------
+
+
+def test_hardware_names_the_isa_and_keys_on_the_limits(monkeypatch):
+    hw = kernels.hardware()
+    assert hw.isa in ("AVX2", "AVX512", "AVX512-BF16", "AMX", "SSE4", "NEON", "NEON+BF16") or hw.isa
+    assert hw.threads == torch.get_num_threads() and hw.torch_version == torch.__version__
+    limited = kernels.Hardware(**{**vars(hw), "onednn_max_isa": "AVX2", "aten_capability": "AVX2"})
+    if hw.machine in ("x86_64", "amd64") and "avx2" in hw.flags:
+        assert limited.isa == "AVX2"
+    assert limited.key() != hw.key() or hw.onednn_max_isa == "AVX2"
+    assert hw.cpu in hw.describe() and hw.isa in hw.describe()
+
+
+def test_info_hardware_prints_the_isa_and_the_chosen_kernels(tmp_path, table, capsys):
+    from gpt2kit.cli import main
+
+    config = gpt2kit.GPT2Config(vocab_size=1024, n_positions=32, n_layer=1, n_embd=128, n_head=2)
+    config.save_pretrained(tmp_path / "m")
+    assert main(["info", "--hardware", "--model", str(tmp_path / "m"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    hw = kernels.hardware()
+    assert info["isa"] == hw.isa and info["threads"] == torch.get_num_threads()
+    assert "fp32-oi:128x1024:8" in info["kernels"] or not matmul.onednn_linear_available()
+    for d in info["kernels"].values():
+        assert d["choice"] in d["gflops"] or not d["gflops"]
+    assert main(["info", "--hardware", "--model", str(tmp_path / "m")]) == 0
+    text = capsys.readouterr().out
+    assert f"isa         {hw.isa}" in text and "GFLOP/s" in text
