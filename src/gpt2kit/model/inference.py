@@ -66,8 +66,8 @@ def measure_kernels(config, rows: tuple[int, ...] = (1, 8, 64), remeasure: bool 
     Random weights of the right shapes stand in for the model's: a kernel's speed depends on the shape, not
     the values. remeasure forgets this machine's earlier decisions first."""
     from gpt2kit.model import kernels, matmul
-    from gpt2kit.model.linear import Linear
-    from gpt2kit.model.packed import PackedLinear, _packing_wins, packing_available
+    from gpt2kit.model.linear import Linear, layout, out_in_weight
+    from gpt2kit.model.packed import _packing_wins, packing_available
     from gpt2kit.model.quant import _choose, dynamic_engines
 
     if remeasure:
@@ -86,19 +86,19 @@ def measure_kernels(config, rows: tuple[int, ...] = (1, 8, 64), remeasure: bool 
     keys = []
     with torch.no_grad():
         for layer in layers:
-            w = layer.weight.t() if isinstance(layer, Linear) else layer.weight  # (out, in)
+            w = out_in_weight(layer)
             n, k = w.shape
-            layout = "io" if isinstance(layer, Linear) else "oi"
+            lay = layout(layer)
             if matmul.onednn_linear_available() and matmul.cpu_matmul() == "auto":
                 for m in rows:
                     matmul.use_onednn(torch.empty(m, k), w)
-                    keys.append(kernels.decision_key(f"fp32-{layout}", k, n, m))
+                    keys.append(kernels.decision_key(f"fp32-{lay}", k, n, m))
             if packing_available():
                 for m in (r for r in rows if r <= 16):
-                    _packing_wins(layer, PackedLinear.from_float(layer, m), m)
-                    keys.append(kernels.decision_key(f"pack-float32-{layout}", k, n, m))
+                    _packing_wins(layer, m)
+                    keys.append(kernels.decision_key(f"pack-float32-{lay}", k, n, m))
             if dynamic_engines():
                 _choose(layer, torch.float32, "auto")
-                keys.append(kernels.decision_key(f"int8-auto-float32-{layout}", k, n, 1))
+                keys.append(kernels.decision_key(f"int8-auto-float32-{lay}", k, n, 1))
     found = kernels.TABLE.decisions()
     return {key: vars(found[key]) for key in keys if key in found}

@@ -140,8 +140,10 @@ def native_bf16() -> bool:
     """Whether bfloat16 products run natively here (AVX512-BF16, AMX or AVX-NE-CONVERT on x86, as oneDNN
     reports under any ONEDNN_MAX_CPU_ISA limit; BF16 on ARM). Elsewhere bf16 is emulated and slower than
     float32 (measured 14 against 115 GFLOP/s on an AVX2-only EPYC)."""
-    flags = set(_flags())
-    machine = platform.machine().lower()
+    return hardware().native_bf16
+
+
+def _detect_native_bf16(flags: set[str], machine: str) -> bool:
     if machine in ("aarch64", "arm64"):
         return "bf16" in flags
     supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
@@ -169,13 +171,14 @@ def hardware() -> Hardware:
         cuda = None
         if torch.cuda.is_available():
             cuda = torch.cuda.get_device_name(0)
+        flags, machine = _flags(), platform.machine().lower()
         _hardware = Hardware(
             cpu=cpu,
-            machine=platform.machine().lower(),
-            flags=_flags(),
+            machine=machine,
+            flags=flags,
             aten_capability=get_cap() if get_cap else "",
             onednn_max_isa=os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "")),
-            native_bf16=native_bf16(),
+            native_bf16=_detect_native_bf16(set(flags), machine),
             threads=torch.get_num_threads(),
             torch_version=torch.__version__,
             cuda=cuda,

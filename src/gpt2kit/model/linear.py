@@ -36,6 +36,22 @@ class Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
+def out_in_weight(module: nn.Module, action: str = "convert") -> torch.Tensor:
+    """The (out, in) weight the replacing kernels read: a transposed view of gpt2kit's Linear (stored (in,
+    out)) or an nn.Linear's own weight (the LM head)."""
+    if isinstance(module, Linear):
+        return module.weight.t()
+    if isinstance(module, nn.Linear):
+        return module.weight
+    raise TypeError(f"cannot {action} a {type(module).__name__}; expected Linear or nn.Linear")
+
+
+def layout(module: nn.Module) -> str:
+    """'io' for GPT-2's (in, out) projections, 'oi' for an nn.Linear: kernels read the two differently, so
+    kernel decisions are kept apart by layout."""
+    return "io" if isinstance(module, Linear) else "oi"
+
+
 def replace_projections(
     model: nn.Module, make: Callable[[nn.Module], nn.Module], lm_head: bool = True
 ) -> None:

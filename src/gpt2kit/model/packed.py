@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from gpt2kit.model import kernels
-from gpt2kit.model.linear import Linear, replace_projections
+from gpt2kit.model.linear import layout, out_in_weight, replace_projections
 from gpt2kit.model.matmul import onednn_linear_available
 
 
@@ -66,13 +66,7 @@ class PackedLinear(nn.Module):
     @classmethod
     def from_float(cls, module: nn.Module, batch_size: int) -> PackedLinear:
         """From gpt2kit's Linear (weight (in, out)) or nn.Linear (weight (out, in))."""
-        if isinstance(module, Linear):
-            weight = module.weight.t()
-        elif isinstance(module, nn.Linear):
-            weight = module.weight
-        else:
-            raise TypeError(f"cannot pack a {type(module).__name__}; expected Linear or nn.Linear")
-        return cls(weight, module.bias, batch_size)
+        return cls(out_in_weight(module, "pack"), module.bias, batch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
@@ -118,11 +112,10 @@ def pack_weights(
 
     def make(layer: nn.Module) -> nn.Module:
         nonlocal count
-        packed = PackedLinear.from_float(layer, batch_size)
-        if measure and not _packing_wins(layer, packed, batch_size):
+        if measure and not _packing_wins(layer, batch_size):
             return layer
         count += 1
-        return packed
+        return PackedLinear.from_float(layer, batch_size)
 
     with torch.no_grad():
         replace_projections(model, make, lm_head)
@@ -130,17 +123,18 @@ def pack_weights(
     return model
 
 
-def _packing_wins(layer: nn.Module, packed: PackedLinear, rows: int) -> bool:
-    """Whether the packed layer measured faster than the layer as it is, at rows (once per shape)."""
+def _packing_wins(layer: nn.Module, rows: int) -> bool:
+    """Whether layer packed measured faster than as it is, at rows (timed once per shape and machine; a
+    packed copy is built only to time it)."""
     dtype = layer.weight.dtype
-    k, n = packed.in_features, packed.out_features
-    layout = "io" if isinstance(layer, Linear) else "oi"
+    n, k = out_in_weight(layer, "pack").shape
     if k * n * rows < kernels.MIN_MACS:
         return False
 
     def candidates(m: int) -> dict[str, object]:
         x = torch.randn(m, k, dtype=dtype)
+        packed = PackedLinear.from_float(layer, rows)
         return {"plain": lambda: layer(x), "packed": lambda: packed(x)}
 
-    family = f"pack-{str(dtype).removeprefix('torch.')}-{layout}"
+    family = f"pack-{str(dtype).removeprefix('torch.')}-{layout(layer)}"
     return kernels.TABLE.decide(family, k, n, rows, candidates, floor="plain").choice == "packed"

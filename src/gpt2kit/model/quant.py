@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from gpt2kit.model import kernels
-from gpt2kit.model.linear import Linear, replace_projections
+from gpt2kit.model.linear import layout, out_in_weight, replace_projections
 
 logger = logging.getLogger(__name__)
 
@@ -79,13 +79,7 @@ class Int8Linear(nn.Module):
     @classmethod
     def from_float(cls, module: nn.Module, dtype: torch.dtype) -> Int8Linear:
         """From gpt2kit's Linear (weight (in, out)) or nn.Linear (weight (out, in)); activations in dtype."""
-        if isinstance(module, Linear):
-            weight = module.weight.t()  # GPT-2 stores (in, out); the kernel reads one row per output
-        elif isinstance(module, nn.Linear):
-            weight = module.weight
-        else:
-            raise TypeError(f"cannot quantize a {type(module).__name__}; expected Linear or nn.Linear")
-        q, scales = quantize_weight(weight)
+        q, scales = quantize_weight(out_in_weight(module, "quantize"))
         bias = module.bias.detach().to(dtype) if module.bias is not None else None
         return cls(q, scales.to(dtype), bias)
 
@@ -163,8 +157,7 @@ class DynamicInt8Linear(nn.Module):
 
     @classmethod
     def from_float(cls, module: nn.Module, engine: str) -> DynamicInt8Linear:
-        weight = module.weight.t() if isinstance(module, Linear) else module.weight
-        return cls(weight, module.bias, engine)
+        return cls(out_in_weight(module, "quantize"), module.bias, engine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
@@ -199,10 +192,8 @@ def _choose(layer: nn.Module, dtype: torch.dtype, method: str) -> nn.Module:
             f"no int8 kernel for method={method!r} in this torch build (quantized engines: "
             f"{', '.join(torch.backends.quantized.supported_engines) or 'none'}); use method='weight-only'"
         )
-    weight = layer.weight.t() if isinstance(layer, Linear) else layer.weight
-    n, k = weight.shape
-    layout = "io" if isinstance(layer, Linear) else "oi"
-    family = f"int8-{method}-{str(dtype).removeprefix('torch.')}-{layout}"
+    n, k = out_in_weight(layer, "quantize").shape
+    family = f"int8-{method}-{str(dtype).removeprefix('torch.')}-{layout(layer)}"
     # Decoding dominates generation time: choose at a batch-1 step's single row.
     known = kernels.TABLE.get(kernels.decision_key(family, k, n, 1))
     if known is not None:  # this shape was decided (an earlier layer, or an earlier run): build only that
@@ -269,9 +260,10 @@ def quantize_int8(model: nn.Module, lm_head: bool = True, method: str = "auto") 
         isinstance(m, (Int8Linear, DynamicInt8Linear)) for m in model.modules()
     ):
         raise ValueError("this model is already quantized")
-    if next(model.parameters()).device.type != "cpu" and method != "weight-only":
-        method = "weight-only"  # torch's quantized engines are CPU-only
-    if method == "weight-only" and dtype == torch.float32 and next(model.parameters()).device.type == "cpu":
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    if not on_cpu:
+        method = "weight-only"  # torch's quantized engines are CPU-only, and nothing is timed off the CPU
+    if method == "weight-only" and dtype == torch.float32 and on_cpu:
         logger.warning(
             "weight-only int8 with float32 activations runs a slow kernel on CPU (94 ms per 124M decode "
             "step on an AVX-512 EPYC); use method='auto' or 'dynamic', or a bfloat16 model"
@@ -279,10 +271,7 @@ def quantize_int8(model: nn.Module, lm_head: bool = True, method: str = "auto") 
     used: dict[str, int] = {}
 
     def make(layer: nn.Module) -> nn.Module:
-        if method == "weight-only" and next(model.parameters()).device.type != "cpu":
-            new = Int8Linear.from_float(layer, dtype)
-        else:
-            new = _choose(layer, dtype, method)
+        new = _choose(layer, dtype, method) if on_cpu else Int8Linear.from_float(layer, dtype)
         if new is layer:
             kind = "float"
         elif isinstance(new, DynamicInt8Linear):
