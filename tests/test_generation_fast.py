@@ -13,9 +13,10 @@ import torch
 
 import gpt2kit
 from gpt2kit.generation import search
+from gpt2kit.model import quant
 from gpt2kit.model.cache import StaticCache
 from gpt2kit.model.packed import PackedLinear, pack_weights
-from gpt2kit.model.quant import Int8Linear, quantize_int8, quantize_weight
+from gpt2kit.model.quant import DynamicInt8Linear, Int8Linear, dynamic_engines, quantize_int8, quantize_weight
 from hf_oracle import hf_model
 
 
@@ -183,6 +184,26 @@ def test_pack_weights_keeps_greedy_tokens(model):
     assert torch.equal(a, b), (a, b)
     with torch.inference_mode():
         torch.testing.assert_close(packed(x).logits, model(x).logits, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(not dynamic_engines(), reason="no quantized engine in this torch")
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_dynamic_int8_decode_step_compiles_whole(model, backend):
+    """The prepacked int8 weights reach compiled code through the gpt2kit::dynamic_int8_linear op, so the
+    step traces as one graph (fullgraph=True: a break would raise) and gives the eager int8 tokens."""
+    qm = quantize_int8(copy.deepcopy(model).eval(), method="dynamic")
+    assert isinstance(qm.lm_head, DynamicInt8Linear)
+    x, mask = prompts()
+    a = qm.generate(x, attention_mask=mask, pad_token_id=0, max_new_tokens=10)
+    opts = {"backend": backend, "fullgraph": True}
+    b = qm.generate(x, attention_mask=mask, pad_token_id=0, max_new_tokens=10, compile=opts)
+    assert torch.equal(a, b), (a, b)
+    handle = qm.lm_head.handle
+    del qm, b
+    import gc
+
+    gc.collect()
+    assert handle not in quant._PACKED  # a dropped model releases its prepacked weights
 
 
 def test_pack_weights_refuses_what_it_cannot_do(model):

@@ -126,27 +126,78 @@ def test_unsteady_timings_are_used_but_not_cached(table, tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not matmul.onednn_linear_available(), reason="no oneDNN linear op in this torch")
-@pytest.mark.parametrize("winner", ["torch", "onednn"])
+@pytest.mark.parametrize("winner", ["torch", "onednn", "splitk"])
 def test_auto_runs_the_measured_winner_per_shape(table, monkeypatch, winner):
-    before = matmul.cpu_matmul()
+    before, threads = matmul.cpu_matmul(), torch.get_num_threads()
     matmul.set_cpu_matmul("auto")
+    torch.set_num_threads(2)  # split-K is a candidate only with more than one thread
     try:
-        offered = fake_timings(monkeypatch, {"torch": 1.0, "onednn": 0.5 if winner == "onednn" else 2.0})
+        seconds = {"torch": 1.0, "onednn": 2.0, "splitk": 2.0} | {winner: 0.5}
+        offered = fake_timings(monkeypatch, seconds)
         layer = Linear(256, 384)  # 256 x 384 x 8 rows: above MIN_MACS, so it is measured
         torch.nn.init.normal_(layer.weight)
         x = torch.randn(8, 256, requires_grad=True)
         y = layer(x)
-        assert offered == ["torch", "onednn"]
-        assert ("OneDNN" in type(y.grad_fn.next_functions[0][0]).__name__) == (winner == "onednn")
+        assert offered == ["torch", "onednn", "splitk"]
+        ran, fn = "", y.grad_fn
+        for _ in range(3):  # the last ops of the product: oneDNN's function, or split-K's sum of slices
+            ran += type(fn).__name__
+            fn = fn.next_functions[0][0] if fn.next_functions else fn
+        assert ("OneDNN" in ran) == (winner == "onednn") and ("Sum" in ran) == (winner == "splitk")
         torch.testing.assert_close(y, torch.addmm(layer.bias, x, layer.weight), rtol=1e-5, atol=1e-5)
+        y.square().sum().backward()  # every kernel trains
+        want = (2 * y.detach()) @ layer.weight.detach().t()
+        assert float((x.grad - want).norm() / want.norm()) < 1e-5
         assert table.get("fp32-io:256x384:8").choice == winner
         layer(torch.randn(8, 256))
-        assert len(offered) == 2  # decided once
+        assert len(offered) == 3  # decided once
         tiny = Linear(8, 8)
         tiny(torch.randn(2, 8))
-        assert len(offered) == 2  # too small to be worth timing: torch's kernel, nothing measured
+        assert len(offered) == 3  # too small to be worth timing: torch's kernel, nothing measured
+        layer(torch.randn(300, 256))
+        assert offered[3:] == ["torch", "onednn"]  # many rows: no split-K
     finally:
         matmul.set_cpu_matmul(before)
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("rows", [1, 5])
+@pytest.mark.parametrize("layout", ["io", "oi"])
+def test_split_k_is_the_same_product_in_either_layout(threads, rows, layout):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        k, n = 96, 70
+        w = torch.randn(k, n).t() if layout == "io" else torch.randn(n, k)  # (N, K) either way
+        b, x = torch.randn(n), torch.randn(rows, k)
+        want = torch.nn.functional.linear(x, w, b)
+        torch.testing.assert_close(matmul.splitk_linear(x, w, b), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(matmul.splitk_linear(x, w, None), want - b, rtol=1e-5, atol=1e-5)
+        assert matmul._splits(k) == threads and matmul._splits(97) == 1  # K must divide evenly
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_few_rows_are_timed_on_weights_read_from_memory(monkeypatch):
+    """A decode step reads each weight from DRAM; a weight timed over and over sits in the cache and ran
+    2x faster than in a decode step, reordering the kernels. Few-row candidates cycle through copies."""
+    assert kernels.working_set_bytes() >= 2 << 20  # twice the last-level cache, 32 MiB where unknown
+    monkeypatch.setattr(kernels, "working_set_bytes", lambda: 10_000)
+    made = []
+    copies = kernels.cold_copies("w", lambda: made.append(1) or "copy", 1_000, rows=1)
+    assert copies[0] == "w" and len(copies) == 10 and len(made) == 9
+    assert kernels.cold_copies("w", lambda: "copy", 1_000, rows=64) == ["w"]  # many rows: cache-friendly
+    assert kernels.cold_copies("w", lambda: "copy", 50_000, rows=1) == ["w"]  # already bigger than the cache
+    w = torch.randn(384, 256).t()  # a projection's (in, out) storage seen as (out, in)
+    monkeypatch.setattr(kernels, "working_set_bytes", lambda: 10 * w.numel() * 4)
+    seen = []
+    calls = matmul._candidates(1, w)
+    monkeypatch.setattr(matmul, "_lp", lambda x, weight, b: seen.append(weight) or x)
+    for _ in range(12):
+        calls["onednn"]()
+    assert len({t.data_ptr() for t in seen}) == 10 and all(t.stride() == w.stride() for t in seen)
+    assert all(torch.equal(t, w) for t in seen)
 
 
 # --- packing --------------------------------------------------------------------------------------------
@@ -161,7 +212,13 @@ def lm(n_embd=256, vocab=512):
 @pytest.mark.skipif(not packing_available(), reason="no oneDNN packing in this torch")
 @pytest.mark.parametrize("winner", ["plain", "packed"])
 def test_pack_weights_packs_only_layers_that_measured_faster(table, monkeypatch, winner):
-    times = {"plain": 1.0, "packed": 0.5 if winner == "packed" else 2.0, "torch": 1.0, "onednn": 1.0}
+    times = {
+        "plain": 1.0,
+        "packed": 0.5 if winner == "packed" else 2.0,
+        "torch": 1.0,
+        "onednn": 1.0,
+        "splitk": 1.0,
+    }
     fake_timings(monkeypatch, times)
     model = lm()
     x = torch.randint(0, 512, (2, 9))
@@ -222,7 +279,12 @@ def test_quantize_int8_auto_keeps_the_measured_winner_per_layer(table, monkeypat
     engine = dynamic_engines()[0]
     model = lm()
     x = torch.randint(0, 512, (2, 12))
-    seconds = {f"dynamic-{e}": 1.0 for e in dynamic_engines()} | {"float": 2.0, "torch": 1, "onednn": 1}
+    seconds = {f"dynamic-{e}": 1.0 for e in dynamic_engines()} | {
+        "float": 2.0,
+        "torch": 1,
+        "onednn": 1,
+        "splitk": 1,
+    }
     seconds[f"dynamic-{engine}"] = 0.5
     fake_timings(monkeypatch, seconds)
     q = quantize_int8(copy.deepcopy(model))

@@ -246,7 +246,7 @@ def _generate(args: argparse.Namespace) -> int:
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=load_dtype(args.weights, args.dtype))
     # the rows a decode step multiplies: the prompts of one batch (times the sequences each returns)
     rows = min(args.batch_size, len(prompts)) * options.get("num_return_sequences", 1)
-    convert_weights(model.eval(), args.weights, batch_size=max(1, rows), compile=args.compile)
+    convert_weights(model.eval(), args.weights, batch_size=max(1, rows))
     streaming = args.stream
     if streaming is None:  # stream by default on a terminal, when it makes sense
         streaming = sys.stdout.isatty() and not args.json and options.get("num_beams", 1) == 1

@@ -25,7 +25,6 @@ from gpt2kit.model.attention import AttentionMask
 from gpt2kit.model.cache import Cache, StaticCache
 from gpt2kit.model.outputs import ModelOutput
 from gpt2kit.model.packed import PackedLinear
-from gpt2kit.model.quant import DynamicInt8Linear
 
 logger = logging.getLogger(__name__)
 
@@ -216,12 +215,7 @@ def plan_generation(
     if compile_opts is not None and any(isinstance(m, PackedLinear) for m in model.modules()):
         raise ValueError(
             "compile= cannot trace a model after pack_weights() (oneDNN's packed tensors are opaque to "
-            "torch.compile); use one of the two, or quantize_int8(model, method='weight-only') with compile="
-        )
-    if compile_opts is not None and any(isinstance(m, DynamicInt8Linear) for m in model.modules()):
-        raise ValueError(
-            "compile= cannot trace dynamic int8 layers (their prepacked weights are opaque to torch.compile);"
-            " use them eagerly, or quantize_int8(model, method='weight-only') with compile="
+            "torch.compile); use one of the two, or quantize_int8(model) with compile="
         )
     base = generation_config or getattr(model, "generation_config", None)
     if base is None:

@@ -41,14 +41,14 @@ def _on_cpu(device: str | torch.device | None) -> bool:
     return device is None or torch.device(device).type == "cpu"
 
 
-def convert_weights(model: nn.Module, weights: str, batch_size: int = 8, compile: bool = False) -> nn.Module:
+def convert_weights(model: nn.Module, weights: str, batch_size: int = 8) -> nn.Module:
     """Apply a resolved format (float, packed or int8) to an eval-mode model, in place; returns it.
-    batch_size: the rows a decode step will multiply (packing is timed and laid out for them); compile: the
-    decode step will be compiled, so int8 takes the kernel torch.compile can trace (weight-only)."""
+    batch_size: the rows a decode step will multiply (packing is timed and laid out for them). Every int8
+    kernel also runs in a compiled decode step (packing is refused for one when resolving)."""
     if weights == "int8":
         from gpt2kit.model.quant import quantize_int8
 
-        return quantize_int8(model, method="weight-only" if compile else "auto")
+        return quantize_int8(model)
     if weights == "packed":
         from gpt2kit.model.packed import pack_weights
 
@@ -91,7 +91,7 @@ def measure_kernels(config, rows: tuple[int, ...] = (1, 8, 64), remeasure: bool 
             lay = layout(layer)
             if matmul.onednn_linear_available() and matmul.cpu_matmul() == "auto":
                 for m in rows:
-                    matmul.use_onednn(torch.empty(m, k), w)
+                    matmul.kernel_for(torch.empty(m, k), w)
                     keys.append(kernels.decision_key(f"fp32-{lay}", k, n, m))
             if packing_available():
                 for m in (r for r in rows if r <= 16):

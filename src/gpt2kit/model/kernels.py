@@ -57,6 +57,9 @@ UNIT_S = 0.002
 BUDGET_S = 0.06
 # A measurement whose units spread more than this (median / best) was disturbed: used, not cached.
 NOISE = 1.5
+# Part of every cache key: bump it when the candidates or the way they are timed change, so decisions
+# taken without a new candidate are measured again (2: split-K for float32; cold weights for few rows).
+CANDIDATES_VERSION = 2
 
 _ISA_FLAGS = (
     "avx2",
@@ -125,7 +128,7 @@ class Hardware:
     def key(self) -> str:
         """What makes a measurement valid: the same CPU, ISA limits, torch and thread count."""
         parts = [self.cpu, self.machine, ",".join(self.flags), self.aten_capability, self.onednn_max_isa]
-        parts += [str(self.threads), self.torch_version]
+        parts += [str(self.threads), self.torch_version, f"v{CANDIDATES_VERSION}"]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
     def describe(self) -> str:
@@ -202,6 +205,28 @@ def timing_rows(bucket: str, k: int, n: int) -> int:
         return int(bucket)
     rows = int(5e8 // (2 * k * n))
     return max(32, min(256, rows))
+
+
+def working_set_bytes() -> int:
+    """Bytes of weights to cycle through when timing few-row products: twice the last-level cache (from
+    sysfs; 32 MiB where unknown), so each call reads its weight from memory as a decode step does."""
+    size = 32 << 20
+    try:
+        text = Path("/sys/devices/system/cpu/cpu0/cache/index3/size").read_text().strip().upper()
+        size = int(text.rstrip("KMG")) << {"K": 10, "M": 20, "G": 30}.get(text[-1:], 0)
+    except (OSError, ValueError):
+        pass
+    return min(2 * size, 512 << 20)
+
+
+def cold_copies(first: object, make: Callable[[], object], nbytes: int, rows: int) -> list:
+    """A weight (first, of nbytes) and copies of it (make() builds one) to cycle through while timing a product of `rows`
+    rows: at most 16 rows a product is bound by reading its weight, and a decode step reads each weight from
+    memory, not from the cache where a weight timed over and over would sit (on the dev VM a 768x3072
+    layer timed that way ran 2x faster than in a decode step, and the ranking of kernels changed). More
+    rows reuse each weight row enough that the cache matters little: one copy."""
+    count = 1 if rows > 16 else max(1, -(-working_set_bytes() // max(nbytes, 1)))
+    return [first] + [make() for _ in range(count - 1)]
 
 
 def time_candidates(calls: dict[str, Callable[[], object]]) -> dict[str, list[float]]:

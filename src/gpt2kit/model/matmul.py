@@ -20,6 +20,7 @@ AD, and for double backward's second pass.
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import torch
@@ -29,8 +30,8 @@ from gpt2kit.model import kernels
 
 CHOICES = ("auto", "onednn", "torch")
 _choice: str | None = None  # one of CHOICES, once read
-# (layout, K, N, row bucket) -> use oneDNN: the hot path's copy of kernels.TABLE's decisions.
-_fast: dict[tuple[str, int, int, str], bool] = {}
+# (layout, K, N, row bucket) -> kernel name: the hot path's copy of kernels.TABLE's decisions.
+_fast: dict[tuple[str, int, int, str], str] = {}
 
 
 def onednn_linear_available() -> bool:
@@ -58,12 +59,12 @@ def cpu_matmul() -> str:
     return _choice or set_cpu_matmul(os.environ.get("GPT2KIT_CPU_MATMUL", "auto").strip().lower() or "auto")
 
 
-def use_onednn(x2: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether oneDNN multiplies x2 (M, K) by weight (N, K) here: the policy, or under auto this machine's
-    measured decision for the shape, the weight's layout and M's row bucket."""
+def kernel_for(x2: torch.Tensor, weight: torch.Tensor) -> str:
+    """Which kernel multiplies x2 (M, K) by weight (N, K) here: "torch", "onednn" or "splitk" (the policy,
+    or under auto this machine's measured decision for the shape, the weight's layout and M's row bucket)."""
     policy = cpu_matmul()
     if policy != "auto":
-        return policy == "onednn"
+        return policy
     m, (n, k) = x2.shape[0], weight.shape
     # (in, out) storage seen through .t() (GPT-2's projections) or (out, in) (the LM head): oneDNN reads
     # them differently, and on AVX2 the layout decided which kernel won.
@@ -73,23 +74,66 @@ def use_onednn(x2: torch.Tensor, weight: torch.Tensor) -> bool:
     hit = _fast.get(key)
     if hit is None:
         if k * n * kernels.timing_rows(bucket, k, n) < kernels.MIN_MACS:
-            hit = False
+            hit = "torch"
         else:
             decision = kernels.TABLE.decide(f"fp32-{layout}", k, n, m, lambda rows: _candidates(rows, weight))
-            hit = decision.choice == "onednn"
+            hit = decision.choice
         _fast[key] = hit
     return hit
 
 
+def use_onednn(x2: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether oneDNN multiplies x2 (M, K) by weight (N, K) here (see kernel_for)."""
+    return kernel_for(x2, weight) == "onednn"
+
+
 def _candidates(rows: int, weight: torch.Tensor) -> dict[str, object]:
-    """torch's kernel and oneDNN's on this weight (in its own layout) and random rows."""
+    """torch's kernel, oneDNN's and (for a few rows) split-K, on copies of this weight in its own layout
+    (cycled, so that each call reads its weight from memory, kernels.cold_copies) and random rows."""
     w = weight.detach()
+    copies = itertools.cycle(kernels.cold_copies(w, lambda: _same_layout_copy(w), w.numel() * 4, rows))
     x = torch.randn(rows, w.shape[1])
     b = torch.randn(w.shape[0])
-    return {
-        "torch": lambda: torch.nn.functional.linear(x, w, b),
-        "onednn": lambda: _lp(x, w, b),
+    calls = {
+        "torch": lambda: torch.nn.functional.linear(x, next(copies), b),
+        "onednn": lambda: _lp(x, next(copies), b),
     }
+    if rows <= SPLITK_MAX_ROWS and _splits(w.shape[1]) > 1:
+        calls["splitk"] = lambda: splitk_linear(x, next(copies), b)
+    return calls
+
+
+def _same_layout_copy(w: torch.Tensor) -> torch.Tensor:
+    """A copy of w (N, K) with the same strides: (in, out) storage stays (in, out)."""
+    return w.t().clone().t() if w.stride(0) == 1 and w.shape[0] > 1 else w.clone()
+
+
+# Split-K is a candidate up to this many rows: beyond, the products are compute-bound and threaded anyway.
+SPLITK_MAX_ROWS = 16
+
+
+def _splits(k: int) -> int:
+    """Into how many slices of K split-K cuts a product: one per thread, when K divides evenly."""
+    c = torch.get_num_threads()
+    while c > 1 and k % c:
+        c -= 1
+    return c
+
+
+def splitk_linear(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x2 (M, K) @ weight (N, K).T + bias, as the sum of one product per slice of K run side by side.
+
+    torch's CPU kernel multiplies a single row (matrix-vector) on one thread, so a batch-1 decode step
+    streams the weights at one core's memory bandwidth (~17 GB/s of ~32 on the dev VM). A batched product
+    over slices of K runs one slice per thread: 27 GB/s over GPT-2's projections there. The weight is only
+    viewed (either layout), and the ops are torch's own, so autograd works; sums differ from torch's kernel
+    in float32 rounding (~1e-6 relative).
+    """
+    (m, k), n = x2.shape, weight.shape[0]
+    c = _splits(k)
+    parts = torch.bmm(x2.view(m, c, k // c).transpose(0, 1), weight.t().view(c, k // c, n))  # (c, M, N)
+    y = parts.sum(0)
+    return y if bias is None else y.add_(bias)
 
 
 def _autocast_on() -> bool:
@@ -116,9 +160,13 @@ def fp32_linear(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         or _autocast_on()
         or not torch.backends.mkldnn.enabled
         or _transformed(x2, weight, bias)
-        or not use_onednn(x2, weight)
     ):
         return None
+    kernel = kernel_for(x2, weight)
+    if kernel == "torch":
+        return None
+    if kernel == "splitk":
+        return splitk_linear(x2, weight, bias)
     return _OneDNNLinear.apply(x2, weight, None if bias is None else bias.contiguous())
 
 

@@ -27,6 +27,9 @@ Inference only: packed weights are opaque buffers that cannot train or be saved.
 
 from __future__ import annotations
 
+import copy
+import itertools
+
 import torch
 from torch import nn
 
@@ -132,9 +135,17 @@ def _packing_wins(layer: nn.Module, rows: int) -> bool:
         return False
 
     def candidates(m: int) -> dict[str, object]:
+        # Both sides cycle through copies of the weight, each read from memory as in a decode step.
         x = torch.randn(m, k, dtype=dtype)
-        packed = PackedLinear.from_float(layer, rows)
-        return {"plain": lambda: layer(x), "packed": lambda: packed(x)}
+        weight, bias = out_in_weight(layer, "pack"), layer.bias
+        nbytes = weight.numel() * weight.element_size()
+        plain = itertools.cycle(kernels.cold_copies(layer, lambda: copy.deepcopy(layer), nbytes, m))
+        packed = itertools.cycle(
+            kernels.cold_copies(
+                PackedLinear(weight, bias, rows), lambda: PackedLinear(weight, bias, rows), nbytes, m
+            )
+        )
+        return {"plain": lambda: next(plain)(x), "packed": lambda: next(packed)(x)}
 
     family = f"pack-{str(dtype).removeprefix('torch.')}-{layout(layer)}"
     return kernels.TABLE.decide(family, k, n, rows, candidates, floor="plain").choice == "packed"

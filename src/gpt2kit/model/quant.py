@@ -31,14 +31,17 @@ RESULTS.md reports top-1 agreement next to ONNX Runtime's and CTranslate2's); it
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import warnings
+import weakref
 
 import torch
 from torch import nn
 
 from gpt2kit.model import kernels
 from gpt2kit.model.linear import layout, out_in_weight, replace_projections
+from gpt2kit.model.matmul import is_compiling
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +135,24 @@ def _reduce_range() -> bool:
     return not vnni and not _arm()
 
 
+# handle -> prepacked weight of a live DynamicInt8Linear (removed when the layer is garbage collected).
+_PACKED: dict[int, object] = {}
+_handles = itertools.count()
+
+
+@torch.library.custom_op("gpt2kit::dynamic_int8_linear", mutates_args=())
+def dynamic_int8_linear(x: torch.Tensor, handle: int, out_features: int, reduce_range: bool) -> torch.Tensor:
+    """x (M, K) float32 @ the int8 weight registered under handle -> (M, out_features) float32: an op that
+    torch.compile sees as one opaque call, so a dynamic int8 model's decode step compiles whole (inductor
+    fuses the LayerNorms, GELU, adds and attention around these calls)."""
+    return torch.ops.quantized.linear_dynamic(x, _PACKED[handle], reduce_range)
+
+
+@dynamic_int8_linear.register_fake
+def _(x: torch.Tensor, handle: int, out_features: int, reduce_range: bool) -> torch.Tensor:
+    return x.new_empty((x.shape[0], out_features))
+
+
 class DynamicInt8Linear(nn.Module):
     """y = dequant(quant(x) @ weight_int8.T) + bias: int8 weights (per output channel) and activations
     quantized per call (per tensor), on a torch quantized engine (fbgemm, oneDNN or QNNPACK).
@@ -154,6 +175,11 @@ class DynamicInt8Linear(nn.Module):
             b = bias.detach().float().contiguous() if bias is not None else None
             with _engine(engine):
                 self._packed = torch.ops.quantized.linear_prepack(wq, b)
+        # torch.compile cannot trace the prepacked weight (a TorchScript object), so compiled code reaches it
+        # through the gpt2kit::dynamic_int8_linear op by this handle; eager calls skip the op's dispatch cost.
+        self.handle = next(_handles)
+        _PACKED[self.handle] = self._packed
+        weakref.finalize(self, _PACKED.pop, self.handle, None)
 
     @classmethod
     def from_float(cls, module: nn.Module, engine: str) -> DynamicInt8Linear:
@@ -162,7 +188,10 @@ class DynamicInt8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
         x32 = x2 if x2.dtype == torch.float32 else x2.float()
-        y = torch.ops.quantized.linear_dynamic(x32.contiguous(), self._packed, self.reduce_range)
+        if is_compiling():
+            y = dynamic_int8_linear(x32.contiguous(), self.handle, self.out_features, self.reduce_range)
+        else:
+            y = torch.ops.quantized.linear_dynamic(x32.contiguous(), self._packed, self.reduce_range)
         return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
