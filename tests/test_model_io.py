@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import zipfile
 
 import pytest
 import torch
@@ -238,6 +239,63 @@ def test_bin_with_pickled_code_is_refused(hf_lm, tmp_path, capsys):
     with pytest.raises(ValueError, match="never runs pickled code"):
         GPT2LMHeadModel.from_pretrained(bad)
     assert "this must never run" not in capsys.readouterr().out
+
+
+def _legacy_bin(hf, folder):
+    """A folder as torch < 1.6 (and old transformers) wrote it: pytorch_model.bin in the non-zip format."""
+    folder.mkdir()
+    hf.config.save_pretrained(folder)
+    torch.save(hf.state_dict(), folder / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    assert not zipfile.is_zipfile(folder / "pytorch_model.bin")
+    return folder
+
+
+def test_legacy_non_zip_bin_loads_like_transformers(tmp_path):
+    hf = hf_model("GPT2LMHeadModel", seed=5, vocab_size=100, n_head=2)
+    folder = _legacy_bin(hf, tmp_path / "legacy")
+    x = x_ids()
+    with torch.no_grad():
+        want = hf(x).logits
+        assert_close(load_hf("GPT2LMHeadModel", folder)(x).logits, want, **TOL)  # the oracle reads it too
+        assert_close(GPT2LMHeadModel.from_pretrained(folder)(x).logits, want, **TOL)
+    info = gpt2kit.model.weights.inspect_checkpoint(folder)
+    assert info["num_parameters"] == sum(p.numel() for p in hf.parameters())
+
+
+def test_truncated_legacy_bin_is_reported_as_corrupt(tmp_path):
+    folder = _legacy_bin(hf_model("GPT2LMHeadModel"), tmp_path / "legacy")
+    data = (folder / "pytorch_model.bin").read_bytes()
+    (folder / "pytorch_model.bin").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        GPT2LMHeadModel.from_pretrained(folder)
+
+
+class _Boom:
+    """Unpickling this creates `marker`: the stand-in for any code an attacker would run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("legacy", [True, False], ids=["legacy", "zip"])
+def test_bin_with_a_payload_is_refused_in_either_format(hf_lm, tmp_path, legacy):
+    _, folder = hf_lm
+    bad = tmp_path / "evil"
+    bad.mkdir()
+    (bad / "config.json").write_bytes((folder / "config.json").read_bytes())
+    marker = tmp_path / "marker"
+    state = {"transformer.wte.weight": torch.zeros(99, 32), "x": _Boom(marker)}
+    torch.save(state, bad / "pytorch_model.bin", _use_new_zipfile_serialization=not legacy)
+    # The payload is armed (a plain torch.load runs it), so its absence below proves something.
+    torch.load(bad / "pytorch_model.bin", weights_only=False)
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(ValueError, match="never runs pickled code"):
+        GPT2LMHeadModel.from_pretrained(bad)
+    assert not marker.exists()
 
 
 def test_config_that_does_not_match_the_weights(hf_lm, tmp_path):

@@ -13,6 +13,7 @@ import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -92,20 +93,49 @@ def _read_safetensors(path: Path, device) -> dict[str, torch.Tensor]:
 
 def _read_bin(path: Path, device) -> dict[str, torch.Tensor]:
     try:
-        state = torch.load(path, map_location=device, weights_only=True, mmap=True)
+        state = load_weights_only(path, device)
     except Exception as e:  # torch raises several types for bad zips, pickles, and unsafe globals
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        if holds_pickled_objects(e):
             raise ValueError(
                 f"{path} holds Python objects besides tensors, and gpt2kit never runs pickled code; "
                 "re-save the checkpoint with safetensors"
             ) from None
         raise ValueError(
-            f"{path} could not be read as a PyTorch checkpoint ({type(e).__name__}: {e}); it is probably "
-            "truncated or corrupt — re-download or re-save it"
+            f"{path} could not be read as a PyTorch checkpoint ({type(e).__name__}: "
+            f"{load_error_reason(e)}); it is probably truncated or corrupt — re-download or re-save it"
         ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors")
     return state
+
+
+def load_weights_only(path: Path, device: str | torch.device = "cpu") -> Any:
+    """torch.load that never runs pickled code: a restricted unpickler that builds only tensors and plain
+    containers. Zip-format files (torch >= 1.6) are memory-mapped; torch can map no other, so the legacy
+    format (`_use_new_zipfile_serialization=False`, old transformers checkpoints) is read whole."""
+    with open(path, "rb") as f:
+        # The test torch itself uses to pick its reader: a zip starts with a local file header.
+        is_zip = f.read(4) == b"PK\x03\x04"
+    return torch.load(path, map_location=device, weights_only=True, mmap=is_zip)
+
+
+# What torch's restricted unpickler says when a file names a class or function it will not call; any other
+# failure (a bad opcode, a broken zip, an early end of file) means the bytes are damaged.
+_PICKLED_OBJECT_ERRORS = ("Unsupported global", "unsupported GLOBAL", "Can only build", "Can only create new")
+
+
+def holds_pickled_objects(error: BaseException) -> bool:
+    """True when torch.load(weights_only=True) refused a file for holding Python objects (possibly code),
+    False when the file is merely truncated or corrupt."""
+    return any(marker in str(error) for marker in _PICKLED_OBJECT_ERRORS)
+
+
+def load_error_reason(error: BaseException) -> str:
+    # torch's unpickler errors wrap the real cause ("Unsupported operand 103") in a dozen lines of advice on
+    # weights_only=False, which is never the fix here.
+    text = str(error).split("WeightsUnpickler error:")[-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else ""
 
 
 def match_keys(
@@ -243,7 +273,7 @@ _ST_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "fl
 
 def inspect_checkpoint(folder: Path) -> dict:
     """A plain summary of a checkpoint folder: files, tensor count, parameters, dtypes. Reads headers only
-    for safetensors (a .bin is memory-mapped), so it is fast on any size."""
+    for safetensors (a zip-format .bin is memory-mapped), so it is fast on any size."""
     files = find_weight_files(folder)
     shapes: dict[str, tuple[int, ...]] = {}
     dtypes: dict[str, int] = {}

@@ -9,6 +9,8 @@ exactly, and logs (a progress bar, output_dir/metrics.jsonl, output_dir/loss.png
 Exact resume: the data order of epoch e is a permutation seeded by (seed, e), so a step number alone says
 which examples come next; a checkpoint stores the model, AdamW's state, the schedule position and every RNG
 (taken at the start of the step, so a Ctrl-C mid-step saves a state that replays that step identically).
+Nothing a resume reads runs pickled code: the RNG state is safetensors + JSON, and AdamW's state and the
+schedule are read by torch's weights-only unpickler.
 
 Distributed: under torchrun (RANK / WORLD_SIZE set) the model is wrapped in DDP (gloo on CPU, NCCL on
 CUDA). Micro-batch k of the global order goes to rank k % world, so N processes with grad_accum A see the
@@ -44,6 +46,8 @@ logger = logging.getLogger(__name__)
 Callback = Callable[["Trainer", str, dict], None]
 
 _STATE_FILE = "trainer_state.json"
+_RNG_FILE = "rng-{rank}.safetensors"
+_LEGACY_RNG_FILE = "rng-{rank}.pt"  # a pickle, written by gpt2kit before the RNG state moved to safetensors
 
 
 @dataclass
@@ -461,7 +465,7 @@ class Trainer:
             atomic_write_text(tmp / _STATE_FILE, json.dumps(state, indent=1) + "\n")
         d.barrier()
         # Every rank's RNG: dropout streams differ per rank.
-        torch.save(rng or _rng_state(), tmp / f"rng-{d.rank}.pt")
+        _save_rng(rng or _rng_state(), tmp / _RNG_FILE.format(rank=d.rank))
         d.barrier()
         if d.main:
             shutil.rmtree(final, ignore_errors=True)
@@ -609,12 +613,15 @@ class Trainer:
     # --- resume --------------------------------------------------------------------------------------------
 
     def _resume_latest(self) -> bool:
-        """Loads the newest checkpoint in output_dir/checkpoints; False when there is none."""
+        """Loads the newest checkpoint in output_dir/checkpoints; False when there is none.
+
+        Every file is read (and checked) before anything is changed, so a bad checkpoint raises a ValueError
+        naming the file and leaves the model as it was."""
         ckpts = sorted((self.out / "checkpoints").glob("step-[0-9]*[0-9]"))
         if not ckpts:
             return False
         path = ckpts[-1]
-        state = json.loads((path / _STATE_FILE).read_text())
+        state = _read_trainer_state(path)
         if state.get("world_size", 1) != self.dist.world:
             raise ValueError(
                 f"checkpoint {path} was written by {state['world_size']} processes but this run has "
@@ -622,7 +629,26 @@ class Trainer:
             )
         from gpt2kit.model.weights import find_weight_files, read_state_dict
 
-        sd = read_state_dict(find_weight_files(path))
+        try:
+            sd = read_state_dict(find_weight_files(path))
+        except (ValueError, FileNotFoundError) as e:
+            # The reader's advice is for downloaded models; a checkpoint is remade by training.
+            why = str(e).removesuffix(" — re-download or re-save it")
+            raise ValueError(f"cannot resume: {why}. {_resume_fix(path)}") from None
+        optimizer_state = _read_torch_state(
+            path / "optimizer.pt", self.dist.device, ("state", "param_groups")
+        )
+        scheduler_state = _read_torch_state(path / "scheduler.pt", "cpu", ("last_epoch",))
+        rng = _load_rng(path, self.dist.rank)
+        # Setting the RNG is its last check (torch, random and NumPy each validate their own state); nothing
+        # below draws from it, so it can come first.
+        try:
+            _set_rng_state(rng)
+        except (RuntimeError, ValueError, TypeError) as e:
+            raise ValueError(
+                f"the RNG state in {path} is not valid ({e}); it is probably corrupt. {_resume_fix(path)}"
+            ) from None
+
         missing, unexpected = self.model.load_state_dict(sd, strict=False)
         # A tied LM head is saved once, as transformers does.
         missing = [k for k in missing if k != "lm_head.weight"]
@@ -632,14 +658,17 @@ class Trainer:
             )
         if hasattr(self.model, "tie_weights"):
             self.model.tie_weights()
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=self.dist.device))
-        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt"))
+        try:
+            self.optimizer.load_state_dict(optimizer_state)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(
+                f"{path / 'optimizer.pt'} does not fit this run's optimizer ({e}). {_resume_fix(path)}"
+            ) from None
+        self.scheduler.load_state_dict(scheduler_state)
         self.step = state["step"]
         self.best_metric = state["best_metric"]
         self.bad_evals = state["bad_evals"]
         self.history = [h for h in state["history"] if h.get("step", 0) <= self.step]
-        rng_file = path / f"rng-{self.dist.rank}.pt"
-        _set_rng_state(torch.load(rng_file, weights_only=False))
         self._last_saved_step = self.step
         if self.dist.main:
             # Lines logged after the checkpoint will be logged again by the replayed steps.
@@ -720,6 +749,145 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- reading and writing a checkpoint's state without pickles ----------------------------------------------
+
+
+def _resume_fix(checkpoint: Path) -> str:
+    return (
+        f"Start over with --no-resume (TrainingConfig(resume=False)), or delete {checkpoint} to resume from "
+        "the checkpoint before it"
+    )
+
+
+def _save_rng(state: dict[str, Any], file: Path) -> None:
+    """Generator states are uint8 tensors (safetensors); Python's and NumPy's are ints and floats (JSON in
+    the file's metadata). Nothing here is a pickle, so reading it back cannot run code."""
+    from safetensors.torch import save_file
+
+    from gpt2kit.data import file_mode
+
+    mode = file_mode(file)  # before the write: safetensors creates 0o600 files
+    tensors = {"torch": state["torch"]}
+    tensors.update({f"cuda.{i}": s for i, s in enumerate(state.get("cuda", []))})
+    version, internal, gauss_next = state["python"]
+    kind, key, pos, has_gauss, cached_gaussian = state["numpy"]
+    metadata = {
+        "python": json.dumps([version, list(internal), gauss_next]),
+        "numpy": json.dumps([kind, key.tolist(), pos, has_gauss, cached_gaussian]),
+    }
+    save_file(tensors, file, metadata=metadata)
+    os.chmod(file, mode)
+
+
+def _load_rng(checkpoint: Path, rank: int) -> dict[str, Any]:
+    file = checkpoint / _RNG_FILE.format(rank=rank)
+    if not file.is_file():
+        return _load_legacy_rng(checkpoint, rank)
+    from safetensors import safe_open
+
+    try:
+        with safe_open(file, "pt") as f:
+            metadata = f.metadata() or {}
+            names = f.keys()
+            tensors = {name: f.get_tensor(name) for name in names}
+        version, internal, gauss_next = json.loads(metadata["python"])
+        kind, key, pos, has_gauss, cached_gaussian = json.loads(metadata["numpy"])
+        cuda = sorted((int(name.removeprefix("cuda.")), t) for name, t in tensors.items() if name != "torch")
+        state = {
+            "torch": tensors["torch"],
+            "python": (version, tuple(internal), gauss_next),
+            "numpy": (kind, np.array(key, dtype=np.uint32), pos, has_gauss, cached_gaussian),
+        }
+    except Exception as e:  # safetensors, JSON and unpacking each raise their own types
+        raise ValueError(
+            f"{file} is not a readable RNG state ({type(e).__name__}: {e}); it is probably truncated or "
+            f"corrupt. {_resume_fix(checkpoint)}"
+        ) from None
+    if cuda:
+        state["cuda"] = [t for _, t in cuda]
+    return state
+
+
+def _load_legacy_rng(checkpoint: Path, rank: int) -> dict[str, Any]:
+    """An rng-N.pt of an older gpt2kit, read with weights_only: NumPy's key array is the one object it
+    needs beyond tensors and tuples, allowed here as a uint32 array and nothing else."""
+    file = checkpoint / _LEGACY_RNG_FILE.format(rank=rank)
+    if not file.is_file():
+        raise ValueError(
+            f"checkpoint {checkpoint} has no RNG state for process {rank} "
+            f"({_RNG_FILE.format(rank=rank)}). {_resume_fix(checkpoint)}"
+        )
+    from gpt2kit.model.weights import holds_pickled_objects, load_error_reason
+
+    rebuild = _numpy_reconstruct()
+    # NumPy 2 moved numpy.core to numpy._core; a pickle names the function as its writer's NumPy did.
+    numpy_array = [
+        np.ndarray,
+        np.dtype,
+        type(np.dtype(np.uint32)),
+        (rebuild, "numpy.core.multiarray._reconstruct"),
+        (rebuild, "numpy._core.multiarray._reconstruct"),
+    ]
+    try:
+        with torch.serialization.safe_globals(numpy_array):
+            state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for bad zips, pickles, and unsafe globals
+        why = (
+            "holds Python objects besides that state, and gpt2kit never runs pickled code"
+            if holds_pickled_objects(e)
+            else f"could not be read ({type(e).__name__}: {load_error_reason(e)}); it is probably truncated "
+            "or corrupt"
+        )
+        raise ValueError(
+            f"{file} was written by an older gpt2kit with pickled RNG state; it {why}. "
+            f"{_resume_fix(checkpoint)}"
+        ) from None
+    if not isinstance(state, dict) or not {"torch", "python", "numpy"} <= state.keys():
+        raise ValueError(f"{file} does not hold an RNG state. {_resume_fix(checkpoint)}")
+    return state
+
+
+def _numpy_reconstruct() -> Callable:
+    core = getattr(np, "_core", None) or np.core  # np.core warns under NumPy 2
+    return core.multiarray._reconstruct
+
+
+def _read_torch_state(file: Path, device: str | torch.device, keys: Sequence[str]) -> dict[str, Any]:
+    """optimizer.pt / scheduler.pt: plain tensors, numbers and lists, so weights_only reads them whole."""
+    from gpt2kit.model.weights import holds_pickled_objects, load_error_reason, load_weights_only
+
+    checkpoint = file.parent
+    if not file.is_file():
+        raise ValueError(f"checkpoint {checkpoint} has no {file.name}. {_resume_fix(checkpoint)}")
+    try:
+        state = load_weights_only(file, device)
+    except Exception as e:  # torch raises several types for bad zips, pickles, and unsafe globals
+        if holds_pickled_objects(e):
+            raise ValueError(
+                f"{file} holds Python objects besides tensors, and gpt2kit never runs pickled code. "
+                f"{_resume_fix(checkpoint)}"
+            ) from None
+        raise ValueError(
+            f"{file} could not be read ({type(e).__name__}: {load_error_reason(e)}); it is probably "
+            f"truncated or corrupt. {_resume_fix(checkpoint)}"
+        ) from None
+    if not isinstance(state, dict) or not set(keys) <= state.keys():
+        raise ValueError(f"{file} does not hold a {file.stem} state. {_resume_fix(checkpoint)}")
+    return state
+
+
+def _read_trainer_state(checkpoint: Path) -> dict[str, Any]:
+    file = checkpoint / _STATE_FILE
+    try:
+        state = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{file} is not readable JSON ({e}). {_resume_fix(checkpoint)}") from None
+    required = ("step", "best_metric", "bad_evals", "history")
+    if not isinstance(state, dict) or not all(k in state for k in required):
+        raise ValueError(f"{file} lacks the trainer state ({', '.join(required)}). {_resume_fix(checkpoint)}")
+    return state
 
 
 def _save_atomic(model, tokenizer, path: Path) -> None:
