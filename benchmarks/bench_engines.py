@@ -113,8 +113,9 @@ def load_average() -> str:
 class TorchSide:
     """transformers or gpt2kit: both have transformers' generate() and forward()."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, **generate_options) -> None:
         self.model = model
+        self.options = generate_options  # e.g. compile=True
 
     def generate(self, prompt: np.ndarray, new: int) -> np.ndarray:
         x = torch.from_numpy(prompt)
@@ -126,6 +127,7 @@ class TorchSide:
                 max_new_tokens=new,
                 min_new_tokens=new,
                 pad_token_id=EOS,
+                **self.options,
             )
         return out[:, prompt.shape[1] :].numpy()
 
@@ -259,6 +261,8 @@ SIDES = {
     "hf-fp32": load_hf,
     **{name: (lambda threads, load=load: TorchSide(load())) for name, load in GPT2KIT_SIDES.items()},
     "gpt2kit-fp32-torch-kernels": lambda threads: TorchKernelsSide(gpt2kit_model()),
+    # opt-in: the decode step under torch.compile (the warm-up call compiles, ~20 s per batch size)
+    "gpt2kit-int8-compiled": lambda threads: TorchSide(gpt2kit.quantize_int8(gpt2kit_model()), compile=True),
     "ort-fp32": lambda threads: OrtSide(onnx_export(), threads),
     "ort-int8": lambda threads: OrtSide(onnx_int8(), threads),
     "ct2-fp32": lambda threads: Ct2Side(ct2_convert("float32"), "float32", threads),
@@ -534,7 +538,8 @@ def table(rows: list[dict], batch: int, args) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated, of: {', '.join(SIDES)}")
+    default = ",".join(n for n in SIDES if "compiled" not in n)  # compiling adds minutes: ask for it
+    ap.add_argument("--sides", default=default, help=f"comma-separated, of: {', '.join(SIDES)}")
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--new", type=int, default=128)

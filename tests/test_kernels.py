@@ -341,3 +341,27 @@ def test_info_hardware_prints_the_isa_and_the_chosen_kernels(tmp_path, table, ca
     assert main(["info", "--hardware", "--model", str(tmp_path / "m")]) == 0
     text = capsys.readouterr().out
     assert f"isa         {hw.isa}" in text and "GFLOP/s" in text
+
+
+@pytest.mark.skipif(not matmul.onednn_linear_available(), reason="no oneDNN linear op in this torch")
+def test_deciding_does_not_move_the_global_rng(table):
+    """A decision is taken on first use, which can be mid-training; a resumed run finds it cached. Drawing the
+    timing inputs from the global RNG shifted dropout's stream and broke exact resume."""
+    before = matmul.cpu_matmul()
+    matmul.set_cpu_matmul("auto")
+    try:
+        torch.manual_seed(3)
+        state = torch.get_rng_state()
+        layer = Linear(256, 384)
+        layer(torch.zeros(8, 256))  # decides fp32-io:256x384:8, timing the candidates on random rows
+        assert table.get("fp32-io:256x384:8") is not None
+        assert torch.equal(torch.get_rng_state(), state)
+        models = lm(), lm()  # (built with a seed of their own)
+        state = torch.get_rng_state()
+        if packing_available():
+            pack_weights(models[0], batch_size=1)
+        if dynamic_engines():
+            quantize_int8(models[1])  # also probes each int8 kernel's error on random rows
+        assert torch.equal(torch.get_rng_state(), state)
+    finally:
+        matmul.set_cpu_matmul(before)

@@ -207,6 +207,16 @@ def timing_rows(bucket: str, k: int, n: int) -> int:
     return max(32, min(256, rows))
 
 
+_inputs = torch.Generator().manual_seed(0)
+
+
+def random_input(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Random operands for timing, from a generator of its own: a decision taken on first use, in the
+    middle of a training run, must not move the global RNG (dropout's stream), or a resumed run, which
+    finds the decision cached, would draw other numbers than the run it replays."""
+    return torch.randn(*shape, generator=_inputs).to(dtype)
+
+
 def working_set_bytes() -> int:
     """Bytes of weights to cycle through when timing few-row products: twice the last-level cache (from
     sysfs; 32 MiB where unknown), so each call reads its weight from memory as a decode step does."""

@@ -92,8 +92,8 @@ def _candidates(rows: int, weight: torch.Tensor) -> dict[str, object]:
     (cycled, so that each call reads its weight from memory, kernels.cold_copies) and random rows."""
     w = weight.detach()
     copies = itertools.cycle(kernels.cold_copies(w, lambda: _same_layout_copy(w), w.numel() * 4, rows))
-    x = torch.randn(rows, w.shape[1])
-    b = torch.randn(w.shape[0])
+    x = kernels.random_input(rows, w.shape[1])
+    b = kernels.random_input(w.shape[0])
     calls = {
         "torch": lambda: torch.nn.functional.linear(x, next(copies), b),
         "onednn": lambda: _lp(x, next(copies), b),

@@ -136,7 +136,7 @@ def _packing_wins(layer: nn.Module, rows: int) -> bool:
 
     def candidates(m: int) -> dict[str, object]:
         # Both sides cycle through copies of the weight, each read from memory as in a decode step.
-        x = torch.randn(m, k, dtype=dtype)
+        x = kernels.random_input(m, k, dtype=dtype)
         weight, bias = out_in_weight(layer, "pack"), layer.bias
         nbytes = weight.numel() * weight.element_size()
         plain = itertools.cycle(kernels.cold_copies(layer, lambda: copy.deepcopy(layer), nbytes, m))

@@ -234,7 +234,7 @@ def _choose(layer: nn.Module, dtype: torch.dtype, method: str) -> nn.Module:
     for name, build in builders.items():
         try:
             candidate = build(layer)  # type: ignore[operator]
-            probe = torch.randn(4, k, dtype=dtype)
+            probe = kernels.random_input(4, k, dtype=dtype)
             if _relative_error(candidate(probe), layer(probe)) < 0.04:  # an inexact engine is no candidate
                 built[name] = candidate
         except (RuntimeError, NotImplementedError) as e:
@@ -247,7 +247,7 @@ def _choose(layer: nn.Module, dtype: torch.dtype, method: str) -> nn.Module:
         return next(iter(built.values()))
 
     def candidates(m: int) -> dict[str, object]:
-        x = torch.randn(m, k, dtype=dtype)
+        x = kernels.random_input(m, k, dtype=dtype)
         calls = {name: (lambda c=c: c(x)) for name, c in built.items()}
         if method == "auto":
             calls["float"] = lambda: layer(x)
