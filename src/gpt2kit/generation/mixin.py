@@ -51,6 +51,12 @@ class GenerationMixin:
         ~1-2 min for the 124M model on a 2-core CPU, and the tokens are the eager loop's).
         For the fastest CPU decoding, quantize the weights first: gpt2kit.model.quant.quantize_int8(model).
 
+        Forward inputs pass on to the model as in transformers: token_type_ids (B, T) (each new token takes
+        the type of the prompt's last column), position_ids (B, T) (each new token then gets the prompt's last
+        position, as transformers 4.57 does), head_mask, encoder_hidden_states (B, S, C) and
+        encoder_attention_mask (B, S) for add_cross_attention models; labels= and logits_to_keep= are
+        accepted and ignored. Any other keyword raises TypeError naming it.
+
         Returns prompt + continuation ids (B * num_return_sequences, L), finished rows padded with
         pad_token_id, or a GenerateDecoderOnlyOutput / GenerateBeamDecoderOnlyOutput when
         return_dict_in_generate=True.

@@ -14,7 +14,7 @@ import copy
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -56,8 +56,10 @@ class GenerateBeamDecoderOnlyOutput(ModelOutput):
 # --- the model calls --------------------------------------------------------------------------------------
 
 
-def _logits(model, input_ids, attention_mask, position_ids, cache) -> torch.Tensor:
-    """Run the trunk over input_ids (B, T) and return the last position's logits as float32 (B, V)."""
+def _logits(model, input_ids, attention_mask, position_ids, cache, **model_inputs) -> torch.Tensor:
+    """Run the trunk over input_ids (B, T) and return the last position's logits as float32 (B, V).
+
+    model_inputs: the other forward inputs generate() was given (token_type_ids, head_mask, ...)."""
     out = model.transformer(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -65,18 +67,19 @@ def _logits(model, input_ids, attention_mask, position_ids, cache) -> torch.Tens
         past_key_values=cache,
         use_cache=True,
         return_dict=True,
+        **model_inputs,
     )
     return model.lm_head(out.last_hidden_state[:, -1, :]).float()
 
 
-def prefill(model, input_ids, attention_mask, position_ids, cache) -> torch.Tensor:
+def prefill(model, input_ids, attention_mask, position_ids, cache, **model_inputs) -> torch.Tensor:
     """The whole prompt in one forward pass; fills the cache. -> logits (B, V) of the last position."""
-    return _logits(model, input_ids, attention_mask, position_ids, cache)
+    return _logits(model, input_ids, attention_mask, position_ids, cache, **model_inputs)
 
 
-def decode_one_token(model, tokens, attention_mask, position_ids, cache) -> torch.Tensor:
+def decode_one_token(model, tokens, attention_mask, position_ids, cache, **model_inputs) -> torch.Tensor:
     """One new position per sequence, tokens (B, 1), against the cache. -> logits (B, V)."""
-    return _logits(model, tokens, attention_mask, position_ids, cache)
+    return _logits(model, tokens, attention_mask, position_ids, cache, **model_inputs)
 
 
 class _SlotCache(Cache):
@@ -100,16 +103,20 @@ def decode_one_token_static(
     keys: list[torch.Tensor],
     values: list[torch.Tensor],
     key_ok: torch.Tensor,
+    token_type_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """decode_one_token with every shape fixed, so that torch.compile traces it once (gpt-fast's step).
 
     tokens, position_ids (B, 1); cache_position (1,): the cache slot of the new position; keys, values: a
     StaticCache's per-layer buffers (B, nh, S, hs), written in place at that slot; key_ok (B, S) bool,
-    False at left padding. Attention reads all S slots and masks the ones after cache_position, so no shape
-    depends on how far decoding has got. -> logits (B, V) as float32.
+    False at left padding; token_type_ids (B, 1) or None. Attention reads all S slots and masks the ones
+    after cache_position, so no shape depends on how far decoding has got. -> logits (B, V) as float32.
     """
     tr = model.transformer
-    x = tr.drop(tr.wte(tokens) + tr.wpe(position_ids))  # (B, 1, C)
+    x = tr.wte(tokens) + tr.wpe(position_ids)  # (B, 1, C)
+    if token_type_ids is not None:  # added after the positions, in GPT2Model's order (same rounding)
+        x = x + tr.wte(token_type_ids)
+    x = tr.drop(x)
     visible = key_ok & (torch.arange(key_ok.shape[1], device=x.device) <= cache_position)  # (B, S)
     mask = AttentionMask(sdpa=visible[:, None, None, :])
     slots = _SlotCache(keys, values, cache_position)
@@ -196,6 +203,70 @@ class _Plan:
     processors: LogitsProcessorList
     stop_checker: _StopStrings | None
     compile: dict[str, Any] | None = None  # torch.compile arguments for the decode step, or None (eager)
+    # The caller's position_ids (B, T), expanded like input_ids; None: counted from the mask.
+    position_ids: torch.Tensor | None = None
+    # The other forward inputs (token_type_ids, head_mask, ...), per-row ones expanded like input_ids.
+    model_inputs: dict[str, Any] = field(default_factory=dict)
+
+
+# Forward inputs generate() passes on to the model, as transformers' generate() does with **model_kwargs.
+# Per-row tensors among them are expanded with input_ids for beams and return sequences.
+MODEL_INPUTS = (
+    "token_type_ids",
+    "position_ids",
+    "head_mask",
+    "encoder_hidden_states",
+    "encoder_attention_mask",
+)
+_PER_ROW_INPUTS = ("token_type_ids", "position_ids", "encoder_hidden_states", "encoder_attention_mask")
+# Forward arguments transformers' generate() accepts that cannot change the tokens: it drops labels before
+# calling the model, and logits_to_keep only trims logits that generate() does not read.
+_IGNORED_INPUTS = ("labels", "logits_to_keep")
+# Forward arguments generate() runs itself; accepted only as None.
+_OWN_INPUTS = ("past_key_values", "inputs_embeds", "cache_position", "return_dict")
+
+
+def _split_model_inputs(unused: dict[str, Any]) -> dict[str, Any]:
+    """generate()'s keyword arguments that are not GenerationConfig fields -> the forward inputs to pass on.
+
+    Raises TypeError naming the ones that are neither, as transformers does (it raises ValueError)."""
+    unknown = sorted(k for k in unused if k not in MODEL_INPUTS + _IGNORED_INPUTS + _OWN_INPUTS)
+    if unknown:
+        raise TypeError(
+            f"generate() got unexpected keyword arguments {unknown}; pass GenerationConfig fields "
+            "(max_new_tokens, do_sample, temperature, top_k, top_p, num_beams, ...) or forward inputs "
+            f"({', '.join(MODEL_INPUTS)})"
+        )
+    own = sorted(k for k in _OWN_INPUTS if unused.get(k) is not None)
+    if own:
+        raise TypeError(
+            f"generate() does not take {own} in gpt2kit: it builds the cache, positions and outputs itself; "
+            "pass the prompt as input_ids"
+        )
+    return {k: v for k, v in unused.items() if k in MODEL_INPUTS and v is not None}
+
+
+def _check_model_inputs(inputs: dict[str, Any], input_ids: torch.Tensor) -> dict[str, Any]:
+    """Check the forward inputs against the prompt (B, T) and move them to its device."""
+    B, T = input_ids.shape
+    out = {}
+    for name, value in inputs.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"generate(): {name} must be a tensor, got {type(value).__name__}")
+        value = value.to(input_ids.device)
+        if name in ("token_type_ids", "position_ids"):
+            if value.dim() != 2 or value.shape[1] != T or value.shape[0] not in (1, B):
+                raise ValueError(
+                    f"{name} has shape {tuple(value.shape)} but input_ids {tuple(input_ids.shape)}; "
+                    f"pass one {name[:-4]} id per prompt token, shape ({B}, {T})"
+                )
+            value = value.expand(B, T)
+        elif name in ("encoder_hidden_states", "encoder_attention_mask") and value.shape[0] != B:
+            raise ValueError(f"{name} holds {value.shape[0]} rows but input_ids {B}; pass one row per prompt")
+        out[name] = value
+    if "encoder_hidden_states" not in out and "encoder_attention_mask" in out:
+        raise ValueError("encoder_attention_mask was passed without encoder_hidden_states; pass both")
+    return out
 
 
 def plan_generation(
@@ -222,11 +293,12 @@ def plan_generation(
         base = GenerationConfig.from_model_config(model.config)
     cfg = copy.deepcopy(base)
     user_set_max_length = "max_length" in kwargs
-    unused = cfg.update(**kwargs)
-    if unused:
-        raise TypeError(
-            f"generate() got unexpected keyword arguments {sorted(unused)}; pass GenerationConfig fields "
-            "(max_new_tokens, do_sample, temperature, top_k, top_p, num_beams, ...)"
+    model_inputs = _split_model_inputs(cfg.update(**kwargs))
+    uncompiled = sorted(set(model_inputs) - {"token_type_ids", "position_ids"})
+    if compile_opts is not None and uncompiled:
+        raise ValueError(
+            f"compile= runs a fixed-shape decode step that has no {uncompiled}; generate without compile= "
+            "to pass them"
         )
     n_positions = model.config.n_positions
 
@@ -243,6 +315,8 @@ def plan_generation(
     if input_ids.shape[1] == 0:
         raise ValueError("the prompt is empty; generate() needs at least one token (or no input_ids at all)")
     input_ids = input_ids.to(model.device)
+    model_inputs = _check_model_inputs(model_inputs, input_ids)
+    position_ids = model_inputs.pop("position_ids", None)
 
     eos = cfg.eos_token_id
     eos_list = [eos] if isinstance(eos, int) else list(eos or [])
@@ -283,6 +357,9 @@ def plan_generation(
             logger.warning("dropping the first %d prompt tokens to fit n_positions=%d", T - keep, n_positions)
             input_ids = input_ids[:, -keep:]
             attention_mask = attention_mask[:, -keep:] if attention_mask is not None else None
+            position_ids = position_ids[:, -keep:] if position_ids is not None else None
+            if "token_type_ids" in model_inputs:
+                model_inputs["token_type_ids"] = model_inputs["token_type_ids"][:, -keep:]
             T, max_length = keep, n_positions
         else:
             raise ValueError(
@@ -310,6 +387,11 @@ def plan_generation(
         attention_mask = (
             attention_mask.repeat_interleave(expand, dim=0) if attention_mask is not None else None
         )
+        # As transformers' _expand_inputs_for_generation; head_mask is per layer and head, not per row.
+        position_ids = position_ids.repeat_interleave(expand, dim=0) if position_ids is not None else None
+        for name in _PER_ROW_INPUTS:
+            if name in model_inputs:
+                model_inputs[name] = model_inputs[name].repeat_interleave(expand, dim=0)
 
     stop_strings = cfg.stop_strings
     stop_checker = None
@@ -331,7 +413,17 @@ def plan_generation(
     )
     eos_tensor = torch.tensor(eos_list, device=input_ids.device) if eos_list else None
     return _Plan(
-        input_ids, attention_mask, cfg, max_length, eos_tensor, pad, procs, stop_checker, compile_opts
+        input_ids,
+        attention_mask,
+        cfg,
+        max_length,
+        eos_tensor,
+        pad,
+        procs,
+        stop_checker,
+        compile_opts,
+        position_ids,
+        model_inputs,
     )
 
 
@@ -371,6 +463,27 @@ def _position_ids(attention_mask: torch.Tensor | None, B: int, T: int, device) -
     return pos.masked_fill(attention_mask == 0, 1)
 
 
+def _positions(plan: _Plan, B: int, T: int) -> tuple[torch.Tensor, int]:
+    """-> (the prompt's position_ids (B, T), how much a new token's position grows per step).
+
+    Without position_ids from the caller, positions count real tokens and grow by one per new token. With
+    them, transformers 4.57 feeds every new token the prompt's last position (it slices the caller's
+    position_ids to their last column at each step and never extends them), so the step is 0.
+    """
+    if plan.position_ids is not None:
+        return plan.position_ids, 0
+    return _position_ids(plan.attention_mask, B, T, plan.input_ids.device), 1
+
+
+def _step_inputs(plan: _Plan) -> dict[str, Any]:
+    """The forward inputs of one decode step: as transformers, each new token takes the token type of the
+    prompt's last column (it extends token_type_ids by repeating that column)."""
+    inputs = dict(plan.model_inputs)
+    if "token_type_ids" in inputs:
+        inputs["token_type_ids"] = inputs["token_type_ids"][:, -1:]
+    return inputs
+
+
 # The compiled step's cache length is max_length rounded up to this, so that nearby lengths share one
 # compiled graph (each new shape costs a full compile); the extra slots are masked, and cost one more
 # K/V read per slot and layer.
@@ -395,11 +508,12 @@ def _new_cache(model, plan: _Plan, batch_size: int) -> StaticCache:
 def _step_function(model, plan: _Plan, cache: StaticCache, mask: torch.Tensor | None):
     """-> step(tokens (B, 1), cur, position_ids (B, 1)) -> logits (B, V) for the token at position cur - 1:
     the eager decode_one_token, or the compiled fixed-shape decode_one_token_static."""
+    inputs = _step_inputs(plan)
     if plan.compile is None:
 
         def step(tokens, cur, position_ids):
             return decode_one_token(
-                model, tokens, mask[:, :cur] if mask is not None else None, position_ids, cache
+                model, tokens, mask[:, :cur] if mask is not None else None, position_ids, cache, **inputs
             )
 
         return step
@@ -422,6 +536,7 @@ def _step_function(model, plan: _Plan, cache: StaticCache, mask: torch.Tensor | 
             cache.k,
             cache.v,
             key_ok,
+            inputs.get("token_type_ids"),
         )
         if calls == 0:  # where compilation happens when this shape is new: tell the user what it cost
             logger.info(
@@ -470,10 +585,10 @@ def decode(
     step = _step_function(model, plan, cache, mask)
     unfinished = torch.ones(B, dtype=torch.bool, device=device)
 
-    position_ids = _position_ids(plan.attention_mask, B, T, device)
+    position_ids, advance = _positions(plan, B, T)
     with torch.inference_mode():
-        logits = prefill(model, ids, plan.attention_mask, position_ids, cache)
-    next_pos = position_ids[:, -1:] + 1
+        logits = prefill(model, ids, plan.attention_mask, position_ids, cache, **plan.model_inputs)
+    next_pos = position_ids[:, -1:] + advance
     cur = T
     while True:
         scores = plan.processors(tokens[:, :cur], logits)
@@ -495,7 +610,7 @@ def decode(
             break
         with torch.inference_mode():
             logits = step(nxt[:, None], cur, next_pos)
-        next_pos = next_pos + 1
+        next_pos = next_pos + advance
 
 
 # --- beam search ----------------------------------------------------------------------------------------
@@ -549,10 +664,10 @@ def beam_search(model, plan: _Plan, generator: torch.Generator | None = None, sc
         mask[:, :T] = plan.attention_mask
     cache = _new_cache(model, plan, BK)
     step_fn = _step_function(model, plan, cache, mask)
-    position_ids = _position_ids(plan.attention_mask, BK, T, device)
+    position_ids, advance = _positions(plan, BK, T)
     with torch.inference_mode():
-        logits = prefill(model, flat_ids, plan.attention_mask, position_ids, cache)
-    next_pos = position_ids[:, -1:] + 1
+        logits = prefill(model, flat_ids, plan.attention_mask, position_ids, cache, **plan.model_inputs)
+    next_pos = position_ids[:, -1:] + advance
     cur = T
     while cur < max_length:
         log_probs = torch.log_softmax(logits, dim=-1)
@@ -619,7 +734,7 @@ def beam_search(model, plan: _Plan, generator: torch.Generator | None = None, sc
             break
         with torch.inference_mode():
             logits = step_fn(running[:, :, cur - 1].reshape(BK, 1), cur, next_pos)
-        next_pos = next_pos + 1
+        next_pos = next_pos + advance
 
     n = cfg.num_return_sequences
     sequences = sequences[:, :n].reshape(B * n, max_length)

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from gpt2kit import hub
-from gpt2kit.config import GPT2Config
+from gpt2kit.config import GPT2Config, check_attn_implementation
 from gpt2kit.model import weights as W
 from gpt2kit.model.attention import AttentionMask, cross_attention_mask
 from gpt2kit.model.block import Block
@@ -212,6 +212,7 @@ class GPT2PreTrainedModel(nn.Module):
             raise TypeError("from_pretrained takes the path positionally and everything else by keyword")
         load = {k: kwargs.pop(k) for k in list(kwargs) if k in _LOAD_KWARGS}
         attn_implementation = kwargs.pop("attn_implementation", None)
+        check_attn_implementation(attn_implementation)  # before any file is read
         for ignored in ("low_cpu_mem_usage", "use_safetensors", "trust_remote_code", "cache_dir", "token"):
             kwargs.pop(ignored, None)
         unknown = [k for k in kwargs if not _is_config_key(k)]
@@ -238,6 +239,9 @@ class GPT2PreTrainedModel(nn.Module):
             config = copy.deepcopy(config)
         if kwargs:
             config = GPT2Config.from_dict(config.to_dict(), **kwargs)
+        if attn_implementation is not None:
+            config._attn_implementation = attn_implementation  # GPT2Model reads it when built
+        config.name_or_path = str(pretrained_model_name_or_path)
 
         device = load.get("device") or load.get("device_map")
         device = "cpu" if device in (None, "auto") else device
@@ -286,8 +290,6 @@ class GPT2PreTrainedModel(nn.Module):
             from gpt2kit.generation.config import GenerationConfig
 
             model.generation_config = GenerationConfig.from_pretrained(folder)
-        if attn_implementation is not None:
-            model.set_attn_implementation(attn_implementation)
         model.name_or_path = str(pretrained_model_name_or_path)
         model.eval()
         return model
@@ -300,10 +302,11 @@ class GPT2PreTrainedModel(nn.Module):
                     setattr(module, name, nn.Parameter(torch.empty(p.shape, device=device, dtype=dtype)))
 
     def set_attn_implementation(self, name: str) -> None:
-        """ "sdpa" (fast, default) or "eager" (always the explicit path, like transformers' eager)."""
-        if name not in ("sdpa", "eager"):
-            raise ValueError(f"attn_implementation must be 'sdpa' or 'eager', got {name!r}")
+        """ "sdpa" (fast, default) or "eager" (always the explicit path, like transformers' eager); recorded
+        on the config as config._attn_implementation, as transformers does."""
+        check_attn_implementation(name)
         getattr(self, self.base_model_prefix, self).attn_implementation = name
+        self.config._attn_implementation = name
 
     def save_pretrained(
         self,
@@ -323,10 +326,26 @@ class GPT2PreTrainedModel(nn.Module):
         W.save_state_dict(state, folder, safe_serialization, max_shard_size)
         config = copy.deepcopy(self.config)
         config.architectures = [type(self).__name__]
-        config.torch_dtype = str(self.dtype).removeprefix("torch.")
-        config.save_pretrained(folder)
+        config.dtype = str(self.dtype).removeprefix("torch.")
         if hasattr(self, "generate"):  # LM models carry their decoding defaults, as in transformers
-            self.generation_config.save_pretrained(folder)
+            generation_config = copy.deepcopy(self.generation_config)
+            # As transformers 4.57: legacy generation settings in the model config move to
+            # generation_config.json, and config.json keeps them as None ("see the generation config").
+            misplaced = config._get_non_default_generation_parameters()
+            if misplaced:
+                logger.warning(
+                    "Moving the following attributes in the config to the generation config: %s. You are seeing "
+                    "this warning because you've set generation parameters in the model config, as opposed to in "
+                    "the generation config.",
+                    misplaced,
+                )
+                unknown = generation_config.update(**misplaced)
+                generation_config.extra.update(unknown)
+                config.update(dict.fromkeys(misplaced))
+            config.save_pretrained(folder)
+            generation_config.save_pretrained(folder)
+        else:
+            config.save_pretrained(folder)
         return folder
 
 
@@ -356,7 +375,9 @@ class GPT2Model(GPT2PreTrainedModel):
         self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.gradient_checkpointing = False
-        self.attn_implementation = "sdpa"
+        # As transformers: the config's choice, else "sdpa", which is then recorded on the config.
+        self.attn_implementation = config._attn_implementation or "sdpa"
+        config._attn_implementation = self.attn_implementation
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
