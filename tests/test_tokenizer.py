@@ -351,7 +351,7 @@ def test_tokenizer_import_does_not_import_torch():
 
 def test_bad_inputs_name_the_problem(tok, tmp_path):
     cases = [
-        (TypeError, "str or a list of str", lambda: tok(None)),
+        (ValueError, "either `text` or `text_target`", lambda: tok(None)),
         (TypeError, "str or a list of str", lambda: tok(5)),
         (TypeError, "pre-tokenized", lambda: tok([["a", "b"]])),
         (TypeError, "encode takes one str", lambda: tok.encode(["a"])),
@@ -361,15 +361,16 @@ def test_bad_inputs_name_the_problem(tok, tmp_path):
         (ValueError, "truncation='bar'", lambda: tok("a", truncation="bar")),
         (ValueError, "max_length must be a positive int", lambda: tok("a", max_length=0)),
         (ValueError, "padding_side must be 'right' or 'left'", lambda: setattr(tok, "padding_side", "top")),
-        (TypeError, "unexpected keyword argument 'retrun_tensors'", lambda: tok("a", retrun_tensors="pt")),
-        (ValueError, "text pairs are not supported", lambda: tok("a", "b")),
+        (TypeError, "text_pair must be a str when text is one str", lambda: tok("a", ["b"])),
+        (ValueError, "batch length of `text`: 2 does not match batch length of `text_pair`: 1", lambda: tok(["a", "b"], ["c"])),
+        (TypeError, "item 1 is", lambda: tok.batch_encode_plus(["a", ("b", 2)])),
         (ValueError, "is_split_into_words=True is not supported", lambda: tok("a", is_split_into_words=True)),
         (ValueError, "token id 60000 is not in the vocabulary", lambda: tok.decode([60000])),
         (ValueError, "ignore index", lambda: tok.decode([15496, -100])),
         (TypeError, "use batch_decode", lambda: tok.decode([[1, 2]])),
         (ValueError, "'foo_token' is not a special token name", lambda: tok.add_special_tokens({"foo_token": "x"})),
         (ValueError, "errors='nope' is not a codec error handler", lambda: type(tok).from_pretrained("gpt2", errors="nope")),
-        (TypeError, "unexpected keyword argument", lambda: type(tok).from_pretrained("gpt2", vocab_sise=3)),
+        (ValueError, "return_tensors='tf' is not supported; use 'pt'", lambda: tok.pad({"input_ids": [1]}, padding=False, return_tensors="tf")),
         (FileNotFoundError, "no model folder or cached model named", lambda: type(tok).from_pretrained(str(tmp_path / "missing"))),
         (FileNotFoundError, "holds no GPT-2 tokenizer", lambda: type(tok).from_pretrained(tmp_path)),
         (FileNotFoundError, "vocab_file", lambda: type(tok)(vocab_file=tmp_path / "v.json", merges_file=tmp_path / "m.txt")),
@@ -403,7 +404,7 @@ def test_bad_files_name_the_problem(cls, tmp_path):
         cls.from_pretrained(folder)
 
 
-@pytest.mark.parametrize("module", ["bpe", "base", "fast", "slow", "files", "auto"])
+@pytest.mark.parametrize("module", ["bpe", "base", "fast", "slow", "files", "auto", "options", "truncation"])
 def test_docstring_examples_run(module):
     import doctest
     import importlib

@@ -1,7 +1,9 @@
 """GPT-2's byte-level BPE tokenizers: GPT2Tokenizer (pure Python), GPT2TokenizerFast (tiktoken), AutoTokenizer.
 
 Only re-exports; the modules are: bpe (the readable engine), fast (the tiktoken engine), base (the call
-surface both share), slow (GPT2Tokenizer), files (reading and writing tokenizer folders), auto.
+surface both share), options (what a call's keyword arguments mean), truncation (cutting a text or a pair
+to max_length, the slow and the fast way), slow (GPT2Tokenizer), files (reading and writing tokenizer
+folders), auto.
 """
 
 from gpt2kit.tokenizer.auto import AutoTokenizer

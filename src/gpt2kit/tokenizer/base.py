@@ -2,11 +2,13 @@
 
 An engine turns ordinary text into ids (bpe.BytePairEncoder in Python, fast.TiktokenEngine natively).
 Everything around it lives here, written once for both: cutting special and added tokens (`<|endoftext|>`)
-out of the text, add_prefix_space, BOS, truncation, padding, attention masks, offsets, tensors, decoding,
-special-token bookkeeping, and from_pretrained / save_pretrained.
+out of the text, add_prefix_space, text pairs, BOS, padding, attention masks, offsets, tensors, decoding,
+special-token bookkeeping, and from_pretrained / save_pretrained. What a call's keyword arguments mean
+(defaults, legacy spellings, warnings) is options.py; where truncation cuts a text or a pair is truncation.py.
 
 Where transformers' own slow and fast GPT-2 tokenizers behave differently, each of ours follows its
-namesake; the class attributes marked "slow/fast difference" below say where.
+namesake: the class attributes and comments marked "slow/fast difference" below say where, and each
+class's `_assemble` (slow.py, fast.py) truncates, adds special tokens and returns overflow its namesake's way.
 """
 
 from __future__ import annotations
@@ -14,37 +16,25 @@ from __future__ import annotations
 import codecs
 import functools
 import gc
+import inspect
+import json
 import logging
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
-from gpt2kit.tokenizer import files
+from gpt2kit.tokenizer import files, options, truncation
 from gpt2kit.tokenizer.bpe import bytes_to_unicode
 from gpt2kit.tokenizer.files import SPECIAL_TOKEN_NAMES, AddedToken, Vocabulary
+from gpt2kit.tokenizer.options import CallOptions
 
 logger = logging.getLogger(__name__)
 
-PADDING_STRATEGIES = ("longest", "max_length", "do_not_pad")
-TRUNCATION_STRATEGIES = ("longest_first", "only_first", "do_not_truncate")
-TENSOR_TYPES = ("pt", "np")
-# transformers' threshold above which model_max_length means "no limit".
-LARGE_INTEGER = int(1e20)
-# transformers' __call__ arguments we accept only at their default value (what pipelines pass explicitly).
-UNSUPPORTED_AT_DEFAULT = {
-    "stride": 0,
-    "is_split_into_words": False,
-    "return_overflowing_tokens": False,
-    "text_target": None,
-    "text_pair_target": None,
-}
-
-PAD_TOKEN_MISSING = (
-    "Asking to pad but the tokenizer does not have a padding token. Please select a token to use as `pad_token` "
-    "`(tokenizer.pad_token = tokenizer.eos_token e.g.)` or add a new pad token via "
-    "`tokenizer.add_special_tokens({'pad_token': '[PAD]'})`."
-)
+Span = tuple[int, int]  # (start, end) characters of a token in its text
+# One text to encode, tokenized: (ids, second text's ids or None, offsets or None, second text's offsets or None).
+Sample = tuple[list[int], list[int] | None, list[Span] | None, list[Span] | None]
 
 
 class BatchEncoding(dict):
@@ -106,11 +96,6 @@ def _gc_paused(method: Any) -> Any:
             gc.enable()
 
     return wrapper
-
-
-def _strategy(value: Any) -> Any:
-    """transformers passes enums (PaddingStrategy.LONGEST...); compare by their string value."""
-    return value.value if hasattr(value, "value") and not isinstance(value, (bool, str)) else value
 
 
 def _utf8_len(ch: str) -> int:
@@ -195,7 +180,14 @@ class TokenizerBase:
 
     # --- construction -------------------------------------------------------------------------------------
 
-    def _setup(
+    def _setup(self, vocab: Vocabulary, **settings: Any) -> None:
+        # As in transformers, every keyword the tokenizer was made with is kept in init_kwargs, the ones it
+        # has no use for (do_lower_case=True...) included: save_pretrained writes those back to
+        # tokenizer_config.json, so a folder keeps what other tools put there.
+        self.init_kwargs: dict[str, Any] = {k: v for k, v in settings.items() if k != "added_tokens_decoder"}
+        self._configure(vocab, **settings)
+
+    def _configure(
         self,
         vocab: Vocabulary,
         *,
@@ -219,8 +211,8 @@ class TokenizerBase:
         **unknown: Any,
     ) -> None:
         if unknown:
-            raise TypeError(
-                f"{type(self).__name__} got unexpected keyword argument(s) {', '.join(map(repr, unknown))}"
+            logger.info(
+                "%s: keeping unused keyword argument(s) %s in init_kwargs", type(self).__name__, unknown
             )
         self._vocab = vocab
         self._id_to_token, self._id_to_bytes = vocab_tables(vocab)
@@ -324,6 +316,7 @@ class TokenizerBase:
                 f"save_pretrained got unexpected keyword argument(s) {', '.join(map(repr, kwargs))}"
             )
         config: dict[str, Any] = {
+            **self._unused_settings(),
             "add_bos_token": self.add_bos_token,
             "add_prefix_space": self.add_prefix_space,
             "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
@@ -359,6 +352,22 @@ class TokenizerBase:
         return files.write_folder(
             save_directory, self._vocab, self._added, config, special_map, tokenizer_json
         )
+
+    def _unused_settings(self) -> dict[str, Any]:
+        """The init_kwargs this tokenizer has no use for, as tokenizer_config.json entries."""
+        out = {}
+        for key, value in self.init_kwargs.items():
+            if key in _CONFIGURE_KEYS or key in files.BOOKKEEPING_KEYS:
+                continue
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"init_kwargs[{key!r}] = {value!r:.80} cannot be written to tokenizer_config.json (it is not "
+                    f"JSON); delete it (del tokenizer.init_kwargs[{key!r}]) or make it a str/number/list/dict"
+                ) from None
+            out[key] = value
+        return out
 
     def _special_token_dict(self, content: str) -> dict[str, Any]:
         token = self._added.get(self._added_ids.get(content, -1)) or AddedToken(content, special=True)
@@ -532,14 +541,51 @@ class TokenizerBase:
                 )
         return added
 
+    # The four methods below are transformers' slow GPT2Tokenizer's; GPT2TokenizerFast overrides the ones
+    # where transformers' fast tokenizer differs (see fast.py).
+
     def num_special_tokens_to_add(self, pair: bool = False) -> int:
-        return int(self.add_bos_token) * (2 if pair else 1)
+        """How many special tokens encoding adds to one text (or a pair): the BOS of add_bos_token."""
+        return len(self.build_inputs_with_special_tokens([], [] if pair else None))
 
     def build_inputs_with_special_tokens(
         self, token_ids_0: list[int], token_ids_1: list[int] | None = None
     ) -> list[int]:
+        """Ids with the special tokens added: BOS before each text when add_bos_token, else the ids as they are."""
         bos = [self.bos_token_id] if self.add_bos_token else []
         return bos + token_ids_0 if token_ids_1 is None else bos + token_ids_0 + bos + token_ids_1
+
+    def get_special_tokens_mask(
+        self,
+        token_ids_0: list[int],
+        token_ids_1: list[int] | None = None,
+        already_has_special_tokens: bool = False,
+    ) -> list[int]:
+        """1 for each special token build_inputs_with_special_tokens adds, 0 for the text's own tokens; with
+        already_has_special_tokens, 1 for every special token id in token_ids_0."""
+        if already_has_special_tokens:
+            if token_ids_1 is not None:
+                raise ValueError(
+                    "with already_has_special_tokens=True, pass one sequence (the built one), not token_ids_1"
+                )
+            special = set(self.all_special_ids)
+            return [1 if i in special else 0 for i in token_ids_0]
+        second = [] if token_ids_1 is None else token_ids_1
+        if not self.add_bos_token:
+            return [0] * (len(token_ids_0) + len(second))
+        mask = [1] + [0] * len(token_ids_0)
+        return mask if token_ids_1 is None else mask + [1] + [0] * len(second)
+
+    def create_token_type_ids_from_sequences(
+        self, token_ids_0: list[int], token_ids_1: list[int] | None = None
+    ) -> list[int]:
+        """0 for the first text, 1 for the second, as transformers builds them: it counts a CLS and a SEP
+        token when those are set, and not the BOS of add_bos_token (so with BOS the list comes out shorter
+        than the ids, in transformers too)."""
+        cls_len = int(self.cls_token_id is not None)
+        sep_len = int(self.sep_token_id is not None)
+        first = [0] * (cls_len + len(token_ids_0) + sep_len)
+        return first if token_ids_1 is None else first + [1] * (len(token_ids_1) + sep_len)
 
     # --- text -> ids --------------------------------------------------------------------------------------
 
@@ -671,116 +717,31 @@ class TokenizerBase:
             )
         raise TypeError(f"{what} must be a str or a list of str, got {type(text).__name__}: {text!r:.80}")
 
-    def _resolve_strategies(
-        self,
-        padding: Any,
-        truncation: Any,
-        max_length: int | None,
-        pad_to_multiple_of: int | None,
-        verbose: bool,
-    ) -> tuple[str, bool, int | None]:
-        """(padding strategy, truncate?, max_length) with transformers' defaults and warnings."""
-        padding, truncation = _strategy(padding), _strategy(truncation)
-        if max_length is not None and (
-            isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1
-        ):
-            raise ValueError(f"max_length must be a positive int, got {max_length!r}")
-        if pad_to_multiple_of is not None and (
-            not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1
-        ):
-            raise ValueError(f"pad_to_multiple_of must be a positive int, got {pad_to_multiple_of!r}")
-        if max_length is not None and padding is False and truncation is None:
-            self._warn_once(
-                "truncation-not-explicit",
-                "Truncation was not explicitly activated but `max_length` is provided a specific value, please use "
-                "`truncation=True` to explicitly truncate examples to max length. Defaulting to 'longest_first' "
-                "truncation strategy.",
-                verbose,
-            )
-            truncation = True
-
-        if padding is True:
-            strategy = "longest"
-        elif padding is False or padding is None:
-            strategy = "do_not_pad"
-        elif padding in PADDING_STRATEGIES:
-            strategy = padding
-        else:
-            raise ValueError(
-                f"padding={padding!r} is not a padding strategy; use True ('longest'), 'max_length' or False"
-            )
-
-        if truncation is True or truncation in ("longest_first", "only_first"):
-            truncate = True
-        elif truncation is False or truncation is None or truncation == "do_not_truncate":
-            truncate = False
-        elif truncation == "only_second":
-            raise ValueError(
-                "truncation='only_second' needs a text pair; GPT-2 tokenizers here take single texts"
-            )
-        else:
-            raise ValueError(f"truncation={truncation!r} is not a truncation strategy; use True or False")
-
-        if max_length is None:
-            no_limit = self.model_max_length > LARGE_INTEGER
-            if strategy == "max_length":
-                if no_limit:
-                    self._warn_once(
-                        "pad-no-max-length",
-                        "Asking to pad to max_length but no maximum length is provided and the model has no "
-                        "predefined maximum length. Default to no padding.",
-                        verbose,
-                    )
-                    strategy = "do_not_pad"
-                else:
-                    max_length = self.model_max_length
-            if truncate:
-                if no_limit:
-                    self._warn_once(
-                        "truncate-no-max-length",
-                        "Asking to truncate to max_length but no maximum length is provided and the model has no "
-                        "predefined maximum length. Default to no truncation.",
-                        verbose,
-                    )
-                    truncate = False
-                else:
-                    max_length = self.model_max_length
-
-        if strategy != "do_not_pad" and self.pad_token_id is None:
-            raise ValueError(PAD_TOKEN_MISSING)
-        if (
-            truncate
-            and strategy != "do_not_pad"
-            and pad_to_multiple_of
-            and max_length
-            and max_length % pad_to_multiple_of
-        ):
-            raise ValueError(
-                f"Truncation and padding are both activated but truncation length ({max_length}) is not a multiple "
-                f"of pad_to_multiple_of ({pad_to_multiple_of})."
-            )
-        return strategy, truncate, max_length
-
     def _warn_once(self, key: str, message: str, verbose: bool = True) -> None:
         if verbose and key not in self._warned:
             self._warned.add(key)
             logger.warning(message)
 
-    @_gc_paused
+    # --- the call surface: text (or a pair of texts) -> BatchEncoding ---------------------------------------
+
     def __call__(
         self,
-        text: str | Sequence[str],
-        text_pair: Any = None,
+        text: str | Sequence[str] | None = None,
+        text_pair: str | Sequence[str] | None = None,
+        text_target: str | Sequence[str] | None = None,
+        text_pair_target: str | Sequence[str] | None = None,
         *,
         add_special_tokens: bool = True,
         padding: bool | str = False,
         truncation: bool | str | None = None,
         max_length: int | None = None,
+        stride: int = 0,
         pad_to_multiple_of: int | None = None,
         padding_side: str | None = None,
         return_tensors: str | None = None,
         return_token_type_ids: bool | None = None,
         return_attention_mask: bool | None = None,
+        return_overflowing_tokens: bool = False,
         return_special_tokens_mask: bool = False,
         return_offsets_mapping: bool = False,
         return_length: bool = False,
@@ -788,111 +749,272 @@ class TokenizerBase:
         add_prefix_space: bool | None = None,
         **kwargs: Any,
     ) -> BatchEncoding:
-        """Tokenize one text or a batch: input_ids and attention_mask, padded/truncated/as tensors if asked.
+        """Tokenize one text or a batch, or pairs of texts: input_ids and attention_mask, padded/truncated/as
+        tensors if asked. `text_target` is encoded the same way and returned as `labels`.
 
         >>> from gpt2kit import GPT2TokenizerFast
         >>> tok = GPT2TokenizerFast.from_pretrained("gpt2")
         >>> tok.pad_token = tok.eos_token
         >>> tok(["Hello world", "Hi"], padding=True)["attention_mask"]
         [[1, 1], [1, 0]]
+        >>> tok("Hello", "world", return_token_type_ids=True)["token_type_ids"]
+        [0, 1]
         """
-        if text_pair is not None:
-            raise ValueError(
-                "text pairs are not supported: GPT-2 has no separator token; concatenate the texts"
-            )
-        for key, value in kwargs.items():
-            if key not in UNSUPPORTED_AT_DEFAULT:
-                raise TypeError(
-                    f"{type(self).__name__}.__call__() got an unexpected keyword argument {key!r}"
-                )
-            if value != UNSUPPORTED_AT_DEFAULT[key]:
-                raise ValueError(f"{key}={value!r} is not supported by gpt2kit's tokenizers")
-        if return_tensors is not None:
-            return_tensors = _strategy(return_tensors)
-            if return_tensors not in TENSOR_TYPES:
-                raise ValueError(
-                    f"return_tensors={return_tensors!r} is not supported; use 'pt' (torch), 'np' or None"
-                )
-        if padding_side is not None and padding_side not in ("right", "left"):
-            raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
-        texts, batched = self._check_text(text)
-        strategy, truncate, max_length = self._resolve_strategies(
-            padding, truncation, max_length, pad_to_multiple_of, verbose
+        if text is None and text_target is None:
+            raise ValueError("You need to specify either `text` or `text_target` (the text to tokenize).")
+        o = options.resolve(
+            self,
+            add_special_tokens=add_special_tokens,
+            padding=padding,
+            truncation=truncation,
+            max_length=max_length,
+            stride=stride,
+            pad_to_multiple_of=pad_to_multiple_of,
+            padding_side=padding_side,
+            return_tensors=return_tensors,
+            return_token_type_ids=return_token_type_ids,
+            return_attention_mask=return_attention_mask,
+            return_overflowing_tokens=return_overflowing_tokens,
+            return_special_tokens_mask=return_special_tokens_mask,
+            return_offsets_mapping=return_offsets_mapping,
+            return_length=return_length,
+            verbose=verbose,
+            add_prefix_space=add_prefix_space,
+            **kwargs,
         )
-        prefix = self.add_prefix_space if add_prefix_space is None else bool(add_prefix_space)
-        ids, offsets = self._encode_texts(texts, prefix, with_offsets=return_offsets_mapping)
-        n_special = [0] * len(ids)
-        if add_special_tokens and self.add_bos_token:
-            bos = self.bos_token_id
-            ids = [[bos, *x] for x in ids]
-            n_special = [1] * len(ids)
-            if offsets is not None:
-                offsets = [[(0, 0), *o] for o in offsets]
+        encodings = None if text is None else self._call_one(text, text_pair, o)
+        if text_target is None:
+            return encodings
+        targets = self._call_one(text_target, text_pair_target, o)
+        if encodings is None:
+            return targets
+        encodings["labels"] = targets["input_ids"]
+        return encodings
 
-        if truncate and max_length is not None:
-            ids, offsets = self._truncate(ids, offsets, n_special, max_length)
-        elif max_length is None and ids and max(map(len, ids)) > self.model_max_length:
-            longest = max(map(len, ids))
+    def encode_plus(self, text: str, text_pair: str | None = None, **kwargs: Any) -> BatchEncoding:
+        """One text (or one pair): `tok(text, text_pair, ...)` under its older name; takes __call__'s keywords.
+
+        >>> from gpt2kit import GPT2Tokenizer
+        >>> GPT2Tokenizer.from_pretrained("gpt2").encode_plus("Hello", " world")["input_ids"]
+        [15496, 995]
+        """
+        if not isinstance(text, str):
+            raise TypeError(
+                f"encode_plus takes one str (and an optional text_pair str), got {type(text).__name__}; "
+                "for a batch use batch_encode_plus or call the tokenizer on a list"
+            )
+        return self._call_one(text, text_pair, options.resolve(self, **kwargs))
+
+    def batch_encode_plus(
+        self, batch_text_or_text_pairs: Sequence[str | tuple[str, str]], **kwargs: Any
+    ) -> BatchEncoding:
+        """A batch of texts and/or (text, text_pair) pairs: `tok(texts)` under its older name.
+
+        >>> from gpt2kit import GPT2TokenizerFast
+        >>> GPT2TokenizerFast.from_pretrained("gpt2").batch_encode_plus([("Hello", " world"), "Hi"])["input_ids"]
+        [[15496, 995], [17250]]
+        """
+        batch = batch_text_or_text_pairs
+        if isinstance(batch, str) or not isinstance(batch, (list, tuple)):
+            raise TypeError(
+                f"batch_encode_plus takes a list of texts or (text, text_pair) tuples, got {type(batch).__name__}; "
+                "for one text use encode_plus"
+            )
+        firsts: list[str] = []
+        seconds: list[str | None] = []
+        for n, item in enumerate(batch):
+            first, second = (item, None) if isinstance(item, str) else _unpack_pair(item, n)
+            firsts.append(first)
+            seconds.append(second)
+        o = options.resolve(self, **kwargs)
+        return self._encode_items(firsts, seconds if any(s is not None for s in seconds) else None, True, o)
+
+    def _call_one(self, text: Any, text_pair: Any, o: CallOptions) -> BatchEncoding:
+        texts, batched = self._check_text(text)
+        if text_pair is None:
+            pairs = None
+        elif batched:
+            if isinstance(text_pair, str):
+                raise TypeError(
+                    "when tokenizing batches of text, `text_pair` must be a list or tuple with the same length as "
+                    f"`text` ({len(texts)}), got one str"
+                )
+            pairs, _ = self._check_text(text_pair, "text_pair")
+            if len(pairs) != len(texts):
+                raise ValueError(
+                    f"batch length of `text`: {len(texts)} does not match batch length of `text_pair`: {len(pairs)}."
+                )
+        elif not isinstance(text_pair, str):
+            raise TypeError(
+                f"text_pair must be a str when text is one str, got {type(text_pair).__name__}; pass lists to both "
+                "for a batch of pairs"
+            )
+        else:
+            # slow/fast difference 5: transformers' fast tokenizer takes an empty text_pair for no pair at all.
+            pairs = None if text_pair == "" and self.is_fast else [text_pair]
+        return self._encode_items(texts, pairs, batched, o)
+
+    @_gc_paused
+    def _encode_items(
+        self, firsts: list[str], seconds: list[str | None] | None, batched: bool, o: CallOptions
+    ) -> BatchEncoding:
+        """Encode texts (and second texts, None where a text has none) and assemble, pad and finish them."""
+        n = len(firsts)
+        texts = firsts if seconds is None else firsts + [s for s in seconds if s is not None]
+        # One engine call for every text, both sides of the pairs included.
+        ids, offsets = self._encode_texts(texts, o.add_prefix_space, with_offsets=o.return_offsets_mapping)
+        pair_ids: list[list[int] | None] = [None] * n
+        pair_offsets: list[list[Span] | None] = [None] * n
+        if seconds is not None:
+            j = n
+            for i, second in enumerate(seconds):
+                if second is not None:
+                    pair_ids[i] = ids[j]
+                    pair_offsets[i] = offsets[j] if offsets is not None else None
+                    j += 1
+        samples = list(
+            zip(ids[:n], pair_ids, offsets[:n] if offsets is not None else [None] * n, pair_offsets)
+        )
+        out, main_rows = self._assemble(samples, o)
+        # slow/fast difference 6: the slow tokenizer pads one text through pad(), which skips an empty one.
+        return self._finish_rows(out, main_rows, batched, o, pad_empty=self.is_fast)
+
+    def _assemble(self, samples: list[Sample], o: CallOptions) -> tuple[dict[str, list], list[int]]:
+        """Truncate each (ids, pair_ids, offsets, pair_offsets) sample and add special tokens: the unpadded
+        output columns, and the indices of the rows that are samples (not overflow rows)."""
+        raise NotImplementedError
+
+    def _prepare(
+        self,
+        ids: list[int],
+        pair_ids: list[int] | None,
+        o: CallOptions,
+        notes: set[tuple[str, str]],
+        offsets: list[Span] | None = None,
+        pair_offsets: list[Span] | None = None,
+    ) -> dict[str, Any]:
+        """One sample as transformers' prepare_for_model builds it, before padding: truncate (overflowing tokens
+        kept apart), add special tokens, make the masks. Messages to log go into `notes`."""
+        pair = pair_ids is not None
+        if o.return_token_type_ids and not o.add_special_tokens:
+            raise ValueError(
+                "Asking to return token_type_ids while setting add_special_tokens to False results in an undefined "
+                "behavior. Please set add_special_tokens to True or set return_token_type_ids to None."
+            )
+        if o.return_overflowing_tokens and o.truncation == "longest_first" and pair:
+            raise ValueError(
+                "Not possible to return overflowing tokens for pair of sequences with the `longest_first`. Please "
+                "select another truncation strategy than `longest_first`, for instance `only_second` or `only_first`."
+            )
+        overflow: list[int] = []
+        if o.max_length is not None and (o.truncation is not None or o.return_overflowing_tokens):
+            n_special = self.num_special_tokens_to_add(pair) if o.add_special_tokens else 0
+            total = len(ids) + (len(pair_ids) if pair else 0) + n_special
+        if o.truncation is not None and o.max_length and total > o.max_length:
+            cut = truncation.slow_cut(
+                len(ids), len(pair_ids) if pair else None, total - o.max_length, o.truncation, o.stride,
+                self.truncation_side == "left",
+            )  # fmt: skip
+            if cut.message is not None:
+                notes.add(cut.message)
+            if cut.overflow is not None:
+                which, (start, stop) = cut.overflow
+                overflow = (ids if which == 0 else pair_ids)[start:stop]
+            ids = ids[cut.first[0] : cut.first[1]]
+            offsets = None if offsets is None else offsets[cut.first[0] : cut.first[1]]
+            if pair:
+                pair_ids = pair_ids[cut.second[0] : cut.second[1]]
+                pair_offsets = None if pair_offsets is None else pair_offsets[cut.second[0] : cut.second[1]]
+        out: dict[str, Any] = {}
+        if o.return_overflowing_tokens:
+            if o.max_length is None:
+                raise ValueError(
+                    "return_overflowing_tokens=True needs a length to truncate to: pass truncation=True with "
+                    "max_length=... (or a tokenizer with model_max_length set)"
+                )
+            out["overflowing_tokens"] = overflow
+            out["num_truncated_tokens"] = total - o.max_length
+        if o.add_special_tokens:
+            sequence = self.build_inputs_with_special_tokens(ids, pair_ids)
+        else:
+            sequence = ids + pair_ids if pair else ids
+        special = None
+        if o.return_special_tokens_mask or offsets is not None:
+            special = (
+                self.get_special_tokens_mask(ids, pair_ids) if o.add_special_tokens else [0] * len(sequence)
+            )
+        out["input_ids"] = sequence
+        if o.return_token_type_ids:
+            out["token_type_ids"] = self.create_token_type_ids_from_sequences(ids, pair_ids)
+        if o.return_special_tokens_mask:
+            out["special_tokens_mask"] = special
+        if offsets is not None:
+            # Special tokens span no text: (0, 0), where the special tokens mask has its 1s.
+            spans = iter(offsets + (pair_offsets or []))
+            out["offset_mapping"] = [(0, 0) if s else next(spans) for s in special]
+        if o.return_attention_mask:
+            out["attention_mask"] = [1] * len(sequence)
+        return out
+
+    def _log_notes(self, notes: set[tuple[str, str]], verbose: bool) -> None:
+        """Log what truncation had to say, once per call however many samples said it (transformers: per sample)."""
+        if verbose:
+            for level, message in sorted(notes):
+                logger.log(logging.ERROR if level == "error" else logging.WARNING, message)
+
+    def _finish_rows(
+        self,
+        out: dict[str, list],
+        main_rows: list[int],
+        batched: bool,
+        o: CallOptions,
+        pad_empty: bool = True,
+    ) -> BatchEncoding:
+        """Warn about over-long rows, pad, add lengths, make tensors; `main_rows` are the rows that are samples.
+
+        transformers' pad() leaves one empty text unpadded: pad_empty=False does the same.
+        """
+        rows = out["input_ids"]
+        if o.max_length is None and rows and max(map(len, rows)) > self.model_max_length:
             self._warn_once(
                 "sequence-too-long",
                 f"Token indices sequence length is longer than the specified maximum sequence length for this "
-                f"model ({longest} > {self.model_max_length}). Running this sequence through the model will "
-                "result in indexing errors",
-                verbose,
+                f"model ({max(map(len, rows))} > {self.model_max_length}). Running this sequence through the model "
+                "will result in indexing errors",
+                o.verbose,
             )
-
-        out: dict[str, Any] = {"input_ids": ids}
-        if return_token_type_ids:
-            out["token_type_ids"] = [[0] * len(x) for x in ids]
-        if return_attention_mask is not False:
-            out["attention_mask"] = [[1] * len(x) for x in ids]
-        if return_special_tokens_mask:
-            out["special_tokens_mask"] = [[1] * k + [0] * (len(x) - k) for x, k in zip(ids, n_special)]
-        if offsets is not None:
-            out["offset_mapping"] = offsets
-        unpadded_lengths = [len(x) for x in ids]
-        if strategy != "do_not_pad":
-            target = max(unpadded_lengths, default=0) if strategy == "longest" else max_length
-            self._pad_in_place(out, target, pad_to_multiple_of, padding_side or self.padding_side)
-        if return_length:  # stays a list (or the slow tokenizer's int) for a single text too
+        unpadded_lengths = [len(x) for x in rows]
+        if o.padding != "do_not_pad" and (batched or pad_empty or rows[0]):
+            longest = max((len(rows[i]) for i in main_rows), default=0)
+            target = longest if o.padding == "longest" else o.max_length
+            self._pad_in_place(out, target, o.pad_to_multiple_of, o.padding_side or self.padding_side)
+        if o.return_length:
             if self._length_after_padding:
                 out["length"] = [len(x) for x in out["input_ids"]]
             else:
                 out["length"] = unpadded_lengths if batched else len(out["input_ids"][0])
-        return self._finish(out, batched, return_tensors)
-
-    def _truncate(
-        self, ids: list[list[int]], offsets: list | None, n_special: list[int], max_length: int
-    ) -> tuple[list[list[int]], list | None]:
-        """Cut each sequence to max_length tokens, keeping a BOS in front when truncating from the left."""
-        left = self.truncation_side == "left"
-
-        def cut(row: list, k: int) -> list:
-            if not left:
-                return row[:max_length]
-            room = max(max_length - k, 0)  # the k special tokens in front stay
-            return row[:k] + row[len(row) - room :] if room else row[:k]
-
-        for i, k in enumerate(n_special):
-            if len(ids[i]) > max_length:
-                ids[i] = cut(ids[i], k)
-                if offsets is not None:
-                    offsets[i] = cut(offsets[i], k)
-        return ids, offsets
+                if batched and "attention_mask" in out:  # the slow one makes the mask when padding the batch
+                    out["attention_mask"] = out.pop("attention_mask")
+        if "overflow_to_sample_mapping" in out:  # last, and the batch axis stays, as in transformers' fast
+            out["overflow_to_sample_mapping"] = out.pop("overflow_to_sample_mapping")
+            batched = True
+        return self._finish(out, batched, o.return_tensors)
 
     def _pad_in_place(self, out: dict[str, Any], target: int, multiple: int | None, side: str) -> None:
+        """Pad each row of the padded columns to `target` (rounded up to `multiple`), by as much as its
+        input_ids row is short (as transformers pads: a shorter token_type_ids row stays shorter)."""
         if multiple and target % multiple:
             target = (target // multiple + 1) * multiple
         fill = {"input_ids": self.pad_token_id, "token_type_ids": 0, "attention_mask": 0,
                 "special_tokens_mask": 1, "offset_mapping": (0, 0)}  # fmt: skip
-        for key, value in fill.items():
-            if key not in out:
+        columns = [(out[key], value) for key, value in fill.items() if key in out]
+        for i, row in enumerate(out["input_ids"]):
+            missing = target - len(row)
+            if missing <= 0:
                 continue
-            rows = out[key]
-            for i, row in enumerate(rows):
-                missing = target - len(row)
-                if missing > 0:
-                    rows[i] = row + [value] * missing if side == "right" else [value] * missing + row
+            for rows, value in columns:
+                pad = [value] * missing
+                rows[i] = rows[i] + pad if side == "right" else pad + rows[i]
 
     def _finish(self, out: dict[str, Any], batched: bool, return_tensors: str | None) -> BatchEncoding:
         if return_tensors is not None:
@@ -904,17 +1026,53 @@ class TokenizerBase:
             out = {k: (v if k == "length" else v[0]) for k, v in out.items()}
         return BatchEncoding(out)
 
+    def prepare_for_model(
+        self, ids: Sequence[int], pair_ids: Sequence[int] | None = None, **kwargs: Any
+    ) -> BatchEncoding:
+        """Truncate, add special tokens to and pad ids you encoded yourself, as transformers' prepare_for_model
+        does (overflowing_tokens and num_truncated_tokens included); takes __call__'s keywords.
+
+        >>> from gpt2kit import GPT2Tokenizer
+        >>> tok = GPT2Tokenizer.from_pretrained("gpt2")
+        >>> enc = tok.prepare_for_model([1, 2, 3], [4, 5], truncation="only_first", max_length=4,
+        ...                             return_overflowing_tokens=True)
+        >>> enc["input_ids"], enc["overflowing_tokens"]
+        ([1, 2, 4, 5], [3])
+        """
+        prepend_batch_axis = bool(kwargs.pop("prepend_batch_axis", False))
+        if kwargs.get("return_offsets_mapping"):
+            raise ValueError(
+                "prepare_for_model takes ids, which have no character offsets; call the tokenizer on the text "
+                "with return_offsets_mapping=True instead"
+            )
+        o = options.resolve(self, **kwargs)
+        notes: set[tuple[str, str]] = set()
+        sample = self._prepare(_as_ids(ids), None if pair_ids is None else _as_ids(pair_ids), o, notes)
+        self._log_notes(notes, o.verbose)
+        out = {k: [v] for k, v in sample.items()}
+        encoding = self._finish_rows(out, [0], False, replace(o, return_tensors=None), pad_empty=False)
+        if o.return_length:  # after padding, of the one sample (transformers' prepare_for_model)
+            encoding["length"] = len(encoding["input_ids"])
+        if o.return_tensors is None:
+            return encoding
+        if prepend_batch_axis:
+            return BatchEncoding({k: _to_tensor([v], k, o.return_tensors) for k, v in encoding.items()})
+        return BatchEncoding({k: _to_tensor(v, k, o.return_tensors) for k, v in encoding.items()})
+
     def encode(
         self,
         text: str,
+        text_pair: str | None = None,
         add_special_tokens: bool = True,
         padding: bool | str = False,
         truncation: bool | str | None = None,
         max_length: int | None = None,
+        stride: int = 0,
+        padding_side: str | None = None,
         return_tensors: str | None = None,
         **kwargs: Any,
     ) -> list[int] | Any:
-        """Ids of one text (a tensor of shape (1, T) with return_tensors="pt").
+        """Ids of one text or pair (a tensor of shape (1, T) with return_tensors="pt").
 
         >>> from gpt2kit import GPT2Tokenizer
         >>> GPT2Tokenizer.from_pretrained("gpt2").encode(" Hello world")
@@ -924,14 +1082,17 @@ class TokenizerBase:
             raise TypeError(
                 f"encode takes one str, got {type(text).__name__}; call the tokenizer on a list for a batch"
             )
-        return self(
+        kwargs.setdefault("return_attention_mask", False)  # only input_ids are returned: skip the mask
+        return self.encode_plus(
             text,
+            text_pair,
             add_special_tokens=add_special_tokens,
             padding=padding,
             truncation=truncation,
             max_length=max_length,
+            stride=stride,
+            padding_side=padding_side,
             return_tensors=return_tensors,
-            return_attention_mask=False,
             **kwargs,
         )["input_ids"]
 
@@ -947,7 +1108,7 @@ class TokenizerBase:
         prefix = kwargs.pop("add_prefix_space", None)
         kwargs.pop("add_special_tokens", None)  # tokenize never adds BOS, in transformers either
         if kwargs:
-            raise TypeError(f"tokenize() got unexpected keyword argument(s) {', '.join(map(repr, kwargs))}")
+            options.warn_unknown(self, kwargs)
         ids, _ = self._encode_texts([text], self.add_prefix_space if prefix is None else bool(prefix))
         return self.convert_ids_to_tokens(ids[0])
 
@@ -1143,18 +1304,24 @@ class TokenizerBase:
         if not isinstance(encoded_inputs, dict) or "input_ids" not in encoded_inputs:
             raise ValueError("pad takes a dict with input_ids (or a list of such dicts), as tok(...) returns")
         out = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in encoded_inputs.items()}
-        batched = bool(out["input_ids"]) and not isinstance(out["input_ids"][0], int)
+        if not out["input_ids"]:  # nothing to pad (transformers returns it as it is)
+            if return_attention_mask is not False:
+                out["attention_mask"] = []
+            return self._finish(out, True, options.check_return_tensors(return_tensors))
+        batched = not isinstance(out["input_ids"][0], int)
         if not batched:
             out = {k: [v] for k, v in out.items()}
         out = {k: [list(row) if isinstance(row, (list, tuple)) else row for row in v] for k, v in out.items()}
         if return_attention_mask is not False and "attention_mask" not in out:
             out["attention_mask"] = [[1] * len(x) for x in out["input_ids"]]
-        strategy, _, max_length = self._resolve_strategies(
-            padding, False, max_length, pad_to_multiple_of, verbose
+        strategy, _, max_length = options.resolve_strategies(
+            self, padding, False, max_length, pad_to_multiple_of, verbose
         )
+        side = options.check_padding_side(padding_side) or self.padding_side
+        return_tensors = options.check_return_tensors(return_tensors)
         if strategy != "do_not_pad":
             target = max(map(len, out["input_ids"]), default=0) if strategy == "longest" else max_length
-            self._pad_in_place(out, target, pad_to_multiple_of, padding_side or self.padding_side)
+            self._pad_in_place(out, target, pad_to_multiple_of, side)
         if return_attention_mask is False:
             out.pop("attention_mask", None)
         return self._finish(out, batched, return_tensors)
@@ -1167,6 +1334,14 @@ class TokenizerBase:
             f"add_prefix_space={self.add_prefix_space}, add_bos_token={self.add_bos_token}, "
             f"added_tokens={len(self._added)})"
         )
+
+
+# The keywords _configure uses; any other init_kwargs entry is kept only to be saved.
+_CONFIGURE_KEYS = frozenset(inspect.signature(TokenizerBase._configure).parameters) - {
+    "self",
+    "vocab",
+    "unknown",
+}
 
 
 def clean_up_tokenization(text: str) -> str:
@@ -1194,6 +1369,21 @@ def _check_utf8(texts: list[str], joined: str) -> None:
                 ) from None
 
 
+def _unpack_pair(item: Any, n: int) -> tuple[str, str | None]:
+    """A (text, text_pair) item of batch_encode_plus's batch; text_pair may be None."""
+    if (
+        isinstance(item, (list, tuple))
+        and len(item) == 2
+        and isinstance(item[0], str)
+        and (item[1] is None or isinstance(item[1], str))
+    ):
+        return item[0], item[1]
+    raise TypeError(
+        f"batch_encode_plus takes texts or (text, text_pair) tuples of two str; item {n} is {item!r:.80}"
+        " (pre-tokenized input is not supported: join the words into one str)"
+    )
+
+
 def _as_ids(token_ids: Any) -> list[int]:
     """A flat list of Python ints from an int, a list/tuple, a numpy array or a torch tensor."""
     if hasattr(token_ids, "tolist"):
@@ -1215,6 +1405,12 @@ def _as_ids(token_ids: Any) -> list[int]:
 def _to_tensor(values: Any, key: str, kind: str) -> Any:
     rows = values if isinstance(values, list) else [values]
     if rows and isinstance(rows[0], list) and len({len(r) for r in rows}) > 1:
+        if key == "overflowing_tokens":
+            raise ValueError(
+                "Unable to create tensor returning overflowing tokens of different lengths (rows of lengths "
+                f"{sorted({len(r) for r in rows})}); drop return_tensors, or use GPT2TokenizerFast, which returns "
+                "overflow as rows of input_ids"
+            )
         raise ValueError(
             "Unable to create tensor, you should probably activate truncation and/or padding with "
             f"'padding=True' 'truncation=True' to have batched tensors with the same length ({key} has rows of "

@@ -22,9 +22,11 @@ from typing import Any
 
 import tiktoken
 
-from gpt2kit.tokenizer.base import TokenizerBase
+from gpt2kit.tokenizer import truncation
+from gpt2kit.tokenizer.base import Sample, Span, TokenizerBase
 from gpt2kit.tokenizer.bpe import PATTERN, BytePairEncoder, bytes_to_unicode
 from gpt2kit.tokenizer.files import AddedToken, Vocabulary
+from gpt2kit.tokenizer.options import CallOptions
 from gpt2kit.tokenizer.slow import _vocabulary_from_files, python_engine
 
 logger = logging.getLogger(__name__)
@@ -207,3 +209,105 @@ class GPT2TokenizerFast(TokenizerBase):
             unk = self.unk_token
             return python_engine(self._vocab, None if unk is None else self.convert_tokens_to_ids(unk))
         return engine
+
+    # --- transformers' fast tokenizer's way of truncating and adding special tokens -----------------------
+
+    def _assemble(self, samples: list[Sample], o: CallOptions) -> tuple[dict[str, list], list[int]]:
+        """Each sample as `tokenizers` builds it: truncation cuts windows of max_length (less the BOS) that
+        overlap by `stride`, and with return_overflowing_tokens every window is a row of its own, traced back
+        to its sample by `overflow_to_sample_mapping`. The BOS of add_bos_token goes before the first text
+        only ("<bos> $A $B"), and the second text's tokens have token type 1."""
+        bos = [self.bos_token_id] if o.add_special_tokens and self.add_bos_token else []
+        k = len(bos)
+        left = self.truncation_side == "left"
+        if o.truncation is not None and o.stride > o.max_length - self.add_bos_token:
+            # `tokenizers` refuses this when truncation is set up, before looking at any text.
+            raise ValueError(
+                f"stride={o.stride} is larger than the room max_length={o.max_length} leaves for text "
+                f"({o.max_length - self.add_bos_token} tokens after the special ones); lower stride or raise max_length"
+            )
+        rows: list[list[int]] = []
+        types: list[list[int]] = []
+        spans: list[list[Span]] = []
+        mapping: list[int] = []
+        main_rows: list[int] = []
+        room = None if o.truncation is None else o.max_length - k
+        for n, (ids, pair_ids, offsets, pair_offsets) in enumerate(samples):
+            if pair_ids is None and (room is None or len(ids) <= room):
+                # The common case, one text kept whole: no windows to plan.
+                main_rows.append(len(rows))
+                mapping.append(n)
+                row = bos + ids if k else ids
+                rows.append(row)
+                if o.return_token_type_ids:
+                    types.append([0] * len(row))
+                if o.return_offsets_mapping:
+                    spans.append([(0, 0)] * k + offsets)
+                continue
+            n_pair = None if pair_ids is None else len(pair_ids)
+            if room is None or len(ids) + (n_pair or 0) <= room:
+                plan = [((0, len(ids)), None if n_pair is None else (0, n_pair))]
+            else:
+                plan = truncation.fast_rows(len(ids), n_pair, room, o.truncation, o.stride, left)
+                if not o.return_overflowing_tokens:
+                    plan = plan[:1]
+            main_rows.append(len(rows))
+            for first, second in plan:
+                row = bos + _part(ids, first) if k else _part(ids, first)
+                n_first = len(row)
+                if second is not None:
+                    row = row + _part(pair_ids, second)
+                rows.append(row)
+                mapping.append(n)
+                if o.return_token_type_ids:
+                    types.append([0] * n_first + [1] * (len(row) - n_first))
+                if o.return_offsets_mapping:
+                    spans.append(
+                        [(0, 0)] * k
+                        + _part(offsets, first)
+                        + ([] if second is None else _part(pair_offsets, second))
+                    )
+        out: dict[str, list] = {"input_ids": rows}
+        if o.return_token_type_ids:
+            out["token_type_ids"] = types
+        if o.return_attention_mask:
+            out["attention_mask"] = [[1] * len(row) for row in rows]
+        if o.return_special_tokens_mask:
+            out["special_tokens_mask"] = [[1] * k + [0] * (len(row) - k) for row in rows]
+        if o.return_offsets_mapping:
+            out["offset_mapping"] = spans
+        if o.return_overflowing_tokens:
+            out["overflow_to_sample_mapping"] = mapping
+        return out, main_rows
+
+    # transformers' GPT2TokenizerFast answers these three from the `tokenizers` backend or its base class, not
+    # as GPT2Tokenizer does: one BOS for a pair, and build_inputs_with_special_tokens adds nothing at all (so
+    # prepare_for_model adds no BOS either, in transformers too).
+
+    def num_special_tokens_to_add(self, pair: bool = False) -> int:
+        """How many special tokens encoding adds to one text or a pair: the one BOS of add_bos_token."""
+        return int(self.add_bos_token)
+
+    def build_inputs_with_special_tokens(
+        self, token_ids_0: list[int], token_ids_1: list[int] | None = None
+    ) -> list[int]:
+        """The ids joined, as transformers' GPT2TokenizerFast returns them (without its BOS)."""
+        return token_ids_0 if token_ids_1 is None else token_ids_0 + token_ids_1
+
+    def get_special_tokens_mask(
+        self,
+        token_ids_0: list[int],
+        token_ids_1: list[int] | None = None,
+        already_has_special_tokens: bool = False,
+    ) -> list[int]:
+        """With already_has_special_tokens, 1 for each special token id; else all 0s, as
+        build_inputs_with_special_tokens adds none (transformers raises here instead)."""
+        if already_has_special_tokens:
+            return super().get_special_tokens_mask(token_ids_0, token_ids_1, already_has_special_tokens=True)
+        return [0] * (len(token_ids_0) + len(token_ids_1 or []))
+
+
+def _part(values: list, span: Span) -> list:
+    """values[start:stop], without a copy when the span is all of it."""
+    start, stop = span
+    return values if start == 0 and stop == len(values) else values[start:stop]

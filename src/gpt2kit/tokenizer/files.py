@@ -44,7 +44,7 @@ SPECIAL_TOKEN_NAMES = (
     "cls_token",
     "mask_token",
 )
-# tokenizer_config.json keys a tokenizer's constructor takes; anything else in the file is bookkeeping.
+# tokenizer_config.json keys a tokenizer's constructor uses.
 CONFIG_KEYS = frozenset(
     [
         *SPECIAL_TOKEN_NAMES,
@@ -58,6 +58,12 @@ CONFIG_KEYS = frozenset(
         "clean_up_tokenization_spaces",
     ]
 )
+# tokenizer_config.json keys that describe the files, not the tokenizer: never passed to a constructor (and
+# never written back from init_kwargs). Every other unknown key is kept in init_kwargs, as transformers does.
+BOOKKEEPING_KEYS = frozenset(
+    ["tokenizer_class", "added_tokens_decoder", "name_or_path", "special_tokens_map_file", "tokenizer_file",
+     "vocab_file", "merges_file", "init_inputs", "max_len", "cache_dir"]
+)  # fmt: skip
 # Tokenizer classes whose files this package reads correctly: GPT-2's own, and a bare tokenizer.json, whose
 # structure read_tokenizer_json checks.
 KNOWN_CLASSES = (None, "GPT2Tokenizer", "GPT2TokenizerFast", "PreTrainedTokenizerFast")
@@ -291,7 +297,8 @@ def read_folder(folder: Path) -> TokenizerSource:
             f"{folder} holds a {tokenizer_class} (tokenizer_config.json), not a GPT-2 tokenizer; "
             "gpt2kit only reads GPT2Tokenizer / GPT2TokenizerFast folders"
         )
-    settings = dict(source.settings)
+    settings = {k: v for k, v in config.items() if k not in CONFIG_KEYS and k not in BOOKKEEPING_KEYS}
+    settings.update(source.settings)
     settings.update({k: _token_setting(v) for k, v in config.items() if k in CONFIG_KEYS})
     if "model_max_length" not in config and "max_len" in config:  # transformers < 3 spelling
         settings["model_max_length"] = config["max_len"]

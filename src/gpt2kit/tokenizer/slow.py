@@ -7,9 +7,10 @@ import os
 from typing import Any
 
 from gpt2kit.tokenizer import files
-from gpt2kit.tokenizer.base import TokenizerBase
+from gpt2kit.tokenizer.base import Sample, TokenizerBase
 from gpt2kit.tokenizer.bpe import BytePairEncoder
 from gpt2kit.tokenizer.files import AddedToken, Vocabulary
+from gpt2kit.tokenizer.options import CallOptions
 
 
 @functools.lru_cache(maxsize=8)
@@ -65,6 +66,20 @@ class GPT2Tokenizer(TokenizerBase):
     def _make_engine(self) -> BytePairEncoder:
         unk = self.unk_token
         return python_engine(self._vocab, None if unk is None else self.convert_tokens_to_ids(unk))
+
+    def _assemble(self, samples: list[Sample], o: CallOptions) -> tuple[dict[str, list], list[int]]:
+        """Each sample as transformers' slow tokenizer builds it: prepare_for_model one by one (overflow comes
+        back as `overflowing_tokens` and `num_truncated_tokens` per sample), then the batch is padded."""
+        notes: set[tuple[str, str]] = set()
+        prepared = [
+            self._prepare(ids, pair, o, notes, offsets, pair_offsets)
+            for ids, pair, offsets, pair_offsets in samples
+        ]
+        self._log_notes(notes, o.verbose)
+        if not prepared:
+            return {"input_ids": [], **({"attention_mask": []} if o.return_attention_mask else {})}, []
+        # Every sample has the same keys, in the same order.
+        return {key: [sample[key] for sample in prepared] for key in prepared[0]}, list(range(len(prepared)))
 
 
 def _vocabulary_from_files(
