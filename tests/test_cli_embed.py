@@ -249,6 +249,101 @@ def test_resume_refuses_a_changed_input(folder, tmp_path, monkeypatch, capsys):
     assert "rows 0..3 of" in capsys.readouterr().err and not (tmp_path / "o.npy").exists()
 
 
+@pytest.fixture(scope="module")
+def other_folder(tmp_path_factory):
+    """Another model of the same shape (same D), other weights: its vectors could pass for the first's."""
+    folder = tmp_path_factory.mktemp("cli_embed_other") / "tiny"
+    hf_model("GPT2Model", seed=8, vocab_size=50257, n_positions=32).save_pretrained(folder)
+    GPT2TokenizerFast.from_pretrained("gpt2").save_pretrained(folder)
+    return folder
+
+
+def test_resume_keeps_a_finished_output_only_if_this_run_made_it(folder, other_folder, tmp_path, capsys):
+    a = write_input(tmp_path / "a.txt", TEXTS, "txt")
+    b = write_input(tmp_path / "b.txt", ["other", "texts", "entirely"], "txt")
+    out = tmp_path / "out.npy"
+    fp = tmp_path / "out.npy.fingerprint.json"
+    assert embed(folder, a, "-o", out) == 0
+    first = np.load(out)
+    capsys.readouterr()
+    # another model, input or option: refused by name, the output left as it was
+    refusals = [
+        ([folder, b, "-o", out, "--resume"], "input.sha256="),
+        ([other_folder, a, "-o", out, "--resume"], "model.weights="),
+        ([folder, a, "-o", out, "--resume", "--pooling", "max"], "options.pooling='mean' there, 'max' now"),
+        ([folder, a, "-o", out, "--resume", "--normalize"], "options.normalize=False there, True now"),
+        ([folder, a, "-o", out, "--resume", "--layer", "1"], "options.layers=[2] there, [1] now"),
+        ([folder, a, "-o", out, "--resume", "--dtype", "bfloat16"], "options.dtype='float32' there"),
+        ([folder, a, "-o", out, "--resume", "--max-length", "8"], "options.max_length=32 there, 8 now"),
+        # without --resume or --overwrite, an existing output is never replaced silently
+        ([folder, b, "-o", out], "already exists; add --resume"),
+        ([folder, a, "-o", out, "--resume", "--overwrite"], "choose one of them"),
+    ]
+    for (model, *args), message in refusals:
+        assert embed(model, *args) == 2, message
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err and "Traceback" not in err, err
+        assert "--overwrite" in err or "--resume" in err
+        np.testing.assert_array_equal(np.load(out), first)
+
+    # the same run: nothing to do, whatever only changes the speed
+    assert embed(folder, a, "-o", out, "--resume", "--batch-tokens", "16", "--chunk-rows", "2") == 0
+    assert "kept " in capsys.readouterr().err and np.array_equal(np.load(out), first)
+    record = json.loads(fp.read_text())
+    assert record["options"]["pooling"] == "mean" and record["input"]["size"] == a.stat().st_size
+    assert record["rows"] == len(TEXTS) and record["output"] == "npy"
+
+    # the same content at another path is the same input
+    moved = tmp_path / "moved.txt"
+    shutil.copy(a, moved)
+    assert embed(folder, moved, "-o", out, "--resume") == 0
+
+    # --overwrite embeds again; its fingerprint replaces the old one
+    assert embed(other_folder, b, "-o", out, "--overwrite") == 0
+    np.testing.assert_allclose(np.load(out), want(other_folder, ["other", "texts", "entirely"]), atol=1e-5)
+    assert json.loads(fp.read_text())["rows"] == 3
+    assert embed(other_folder, b, "-o", out, "--resume") == 0
+    assert embed(folder, b, "-o", out, "--resume") == 2
+
+    # an output without its fingerprint (written by an older gpt2kit, or by hand) cannot be vouched for
+    fp.unlink()
+    assert embed(other_folder, b, "-o", out, "--resume") == 2
+    assert "out.npy.fingerprint.json (how it was made) does not" in capsys.readouterr().err
+
+
+def test_resume_of_a_finished_output_from_stdin_is_refused(folder, tmp_path, monkeypatch, capsys):
+    import io
+
+    out = tmp_path / "out.npy"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"one\ntwo\n")))
+    assert embed(folder, "-", "-o", out) == 0
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"three\n")))
+    assert embed(folder, "-", "-o", out, "--resume") == 2
+    assert "standard input cannot be checked" in capsys.readouterr().err
+    assert np.load(out).shape == (2, 32)
+
+
+def test_overwrite_drops_an_interrupted_run(folder, tmp_path, monkeypatch, capsys):
+    texts = many_texts(12)
+    src = write_input(tmp_path / "in.txt", texts, "txt")
+    real_run, calls = Embedder.run, []
+
+    def interrupted_run(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_run(self, *a, **k)
+
+    monkeypatch.setattr(Embedder, "run", interrupted_run)
+    assert embed(folder, src, "-o", tmp_path / "o.npy", "--chunk-rows", "4") == 130
+    monkeypatch.setattr(Embedder, "run", real_run)
+    assert embed(folder, src, "-o", tmp_path / "o.npy", "--chunk-rows", "4") == 2
+    assert "add --resume to go on from there, or --overwrite to start over" in capsys.readouterr().err
+    assert embed(folder, src, "-o", tmp_path / "o.npy", "--pooling", "max", "--overwrite") == 0
+    np.testing.assert_allclose(np.load(tmp_path / "o.npy"), want(folder, texts, pooling="max"), atol=1e-5)
+    assert not (tmp_path / "o.npy.parts").exists()
+
+
 def run_cli(*args, **kwargs) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     return subprocess.Popen(

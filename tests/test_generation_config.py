@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import pickle
 import subprocess
@@ -293,6 +294,54 @@ def test_errors_transformers_raises_only_in_generate(kwargs, message, hf_process
     HFGen(**kwargs)  # accepted by the config ...
     with pytest.raises(ValueError):
         hf_processor()  # ... and refused once generate() builds the processor
+
+
+# nan and infinities: transformers' config lets them through (temperature=inf even reaches sampling, as a
+# uniform distribution); ours refuses them by name, whether or not the setting is used.
+NON_FINITE = [
+    dict(temperature=math.inf),
+    dict(do_sample=True, temperature=math.inf),
+    dict(do_sample=True, temperature=math.nan),
+    dict(temperature=math.nan),
+    dict(do_sample=True, top_p=math.nan),
+    dict(do_sample=True, min_p=math.nan),
+    dict(do_sample=True, typical_p=math.inf),
+    dict(repetition_penalty=math.inf),
+    dict(repetition_penalty=math.nan),
+    dict(length_penalty=math.nan),
+    dict(num_beams=2, length_penalty=-math.inf),
+]
+
+
+@pytest.mark.parametrize("kwargs", NON_FINITE, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()))
+def test_non_finite_numbers_are_refused_by_name(kwargs):
+    name = next(k for k in kwargs if k not in ("do_sample", "num_beams"))
+    with pytest.raises(ValueError, match=rf"^{name} must be a finite number, got -?(nan|inf)"):
+        GenerationConfig(**kwargs)
+    cfg = GenerationConfig()
+    with pytest.raises(ValueError, match=name):
+        cfg.update(**kwargs)
+    assert cfg == GenerationConfig()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(temperature=0.0),  # "greedy" spelled with temperature: a warning, as in transformers
+        dict(temperature=0),
+        dict(temperature=5.0),
+        dict(do_sample=True, temperature=1e-6),
+        dict(do_sample=True, temperature=100.0),
+        dict(repetition_penalty=1e6),
+        dict(repetition_penalty=0.01),
+        dict(num_beams=2, length_penalty=-3.0),
+        dict(length_penalty=0),
+        dict(do_sample=True, min_p=0.0, top_p=1e-9, typical_p=1.0),
+    ],
+)
+def test_finite_edge_values_pass_as_in_transformers(kwargs):
+    HFGen(**kwargs).validate()  # transformers accepts them (at most with a warning) ...
+    GenerationConfig(**kwargs)  # ... and so do we
 
 
 @pytest.mark.parametrize(

@@ -267,6 +267,8 @@ def test_penalties_and_sampling_math():
     want = torch.tensor([[1.0, 2.0 - 1.0 - 0.5, 3.0 - 3.0 - 0.5], [1.0 - 0.5, 7.0, 3.0]])
     torch.testing.assert_close(out, want)
     assert apply_penalties(logits, counts, [0.0, 0.0], [0.0, 0.0]) is logits  # greedy stays bit-exact
+    same = apply_penalties(logits, counts, [0.0] * 2, [0.0] * 2, repetition=[1.0, 1.0], seen=counts > 0)
+    assert same is logits
     # top_p=0.7 keeps the two most likely tokens (0.5 + 0.3 >= 0.7); multinomial needs no renormalising
     probs = sampling_probs(torch.log(torch.tensor([[0.5, 0.3, 0.2]] * 2)), [1.0, 1.0], [0.7, 1.0])
     torch.testing.assert_close(probs, torch.tensor([[0.5, 0.3, 0.0], [0.5, 0.3, 0.2]]))
@@ -277,12 +279,133 @@ def test_penalties_and_sampling_math():
     assert freq[[0, 2, 5]].sum() == 0
 
 
+def test_repetition_top_k_min_p_match_the_generation_processors():
+    """The server's batched math equals gpt2kit's logits processors (themselves tested against
+    transformers'), row by row, each row with its own settings."""
+    from gpt2kit.generation.processors import (
+        MinPLogitsWarper,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+    )
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 50) * 3
+    ids = torch.randint(0, 50, (3, 12))  # prompt + generated tokens of each row
+    seen = torch.zeros(3, 50, dtype=torch.bool).scatter_(1, ids, True)
+    pens, temps, ks, mps = [1.5, 1.0, 0.7], [0.7, 1.0, 1.3], [5, 0, 50], [0.0, 0.2, 0.05]
+    scores = apply_penalties(logits, torch.zeros(3, 50), [0.0] * 3, [0.0] * 3, repetition=pens, seen=seen)
+    probs = sampling_probs(scores, temps, [1.0] * 3, top_k=ks, min_p=mps)
+    for i in range(3):
+        row = logits[i : i + 1]
+        if pens[i] != 1.0:
+            row = RepetitionPenaltyLogitsProcessor(pens[i])(ids[i : i + 1], row)
+        torch.testing.assert_close(scores[i : i + 1], row)
+        row = TemperatureLogitsWarper(temps[i])(ids[i : i + 1], row)
+        if ks[i]:
+            row = TopKLogitsWarper(ks[i])(ids[i : i + 1], row)
+        if mps[i]:
+            row = MinPLogitsWarper(mps[i])(ids[i : i + 1], row)
+        torch.testing.assert_close(probs[i : i + 1] / probs[i].sum(), row.softmax(-1))
+    assert int((probs[0] > 0).sum()) == 5
+
+
 def test_frequency_penalty_changes_greedy_output(server):
     client = server.client()
     kw = dict(model=NAME, prompt="Hello", max_tokens=40, temperature=0)
     plain = client.completions.create(**kw).choices[0].text
     penalised = client.completions.create(**kw, frequency_penalty=2.0, presence_penalty=2.0).choices[0].text
     assert plain != penalised
+
+
+def test_top_k_and_min_p_are_honoured(server, lm):
+    """top_k=1 (and min_p=1) leave only the most likely token: every seed gives the greedy text."""
+    _, tok = lm
+    prompt = "Once upon a time"
+    _, greedy = greedy_reference(lm, tok.encode(prompt), 16)
+    client = server.client()
+    for extra in ({"top_k": 1}, {"min_p": 1.0}):
+        texts = [
+            client.completions.create(
+                model=NAME, prompt=prompt, max_tokens=16, temperature=1.0, seed=seed, extra_body=extra
+            )
+            .choices[0]
+            .text
+            for seed in (1, 2, 3)
+        ]
+        assert texts == [greedy] * 3, extra
+    # top_k=-1 and 0 mean "every token" (vLLM's spelling): the same samples as without top_k
+    kw = dict(model=NAME, prompt=prompt, max_tokens=16, temperature=1.0, seed=5)
+    plain = client.completions.create(**kw).choices[0].text
+    for off in (-1, 0):
+        assert client.completions.create(**kw, extra_body={"top_k": off}).choices[0].text == plain
+
+
+def test_repetition_penalty_equals_generate(server, lm):
+    model, tok = lm
+    prompt = "Hello Hello Hello"
+    ids = tok.encode(prompt)
+    client = server.client()
+    kw = dict(model=NAME, prompt=prompt, max_tokens=30, temperature=0)
+    plain = client.completions.create(**kw).choices[0].text
+    got = client.completions.create(**kw, extra_body={"repetition_penalty": 1.8}).choices[0].text
+    out = model.generate(
+        torch.tensor([ids]), max_new_tokens=30, do_sample=False, repetition_penalty=1.8, pad_token_id=50256
+    )
+    want = tok.decode(out[0, len(ids) :].tolist(), skip_special_tokens=True)
+    assert got == want and got != plain
+
+
+def test_min_tokens_ignore_eos_stop_token_ids_skip_special_tokens(server, lm):
+    _, tok = lm
+    client = server.client()
+    eos_first = dict(model=NAME, prompt="Hi", max_tokens=12, temperature=0, logit_bias={"50256": 100})
+    r = client.completions.create(**eos_first)
+    assert (r.usage.completion_tokens, r.choices[0].finish_reason) == (1, "stop")
+    r = client.completions.create(**eos_first, extra_body={"min_tokens": 5})
+    assert (r.usage.completion_tokens, r.choices[0].finish_reason) == (6, "stop")
+    r = client.completions.create(**eos_first, extra_body={"ignore_eos": True})
+    assert (r.usage.completion_tokens, r.choices[0].finish_reason) == (12, "length")
+    assert r.choices[0].text == ""  # the end-of-text tokens are special: skipped in the text
+    r = client.completions.create(**eos_first, extra_body={"ignore_eos": True, "skip_special_tokens": False})
+    assert r.choices[0].text == "<|endoftext|>" * 12
+    # stop_token_ids end a sequence at that token (kept in the text, as vLLM, since it is not special)
+    prompt = "Once upon a time, in a land far away, there lived"
+    want_ids, _ = greedy_reference(lm, tok.encode(prompt), 20)
+    stop_id = want_ids[5]
+    at = want_ids.index(stop_id)
+    r = client.completions.create(
+        model=NAME, prompt=prompt, max_tokens=20, temperature=0, extra_body={"stop_token_ids": [stop_id]}
+    )
+    assert r.choices[0].finish_reason == "stop" and r.usage.completion_tokens == at + 1
+    assert r.choices[0].text == tok.decode(want_ids[: at + 1])
+
+
+def test_a_request_larger_than_the_queue_is_a_400_naming_max_queue(folder):
+    s = Running(folder, max_batch=1, max_queue=2)
+    try:
+        r = httpx.post(
+            s.url + "/v1/completions", json=dict(model=NAME, prompt=["a", "b", "c"], max_tokens=1), timeout=30
+        )
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["param"] == "prompt" and "--max-queue 2" in err["message"]
+        ok = httpx.post(
+            s.url + "/v1/completions", json=dict(model=NAME, prompt=["a", "b"], max_tokens=1), timeout=30
+        )
+        assert ok.status_code == 200 and len(ok.json()["choices"]) == 2
+    finally:
+        s.stop()
+
+
+def test_vllm_fields_at_their_off_values_are_accepted(server):
+    body = dict(model=NAME, prompt="Hi", max_tokens=3, temperature=0, use_beam_search=False,
+                length_penalty=1.0, include_stop_str_in_output=False, top_k=-1, min_p=0.0,
+                repetition_penalty=1.0, min_tokens=0, ignore_eos=False, skip_special_tokens=True,
+                stop_token_ids=[], seed=2**64 - 1, user="someone",
+                spaces_between_special_tokens=False)  # fmt: skip
+    r = httpx.post(server.url + "/v1/completions", json=body, timeout=30)
+    assert r.status_code == 200, r.text
 
 
 # --- embeddings and small endpoints ---------------------------------------------------------------------
@@ -365,6 +488,42 @@ def test_models_health_tokenize(server, lm):
         (dict(model=NAME, prompt="hi", stream="yes"), 400, "stream"),
         (dict(model="gpt-4", prompt="hi"), 404, "model"),
         (dict(prompt="hi"), 400, "model"),
+        # every number is checked, nan and infinities included (Python's json reads NaN and Infinity)
+        (dict(model=NAME, prompt="hi", seed=2**64), 400, "seed"),
+        (dict(model=NAME, prompt="hi", seed=-1), 400, "seed"),
+        (dict(model=NAME, prompt="hi", seed=1.5), 400, "seed"),
+        (b'{"model": "tiny-gpt2", "prompt": "hi", "temperature": NaN}', 400, "temperature"),
+        (b'{"model": "tiny-gpt2", "prompt": "hi", "temperature": 1' + b"0" * 400 + b"}", 400, "temperature"),
+        (b'{"model": "tiny-gpt2", "prompt": "hi", "top_p": Infinity}', 400, "top_p"),
+        (b'{"model": "tiny-gpt2", "prompt": "hi", "presence_penalty": NaN}', 400, "presence_penalty"),
+        (b'{"model": "tiny-gpt2", "prompt": "hi", "frequency_penalty": -Infinity}', 400, "frequency_penalty"),
+        (b'{"model": "tiny-gpt2", "prompt": "hi", "repetition_penalty": NaN}', 400, "repetition_penalty"),
+        (
+            b'{"model": "tiny-gpt2", "prompt": "hi", "repetition_penalty": Infinity}',
+            400,
+            "repetition_penalty",
+        ),
+        (b'{"model": "tiny-gpt2", "prompt": "hi", "logit_bias": {"1": NaN}}', 400, "logit_bias"),
+        (b'{"model": "tiny-gpt2", "prompt": "hi", "length_penalty": NaN}', 400, "length_penalty"),
+        (dict(model=NAME, prompt="hi", repetition_penalty=0), 400, "repetition_penalty"),
+        (dict(model=NAME, prompt="hi", top_k=-2), 400, "top_k"),
+        (dict(model=NAME, prompt="hi", top_k=1.5), 400, "top_k"),
+        (dict(model=NAME, prompt="hi", min_p=1.5), 400, "min_p"),
+        (dict(model=NAME, prompt="hi", min_tokens=-1), 400, "min_tokens"),
+        (dict(model=NAME, prompt="hi", max_tokens=4, min_tokens=5), 400, "min_tokens"),
+        (dict(model=NAME, prompt="hi", min_tokens=2, stop="x"), 400, "min_tokens"),
+        (dict(model=NAME, prompt="hi", ignore_eos="yes"), 400, "ignore_eos"),
+        (dict(model=NAME, prompt="hi", skip_special_tokens=0), 400, "skip_special_tokens"),
+        (dict(model=NAME, prompt="hi", stop_token_ids=[99999]), 400, "stop_token_ids"),
+        (dict(model=NAME, prompt="hi", stop_token_ids=5), 400, "stop_token_ids"),
+        # vLLM's other fields: refused by name unless at their "off" value, never silently dropped
+        (dict(model=NAME, prompt="hi", use_beam_search=True), 400, "use_beam_search"),
+        (dict(model=NAME, prompt="hi", length_penalty=2.0), 400, "length_penalty"),
+        (dict(model=NAME, prompt="hi", include_stop_str_in_output=True), 400, "include_stop_str_in_output"),
+        (dict(model=NAME, prompt="hi", prompt_logprobs=1), 400, "prompt_logprobs"),
+        (dict(model=NAME, prompt="hi", allowed_token_ids=[1, 2]), 400, "allowed_token_ids"),
+        (dict(model=NAME, prompt="hi", guided_regex="a+"), 400, "guided_regex"),
+        (dict(model=NAME, prompt="hi", best_of=2, n=2), 400, "best_of"),
     ],
 )
 def test_bad_completion_requests_get_openai_errors(server, body, status, param):
@@ -375,6 +534,7 @@ def test_bad_completion_requests_get_openai_errors(server, body, status, param):
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert set(err) == {"message", "type", "param", "code"} and err["param"] == param and err["message"]
+    assert param in err["message"] or param == "body"  # the message names the field too
 
 
 def test_bad_input_errors_name_the_problem_and_the_server_lives_on(server):

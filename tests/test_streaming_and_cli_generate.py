@@ -145,6 +145,30 @@ def test_cli_generate_input_file_and_errors(folder, tmp_path, capsys):
     assert "n_positions=128" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--do-sample", "--temperature", "inf"],
+        ["--do-sample", "--temperature", "nan"],
+        ["--num-beams", "2", "--length-penalty", "nan"],
+        ["--length-penalty", "inf"],
+        ["--do-sample", "--top-p", "nan"],
+        ["--repetition-penalty", "inf"],
+        ["--do-sample", "--min-p", "nan"],
+        ["--do-sample", "--seed", str(2**64)],
+        ["--do-sample", "--seed", "-1"],
+    ],
+)
+def test_cli_generate_refuses_non_finite_numbers_naming_the_flag(folder, capsys, flags):
+    """argparse's float() reads "inf" and "nan"; the command refuses them in one line naming the flag."""
+    assert (
+        main(["generate", "--model", str(folder), "hi", "--max-new-tokens", "2", "--no-stream", *flags]) == 2
+    )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"error: {flags[-2]} must be" in err and flags[-1] in err, err
+
+
 def test_cli_generate_weight_formats(folder, capsys, monkeypatch):
     import gpt2kit.model.packed as packed
     from gpt2kit.model.packed import packing_available

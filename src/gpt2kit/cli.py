@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -207,6 +208,19 @@ def _generate(args: argparse.Namespace) -> int:
     from gpt2kit.generation.streaming import stream
     from gpt2kit.generation.text import complete
 
+    options = {
+        name: getattr(args, name)
+        for name in (
+            "temperature", "top_k", "top_p", "min_p", "typical_p", "repetition_penalty",
+            "no_repeat_ngram_size", "num_beams", "length_penalty", "num_return_sequences",
+        )
+        if getattr(args, name) is not None
+    }  # fmt: skip
+    for name, value in options.items():  # argparse's float() reads "nan" and "inf" too
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+    if args.seed is not None and not 0 <= args.seed < 2**64:
+        raise ValueError(f"--seed must be an integer in [0, 2**64), got {args.seed}")
     if args.input == "-":
         prompts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
     elif args.input:
@@ -220,14 +234,6 @@ def _generate(args: argparse.Namespace) -> int:
         raise ValueError("give a prompt, --input FILE, or prompts on stdin")
     if not prompts:
         raise ValueError("no prompts: the input is empty")
-    options = {
-        name: getattr(args, name)
-        for name in (
-            "temperature", "top_k", "top_p", "min_p", "typical_p", "repetition_penalty",
-            "no_repeat_ngram_size", "num_beams", "length_penalty", "num_return_sequences",
-        )
-        if getattr(args, name) is not None
-    }  # fmt: skip
     options.update(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample)
     if args.truncate_prompt:
         options["truncate_prompt"] = True
@@ -328,7 +334,18 @@ def _embed_args(p: argparse.ArgumentParser) -> None:
         "--stride", type=int, help="with --long-text chunk: tokens between windows (default: half)"
     )
     p.add_argument("--batch-tokens", type=int, help="padded positions per batch (default: 4096 on CPU)")
-    p.add_argument("--resume", action="store_true", help="go on from an interrupted run's finished chunks")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on from an interrupted run's finished chunks; a finished OUTPUT is kept only if it was made "
+        "by this same run (model, input, options: OUTPUT.fingerprint.json)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing OUTPUT (and drop an interrupted run's finished chunks); without it or "
+        "--resume, an existing OUTPUT is refused",
+    )
     p.add_argument("--chunk-rows", type=int, default=1024, help="rows per resumable chunk (default: 1024)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's, one per core)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
@@ -346,6 +363,7 @@ def _embed(args: argparse.Namespace) -> int:
         column=args.column,
         keep=[k for k in args.keep.split(",") if k],
         resume=args.resume,
+        overwrite=args.overwrite,
         chunk_rows=args.chunk_rows,
         progress=args.progress,
         layer=args.layer if len(args.layer) > 1 else args.layer[0],

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import sys
@@ -545,6 +546,111 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 # --- files: `gpt2kit embed` ------------------------------------------------------------------------------
 
 CHUNK_ROWS = 1024  # rows per part file: the most work an interrupted run loses
+FINGERPRINT_SUFFIX = ".fingerprint.json"  # OUTPUT + this: how a finished OUTPUT was made
+# An input up to this size is hashed whole for the fingerprint (~0.1 s); a larger one by its size and its
+# first and last MiB, which tells apart any two inputs a user is likely to confuse.
+FULL_HASH_BYTES = 64 << 20
+_EDGE_BYTES = 1 << 20
+# Fingerprint keys that describe a run but do not decide its vectors: a difference never refuses a resume.
+_FINGERPRINT_INFO = ("model.name", "input.path", "input.mtime", "rows")
+
+
+def fingerprint_path(output: str | os.PathLike) -> Path:
+    """Where `embed_file` records how OUTPUT was made: OUTPUT.fingerprint.json, next to it."""
+    output = Path(output)
+    return output.with_name(output.name + FINGERPRINT_SUFFIX)
+
+
+def _file_hash(path: str) -> dict[str, Any]:
+    """The input file's content identity: its sha256 if small, else the hash of its first and last MiB."""
+    size = os.path.getsize(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= FULL_HASH_BYTES:
+            while block := f.read(1 << 20):
+                h.update(block)
+            return dict(size=size, sha256=h.hexdigest())
+        h.update(f.read(_EDGE_BYTES))
+        f.seek(size - _EDGE_BYTES)
+        h.update(f.read(_EDGE_BYTES))
+    return dict(size=size, sha256_first_last_mib=h.hexdigest())
+
+
+def _tokenizer_hash(tokenizer: Any) -> str | None:
+    get_vocab = getattr(tokenizer, "get_vocab", None)
+    if get_vocab is None:
+        return None
+    vocab = sorted(get_vocab().items())
+    return hashlib.sha256(repr(vocab).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def run_fingerprint(options: dict[str, Any], tokenizer: Any, source: Any, fmt: str) -> dict[str, Any]:
+    """Everything that decides what `embed_file` writes: the model (its weights' and vocabulary's hashes),
+    the options that change the vectors (`Embedder.options()`), the input's identity and the output format.
+
+    `batch_tokens`, `chunk_rows`, threads and the device change only how fast the vectors come, so a
+    finished output stays valid across them.
+    """
+    from gpt2kit import data
+
+    options = dict(options)
+    model = dict(
+        name=options.pop("model", None),
+        weights=options.pop("model_fingerprint", None),
+        tokenizer=_tokenizer_hash(tokenizer),
+    )
+    described = source.describe()
+    if source.path == data.STDIN:
+        described["stdin"] = True
+    else:
+        described.update(_file_hash(source.path))
+    return dict(version=1, model=model, options=options, input=described, output=fmt)
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _check_fingerprint(output: Path, current: dict[str, Any]) -> None:
+    """--resume on a finished OUTPUT: keep it only if the run that wrote it is this run; else say what differs."""
+    path = fingerprint_path(output)
+    fix = f"pass --overwrite to embed again into {output}, or write to another path"
+    if current["input"].get("stdin"):
+        raise ValueError(
+            f"--resume: {output} is already complete, and standard input cannot be checked against the run "
+            f"that wrote it; {fix}"
+        )
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(
+            f"--resume: {output} exists but {path.name} (how it was made) does not, so it may come from "
+            f"another model, input or options; {fix}"
+        ) from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"--resume: cannot read {path} ({e}); {fix}") from None
+    if not isinstance(old, dict):
+        raise ValueError(f"--resume: {path} is not a gpt2kit embed fingerprint; {fix}")
+    was, now = _flat(old), _flat(current)
+    changed = [key for key in sorted(set(was) | set(now)) if was.get(key) != now.get(key)]
+
+    def show(value: Any) -> str:  # hashes in full would drown the message
+        return repr(value[:12] + "...") if isinstance(value, str) and len(value) > 24 else repr(value)
+
+    differ = [
+        f"{k}={show(was.get(k))} there, {show(now.get(k))} now" for k in changed if k not in _FINGERPRINT_INFO
+    ]
+    if differ:
+        raise ValueError(f"--resume: {output} was made by a different run ({'; '.join(differ)}); {fix}")
+    for key in ("input.path", "model.name"):
+        if key in changed:
+            logger.warning("--resume: the %s changed (%s -> %s)", key, was.get(key), now.get(key))
 
 
 @dataclass
@@ -557,8 +663,11 @@ class FileReport:
     stats: EmbedStats
     read: Any  # data.ReadReport
     resumed_chunks: int = 0
+    kept: bool = False  # the output was already complete, made by the same run: nothing was written
 
     def summary(self) -> str:
+        if self.kept:
+            return f"kept {self.output}: already complete, made by this same run (--overwrite embeds again)"
         s = f"wrote {self.rows} vectors to {self.output}: {self.stats.summary(empty=False)}"
         if self.resumed_chunks:
             s += f"; {self.resumed_chunks} chunks from the interrupted run"
@@ -602,6 +711,7 @@ def embed_file(
     column: str = "text",
     keep: Sequence[str] = (),
     resume: bool = False,
+    overwrite: bool = False,
     chunk_rows: int = CHUNK_ROWS,
     progress: bool | None = None,
     **options: Any,
@@ -616,6 +726,11 @@ def embed_file(
     the output is assembled from them at the end, atomically. A run stopped at any point (Ctrl-C, kill -9)
     leaves no partial output, and with resume=True goes on from the finished chunks. Under torchrun
     (WORLD_SIZE > 1) rank r embeds chunks r, r + world, ...; rank 0 assembles after a barrier.
+
+    A finished OUTPUT gets OUTPUT.fingerprint.json (`run_fingerprint`: model, options, input, format). An
+    existing OUTPUT is never replaced silently: resume=True keeps it only when its fingerprint matches this
+    run (and says what differs otherwise), overwrite=True embeds again and replaces it; with neither, the
+    call is refused.
 
     >>> embed_file("path/to/gpt2", "reviews.csv", "features.parquet", column="review", keep=["label"])  # doctest: +SKIP
     """
@@ -641,6 +756,10 @@ def embed_file(
         )
     if not isinstance(chunk_rows, int) or chunk_rows < 1:
         raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
+    if resume and overwrite:
+        raise ValueError(
+            "--resume keeps what an earlier run made and --overwrite throws it away; choose one of them"
+        )
     if world > 1 and source.path == data.STDIN:
         raise ValueError("under torchrun every rank reads the input itself: pass a file, not standard input")
 
@@ -663,24 +782,48 @@ def embed_file(
     try:
         embedder = model if isinstance(model, Embedder) else Embedder.from_pretrained(model, **options)
         store = data.PartStore(output)
+        embedder_options = embedder.options()
         manifest = dict(
             version=1,
             input=source.describe(),
-            options=embedder.options(),
+            options=embedder_options,
+            tokenizer=_tokenizer_hash(embedder.tokenizer),
             chunk_rows=chunk_rows,
             output=fmt,
         )
-        nothing_to_do = resume and output.is_file() and not store.folder.exists()
+        fingerprint: dict[str, Any] = {}  # rank 0's: written next to the output at the end
 
         def prepare() -> bool:
-            if nothing_to_do:
+            """Rank 0: decide between embedding (True) and keeping a finished output (False)."""
+            fingerprint.update(run_fingerprint(embedder_options, embedder.tokenizer, source, fmt))
+            if overwrite:
+                store.remove()
+            elif store.folder.exists():
+                if not resume:
+                    raise ValueError(
+                        f"{store.folder} holds the finished chunks of an interrupted run; add --resume to go "
+                        "on from there, or --overwrite to start over"
+                    )
+            elif output.exists():
+                if not resume:
+                    raise ValueError(
+                        f"{output} already exists; add --resume to keep it if this same run made it (checked "
+                        f"against {fingerprint_path(output).name}), --overwrite to replace it, or write to "
+                        "another path"
+                    )
+                _check_fingerprint(output, fingerprint)
                 return False
+            # From here on the output will be replaced: its old fingerprint no longer describes it.
+            fingerprint_path(output).unlink(missing_ok=True)
             store.start(manifest, resume)
             return True
 
         if not _on_rank0(prepare, rank, world):
-            logger.warning("%s is already complete; nothing to resume (delete it to embed again)", output)
-            return FileReport(str(output), 0, EmbedStats(), source.report)
+            logger.warning(
+                "%s is already complete, made by this same run; nothing to resume (--overwrite embeds again)",
+                output,
+            )
+            return FileReport(str(output), 0, EmbedStats(), source.report, kept=True)
 
         total = source.count() if (rank == 0 and progress is not False) else None
         if total is not None and world > 1:  # this rank's share: chunks rank, rank + world, ...
@@ -755,6 +898,12 @@ def embed_file(
             else:  # an empty input still gets its (empty) output
                 data.write_vectors(output, np.zeros((0, embedder.dim), np.float32))
                 store.remove()
+            # After the output: a run killed in between leaves an output without a fingerprint, which
+            # --resume refuses (safe), never an output with another run's fingerprint.
+            data.atomic_write_text(
+                fingerprint_path(output),
+                json.dumps(dict(fingerprint, rows=rows), indent=2, sort_keys=True) + "\n",
+            )
         if dist is not None:
             dist.barrier()  # nobody leaves (and tears the group down) before the output exists
         report = FileReport(str(output), rows, total_stats, source.report, resumed)

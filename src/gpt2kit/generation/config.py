@@ -5,8 +5,9 @@ A plain dataclass with transformers 4.57's names, defaults and meaning for the s
 `extra` and written back out, so a file survives a round trip through either library.
 
 Validation follows transformers: settings that cannot work raise ValueError (ours also catches the values
-its logits processors would only reject inside generate()); settings that are merely unused (top_p without
-sampling, length_penalty without beams) log a warning.
+its logits processors would only reject inside generate(), and nan or infinite numbers, which it lets
+through); settings that are merely unused (top_p without sampling, length_penalty without beams) log a
+warning.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -37,6 +39,11 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_non_finite(value: Any) -> bool:
+    """nan or an infinity: never a meaningful setting, though transformers' config lets them through."""
+    return isinstance(value, float) and not math.isfinite(value)
 
 
 def _is_id_list(value: Any) -> bool:
@@ -165,6 +172,16 @@ class GenerationConfig:
             )
 
     def _check_logits_settings(self) -> None:
+        # nan and inf are refused although transformers' config accepts them (temperature=inf samples
+        # uniformly, a nan is ignored or fails later in a processor); finite values follow its rules.
+        defaults = {f.name: f.default for f in fields(self)}
+        for name in ("temperature", "top_p", "min_p", "typical_p", "repetition_penalty", "length_penalty"):
+            value = getattr(self, name)
+            if _is_non_finite(value):
+                raise ValueError(
+                    f"{name} must be a finite number, got {value!r}; leave it out for the default "
+                    f"({defaults[name]!r})"
+                )
         if (
             self.do_sample
             and self.temperature is not None

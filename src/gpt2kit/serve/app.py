@@ -325,7 +325,13 @@ class Server:
             body = await _json_body(request, self.max_body)
             cfg = self.config
             req = parse_completion(
-                body, self.served, cfg.vocab_size, cfg.n_positions, self.engine.max_batch, self._encode
+                body,
+                self.served,
+                cfg.vocab_size,
+                cfg.n_positions,
+                self.engine.max_batch,
+                self._encode,
+                max_prompts=self.engine.max_queue,
             )
             loop = asyncio.get_running_loop()
             queue: asyncio.Queue = asyncio.Queue()  # bounded by the request: <= n * max_tokens events

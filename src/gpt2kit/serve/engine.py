@@ -8,7 +8,8 @@ Each turn of the engine loop (vLLM's continuous batching, sized for a CPU):
    together (right-padded, plain causal attention, so padding never reaches a real token) and each one's
    first token is chosen from its last real position;
 3. one decode step for every running sequence at once, then each row's token is chosen with that request's
-   own settings (temperature, top_p, penalties, logit_bias, its own seeded generator), its text released
+   own settings (penalties, logit_bias, min_tokens, temperature, top_k, top_p, min_p, its own seeded
+   generator; `apply_penalties` and `sampling_probs`, in transformers' order), its text released
    through an `IncrementalDecoder` (whole characters only, stop strings held back), and finished or
    cancelled rows leave the batch.
 
@@ -25,6 +26,7 @@ callbacks the HTTP layer supplies (it wraps them in `loop.call_soon_threadsafe`)
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -256,6 +258,8 @@ class Engine:
         )  # fmt: skip
         V = self.config.vocab_size
         self.counts = torch.zeros(max_batch, V, device=device)  # generated-token counts, for the penalties
+        # tokens in the prompt or generated, for the repetition penalty (which counts the prompt too)
+        self.seen = torch.zeros(max_batch, V, dtype=torch.bool, device=device)
         self.last = torch.zeros(max_batch, dtype=torch.long, device=device)  # each row's newest token
         self.active: list[_Sequence] = []  # engine thread only
         self.stats = EngineStats()
@@ -287,6 +291,11 @@ class Engine:
 
     def submit(self, requests: Sequence[GenerationRequest]) -> None:
         """Queue the prompts of one HTTP request, all or none; QueueFull when they do not fit."""
+        if len(requests) > self.max_queue:
+            raise ValueError(
+                f"{len(requests)} prompts can never fit a queue of max_queue={self.max_queue} (--max-queue); "
+                "split the request"
+            )
         with self._cond:
             if len(self._pending) + len(requests) > self.max_queue:
                 self.stats.rejected += 1
@@ -426,7 +435,11 @@ class Engine:
                     slot, [k[j, :, : lens[j]] for k in cache.keys], [v[j, :, : lens[j]] for v in cache.values]
                 )
                 self.counts[slot].zero_()
-                decoder = IncrementalDecoder(self.tokenizer, p.stop, skip_special_tokens=True)
+                self.seen[slot].zero_()
+                self.seen[slot, torch.tensor(r.prompt_ids, device=self.device)] = True
+                decoder = IncrementalDecoder(
+                    self.tokenizer, p.stop, skip_special_tokens=p.skip_special_tokens
+                )
                 self.active.append(_Sequence(r, r.index_base + c, decoder, gen))
                 rows.append(slot)
                 source.append(j)
@@ -487,7 +500,21 @@ class Engine:
             [p.presence_penalty for p in params],
             [p.frequency_penalty for p in params],
             [p.logit_bias for p in params],
+            repetition=[p.repetition_penalty for p in params],
+            seen=self.seen[idx] if any(p.repetition_penalty != 1.0 for p in params) else None,
         )
+        # min_tokens: eos (unless ignored) and the stop token ids may not end a sequence before then
+        banned = [
+            ([] if p.ignore_eos else sorted(self.eos)) + p.stop_token_ids
+            if s.generated < p.min_tokens
+            else []
+            for s, p in zip(seqs, params)
+        ]
+        if any(banned):
+            scores = scores.clone() if scores is logits else scores
+            for i, ids in enumerate(banned):
+                if ids:
+                    scores[i, torch.tensor(ids, device=self.device)] = -math.inf
         nxt = torch.empty(len(rows), dtype=torch.long, device=self.device)
         greedy = [i for i, p in enumerate(params) if p.greedy]
         if greedy:
@@ -497,7 +524,11 @@ class Engine:
         if sampled:
             s_idx = torch.tensor(sampled, device=self.device)
             probs = sampling_probs(
-                scores[s_idx], [params[i].temperature for i in sampled], [params[i].top_p for i in sampled]
+                scores[s_idx],
+                [params[i].temperature for i in sampled],
+                [params[i].top_p for i in sampled],
+                top_k=[params[i].top_k for i in sampled],
+                min_p=[params[i].min_p for i in sampled],
             )
             groups: dict[int, list[int]] = {}  # rows that share a generator draw from it together, in order
             for k, i in enumerate(sampled):
@@ -508,6 +539,7 @@ class Engine:
                 nxt[s_idx[m]] = draw(probs[m], gen)
         self.last[idx] = nxt
         self.counts.index_put_((idx, nxt), torch.ones(len(rows), device=self.device), accumulate=True)
+        self.seen[idx, nxt] = True
         self.stats.tokens += len(rows)
 
         tokens = nxt.tolist()
@@ -523,7 +555,8 @@ class Engine:
             events = by_request.setdefault(id(s.request), (s.request, []))[1]
             events.append(ev)
             reason = None
-            if token in self.eos or s.decoder.stopped:
+            p = s.params
+            if (token in self.eos and not p.ignore_eos) or token in p.stop_token_ids or s.decoder.stopped:
                 reason = "stop"
             elif s.generated >= s.params.max_tokens:
                 reason = "length"
@@ -544,6 +577,7 @@ class Engine:
         if row != last:
             self.cache.move(last, row)
             self.counts[row] = self.counts[last]
+            self.seen[row] = self.seen[last]
             self.last[row] = self.last[last]
             self.active[row] = self.active[last]
         self.active.pop()
@@ -566,16 +600,27 @@ def apply_penalties(
     presence: Sequence[float],
     frequency: Sequence[float],
     logit_bias: Sequence[dict[int, float]] | None = None,
+    *,
+    repetition: Sequence[float] | None = None,
+    seen: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """OpenAI's penalties, per row: logit[j] - count[j] * frequency - (count[j] > 0) * presence (+ bias[j]).
+    """The penalties per row, in transformers' order: repetition, OpenAI's presence / frequency, logit_bias.
 
     logits, counts (B, V); count[j] is how often token j was generated so far (the prompt does not count).
-    Returns logits itself when every penalty is 0 and there is no bias, so greedy rows stay bit-exact.
+    repetition (B,) with seen (B, V) bool, True at tokens of the prompt or generated: CTRL's penalty, as
+    transformers' RepetitionPenaltyLogitsProcessor (a seen token's logit is divided by the penalty if
+    positive, multiplied if negative). Then logit[j] - count[j] * frequency - (count[j] > 0) * presence
+    (+ bias[j]). Returns logits itself when nothing applies, so greedy rows stay bit-exact.
 
     >>> apply_penalties(torch.zeros(1, 3), torch.tensor([[0.0, 1.0, 2.0]]), [0.5], [1.0]).tolist()
     [[0.0, -1.5, -2.5]]
     """
     scores = logits
+    if repetition is not None and any(r != 1.0 for r in repetition):
+        assert seen is not None, "the repetition penalty needs the seen tokens"
+        pen = torch.tensor(repetition, dtype=logits.dtype, device=logits.device)[:, None]
+        penalised = torch.where(scores < 0, scores * pen, scores / pen)
+        scores = torch.where(seen & (pen != 1.0), penalised, scores)
     if any(presence) or any(frequency):
         pres = torch.tensor(presence, dtype=logits.dtype, device=logits.device)[:, None]
         freq = torch.tensor(frequency, dtype=logits.dtype, device=logits.device)[:, None]
@@ -590,22 +635,36 @@ def apply_penalties(
 
 
 def sampling_probs(
-    scores: torch.Tensor, temperature: Sequence[float], top_p: Sequence[float]
+    scores: torch.Tensor,
+    temperature: Sequence[float],
+    top_p: Sequence[float],
+    top_k: Sequence[int] | None = None,
+    min_p: Sequence[float] | None = None,
 ) -> torch.Tensor:
-    """scores (B, V) -> the distribution to sample from: softmax(scores / temperature), nucleus-filtered.
+    """scores (B, V) -> the distribution to sample from, per row: temperature, top-k, top-p, min-p.
 
-    top_p keeps the smallest set of most likely tokens whose mass reaches top_p (at least one token).
+    The order is transformers'. top_k keeps the k highest scores (ties with the k-th too; 0 keeps all);
+    top_p keeps the smallest set of most likely tokens whose mass reaches top_p (at least one token);
+    min_p drops tokens less likely than min_p times the most likely one. The result need not sum to 1.
     """
-    temp = torch.tensor(temperature, dtype=scores.dtype, device=scores.device)[:, None]
-    probs = torch.softmax(scores / temp, dim=-1)
-    if all(p >= 1.0 for p in top_p):
-        return probs
-    p = torch.tensor(top_p, dtype=scores.dtype, device=scores.device)[:, None]
-    sorted_p, order = probs.sort(dim=-1, descending=True)
-    before = sorted_p.cumsum(-1) - sorted_p  # mass of the more likely tokens
-    # the first token always stays; rows with top_p = 1 keep everything (no rounding at the tail)
-    sorted_p = sorted_p.masked_fill((before >= p) & (before > 0) & (p < 1.0), 0.0)
-    return torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+    scaled = scores / torch.tensor(temperature, dtype=scores.dtype, device=scores.device)[:, None]
+    if top_k is not None and any(k > 0 for k in top_k):
+        k = torch.tensor([min(k, scores.shape[-1]) for k in top_k], device=scores.device)  # (B,), 0: off
+        best = torch.topk(scaled, int(k.max()), dim=-1).values  # (B, max k), descending
+        kth = best.gather(1, (k.clamp(min=1) - 1)[:, None]).masked_fill(k[:, None] == 0, -math.inf)
+        scaled = scaled.masked_fill(scaled < kth, -math.inf)
+    probs = torch.softmax(scaled, dim=-1)
+    if any(p < 1.0 for p in top_p):
+        p = torch.tensor(top_p, dtype=scores.dtype, device=scores.device)[:, None]
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        before = sorted_p.cumsum(-1) - sorted_p  # mass of the more likely tokens
+        # the first token always stays; rows with top_p = 1 keep everything (no rounding at the tail)
+        sorted_p = sorted_p.masked_fill((before >= p) & (before > 0) & (p < 1.0), 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+    if min_p is not None and any(m > 0 for m in min_p):
+        m = torch.tensor(min_p, dtype=scores.dtype, device=scores.device)[:, None]
+        probs = probs.masked_fill(probs < m * probs.amax(-1, keepdim=True), 0.0)
+    return probs
 
 
 def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -7,9 +7,12 @@ into OpenAI's error body `{"error": {"message", "type", "param", "code"}}` with 
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 MAX_LOGPROBS = 5  # OpenAI's limit for the legacy completions endpoint
 MAX_STOP = 4  # OpenAI: up to 4 stop sequences
@@ -52,14 +55,31 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _number(body: dict, name: str, default: float, lo: float, hi: float) -> float:
+def _is_finite(x: Any) -> bool:
+    """A JSON number that is not nan or +-Infinity (Python's json reads those) and fits in a float."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an integer literal beyond a float's range
+        return False
+
+
+def _number(
+    body: dict, name: str, default: float, lo: float, hi: float = math.inf, lo_open: bool = False
+) -> float:
+    """A finite number in [lo, hi] ((lo, hi] with lo_open); nan and infinities are refused everywhere."""
     value = body.get(name)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _bad(name, f"'{name}' must be a number in [{lo}, {hi}], got {value!r}")
-    if not lo <= value <= hi:
-        raise _bad(name, f"'{name}' must be in [{lo}, {hi}], got {value}")
+    if hi == math.inf:
+        span = f"> {lo}" if lo_open else f">= {lo}"
+    else:
+        span = f"in {'(' if lo_open else '['}{lo}, {hi}]"
+    if not _is_finite(value):
+        raise _bad(name, f"'{name}' must be a finite number {span}, got {_short(value)}")
+    if value < lo or (lo_open and value == lo) or value > hi:
+        raise _bad(name, f"'{name}' must be {span}, got {value}")
     return float(value)
 
 
@@ -154,15 +174,22 @@ def _short(value: Any) -> str:
 
 @dataclass
 class SamplingParams:
-    """One sequence's decoding settings, OpenAI's semantics (temperature 0 = greedy)."""
+    """One sequence's decoding settings: OpenAI's semantics (temperature 0 = greedy) and vLLM's extras."""
 
     max_tokens: int = 16
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0  # 0: every token (vLLM's -1 is read as 0)
+    min_p: float = 0.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # CTRL's, over prompt and generated tokens (transformers' and vLLM's)
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    min_tokens: int = 0  # eos and stop_token_ids are banned until this many tokens are generated
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
     logprobs: int | None = None  # None: none; k: the chosen token's and the k most likely tokens' logprobs
     echo: bool = False
     n: int = 1
@@ -183,22 +210,100 @@ class CompletionRequest:
     include_usage: bool
 
 
+# OpenAI's /v1/completions fields and the sampling fields vLLM adds that this server honours.
+_COMPLETION_FIELDS = {
+    "model", "prompt", "suffix", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options",
+    "logprobs", "echo", "stop", "presence_penalty", "frequency_penalty", "best_of", "logit_bias", "user",
+    "seed", "top_k", "min_p", "repetition_penalty", "min_tokens", "ignore_eos", "skip_special_tokens",
+    "stop_token_ids", "spaces_between_special_tokens",
+}  # fmt: skip
+# vLLM's other request fields: accepted only at the value that means "off" (what this server does anyway),
+# otherwise refused by name, so that no setting a client relies on is silently dropped.
+_UNSUPPORTED: dict[str, tuple[Any, str]] = {
+    "use_beam_search": (False, "this server samples or decodes greedily; beam search is not available"),
+    "length_penalty": (1.0, "it only applies to beam search, which this server does not run"),
+    "include_stop_str_in_output": (False, "the stop string is never returned"),
+    "prompt_logprobs": (None, "use 'echo': true with 'logprobs' to score the prompt"),
+    "allowed_token_ids": (None, "use 'logit_bias' instead"),
+    "bad_words": (None, "use 'logit_bias' with -100 for single tokens instead"),
+    "truncate_prompt_tokens": (None, "shorten the prompt on the client"),
+    "guided_json": (None, "guided decoding is not available"),
+    "guided_regex": (None, "guided decoding is not available"),
+    "guided_choice": (None, "guided decoding is not available"),
+    "guided_grammar": (None, "guided decoding is not available"),
+    "guided_decoding_backend": (None, "guided decoding is not available"),
+    "guided_whitespace_pattern": (None, "guided decoding is not available"),
+    "structured_outputs": (None, "structured outputs are not available"),
+    "response_format": (None, "structured outputs are not available"),
+    "logits_processors": (None, "custom logits processors are not available"),
+    "return_tokens_as_token_ids": (False, "token strings are always returned as text"),
+}
+
+
+def _refuse_unsupported(body: dict) -> None:
+    for name, (off, why) in _UNSUPPORTED.items():
+        value = body.get(name)
+        if (
+            value is None
+            or value in ([], {})
+            or (value == off and isinstance(value, bool) == isinstance(off, bool))
+        ):
+            continue
+        if name == "length_penalty" and not _is_finite(value):
+            raise _bad(name, f"'length_penalty' must be a finite number, got {_short(value)}")
+        raise _bad(
+            name, f"'{name}' is not supported by this server ({why}); leave it out, got {_short(value)}"
+        )
+    unknown = sorted(set(body) - _COMPLETION_FIELDS - set(_UNSUPPORTED))
+    if unknown:  # as vLLM: ignored, but said so in the log
+        logger.warning("ignoring fields this server does not know: %s", ", ".join(unknown))
+
+
+def _token_ids(body: dict, name: str, vocab_size: int) -> list[int]:
+    value = body.get(name)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(_is_int(t) for t in value):
+        raise _bad(name, f"'{name}' must be a list of token ids, got {_short(value)}")
+    bad = next((t for t in value if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise _bad(name, f"'{name}' holds token id {bad}, outside the vocabulary [0, {vocab_size})")
+    return list(value)
+
+
 def parse_completion(
-    body: Any, served: set[str], vocab_size: int, n_positions: int, max_n: int, encode
+    body: Any,
+    served: set[str],
+    vocab_size: int,
+    n_positions: int,
+    max_n: int,
+    encode,
+    max_prompts: int | None = None,
 ) -> CompletionRequest:
-    """Validate a /v1/completions body. encode: text -> token ids."""
+    """Validate a /v1/completions body. encode: text -> token ids; max_prompts: the server's --max-queue."""
     if not isinstance(body, dict):
         raise _bad("body", f"the request body must be a JSON object, got {type(body).__name__}")
     model = check_model(body, served)
     if "prompt" not in body:
         raise _bad("prompt", "'prompt' is required: a string, a list of strings or token ids")
     prompts, texts = token_lists(body["prompt"], "prompt", vocab_size, encode)
+    if max_prompts is not None and len(prompts) > max_prompts:
+        raise _bad(
+            "prompt",
+            f"'prompt' holds {len(prompts)} prompts, more than this server can ever queue at once "
+            f"(--max-queue {max_prompts}); send at most {max_prompts} per request, or start the server with "
+            "a larger --max-queue",
+        )
     for name in ("suffix",):
         if body.get(name) is not None:
             raise _bad(name, f"'{name}' is not supported by this server; leave it out")
     best_of = body.get("best_of")
     if best_of is not None and best_of != 1:
         raise _bad("best_of", f"'best_of' is not supported (only 1), got {best_of!r}; use 'n' instead")
+    _refuse_unsupported(body)
+    # GPT-2's decoding never puts spaces between special tokens; vLLM's option only acts on slow tokenizers
+    # with added tokens, so either value gives the same text here: checked, nothing more.
+    _boolean(body, "spaces_between_special_tokens", True)
     n = _integer(body, "n", 1, 1, max_n)
     max_tokens = _integer(body, "max_tokens", 16, 0)
     echo = _boolean(body, "echo")
@@ -230,9 +335,18 @@ def parse_completion(
         raise _bad("stop", f"'stop' holds {len(stops)} strings; at most {MAX_STOP} are allowed")
     if any(not s for s in stops):
         raise _bad("stop", "'stop' strings must not be empty")
-    seed = body.get("seed")
-    if seed is not None and not _is_int(seed):
-        raise _bad("seed", f"'seed' must be an integer, got {seed!r}")
+    min_tokens = _integer(body, "min_tokens", 0, 0)
+    if min_tokens > max_tokens:
+        raise _bad("min_tokens", f"'min_tokens' ({min_tokens}) is more than 'max_tokens' ({max_tokens})")
+    if min_tokens and stops:
+        raise _bad(
+            "min_tokens",
+            "'min_tokens' cannot be combined with 'stop' strings on this server; drop one of them "
+            "('stop_token_ids' do work with min_tokens)",
+        )
+    # torch generators take 64-bit seeds; a larger one was a 500 before it was checked here
+    seed = _integer(body, "seed", None, 0, 2**64 - 1)
+    top_k = _integer(body, "top_k", 0, -1)
     bias_raw = body.get("logit_bias") or {}
     if not isinstance(bias_raw, dict):
         raise _bad("logit_bias", f"'logit_bias' must map token ids to numbers, got {_short(bias_raw)}")
@@ -246,17 +360,24 @@ def parse_completion(
             raise _bad(
                 "logit_bias", f"'logit_bias' token id {token} is outside the vocabulary [0, {vocab_size})"
             )
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
+        if not _is_finite(value) or not -100 <= value <= 100:
             raise _bad("logit_bias", f"'logit_bias' values must be numbers in [-100, 100], got {value!r}")
         bias[token] = float(value)
     params = SamplingParams(
         max_tokens=max_tokens,
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
+        top_k=max(top_k, 0),
+        min_p=_number(body, "min_p", 0.0, 0.0, 1.0),
         presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
         frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+        repetition_penalty=_number(body, "repetition_penalty", 1.0, 0.0, lo_open=True),
         seed=seed,
         stop=stops,
+        stop_token_ids=_token_ids(body, "stop_token_ids", vocab_size),
+        min_tokens=min_tokens,
+        ignore_eos=_boolean(body, "ignore_eos"),
+        skip_special_tokens=_boolean(body, "skip_special_tokens", True),
         logprobs=_integer(body, "logprobs", None, 0, MAX_LOGPROBS),
         echo=echo,
         n=n,
