@@ -10,8 +10,8 @@ intra_threads), next to two quality figures against transformers fp32.
     gpt2kit-packed   the same after gpt2kit.pack_weights(model)
     gpt2kit-int8     the fp32 model after gpt2kit.quantize_int8(model)
     gpt2kit-fp32-torch-kernels   gpt2kit-fp32 under GPT2KIT_CPU_MATMUL=torch (the floor the default must beat)
-    ort-fp32         ONNX Runtime (ORT_ENABLE_ALL) on a TorchScript ONNX export of transformers' model with
-                     past key/values (one graph for prefill and decode), greedy loop in numpy
+    ort-fp32         ONNX Runtime (ORT_ENABLE_ALL) on gpt2kit's ONNX export (gpt2kit.export.onnx, the decoder
+                     with past key/values: one graph for prefill and decode), greedy loop in numpy
     ort-int8         the same export after onnxruntime.quantization.quantize_dynamic (QInt8 weights,
                      per_channel=False: the defaults ORT's own transformers tooling, quantize_helper.py, uses)
     ct2-fp32         CTranslate2 Generator.generate_batch on TransformersConverter(quantization="float32")
@@ -50,7 +50,6 @@ import os
 import re
 import statistics
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -148,7 +147,7 @@ class OrtSide:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.past_names = [i.name for i in self.session.get_inputs() if i.name.startswith("past.")]
+        self.past_names = [i.name for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
         _, heads, _, head_dim = self.session.get_inputs()[3].shape
         self.head_shape = (heads, head_dim)
 
@@ -274,97 +273,30 @@ SIDES = {
 
 
 def onnx_export() -> Path:
-    """transformers' model as an ONNX decoder with past key/values, by the TorchScript exporter (cached).
+    """gpt2kit's ONNX export of the checkpoint (gpt2kit.export.onnx, cached): decoder_with_past_model.onnx,
+    whose past of length 0 makes the first call the prefill, so one graph serves every step.
 
-    Inputs input_ids, attention_mask, position_ids, past.{i}.key/value (B, heads, past, 64); outputs logits
-    and present.{i}.key/value. The wrapper takes flat past tensors and hands GPT-2 a ready 4D additive mask:
-    transformers 4.57 builds its own masks with torch.vmap, which the TorchScript tracer cannot record.
-    Eager attention, because it applies GPT-2's causal mask itself (the 4D mask only adds padding).
+    Inputs input_ids, attention_mask, position_ids, past_key_values.{i}.key/value (B, heads, past, 64);
+    outputs logits and present.{i}.key/value: Optimum's names, the graph `gpt2kit export onnx` writes.
     """
-    path = ONNX_DIR / "model.onnx"
+    path = ONNX_DIR / "decoder_with_past_model.onnx"
     if path.is_file():
         return path
-    import transformers
-    from transformers import DynamicCache
+    from gpt2kit.export.onnx import export_decoder
 
-    hf = transformers.GPT2LMHeadModel.from_pretrained(CKPT, attn_implementation="eager").eval()
-    cfg = hf.config
-    layers, heads, head_dim = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head
-
-    class Decoder(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.hf = hf
-
-        def forward(self, input_ids, attention_mask, position_ids, *past):
-            cache = DynamicCache.from_legacy_cache(tuple(zip(past[0::2], past[1::2])))
-            mask = (1.0 - attention_mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
-            out = self.hf(
-                input_ids=input_ids,
-                attention_mask=mask,
-                position_ids=position_ids,
-                past_key_values=cache,
-                use_cache=True,
-            )
-            return (out.logits, *(t for kv in out.past_key_values.to_legacy_cache() for t in kv))
-
-    # Traced with a non-empty past (a zero-length one could be specialized away); all lengths are dynamic.
-    batch, length, past_len = 2, 3, 4
-    past_names = [f"past.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
-    present_names = [n.replace("past", "present") for n in past_names]
-    args = (
-        torch.randint(0, cfg.vocab_size, (batch, length)),
-        torch.ones(batch, past_len + length, dtype=torch.long),
-        torch.arange(past_len, past_len + length).repeat(batch, 1),
-        *(torch.randn(batch, heads, past_len, head_dim) for _ in past_names),
-    )
-    dynamic = {
-        "input_ids": {0: "batch", 1: "length"},
-        "attention_mask": {0: "batch", 1: "total"},
-        "position_ids": {0: "batch", 1: "length"},
-        "logits": {0: "batch", 1: "length"},
-        **{n: {0: "batch", 2: "past"} for n in past_names},
-        **{n: {0: "batch", 2: "total"} for n in present_names},
-    }
-    ONNX_DIR.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tracer's warnings about transformers' Python-side checks
-        torch.onnx.export(
-            Decoder().eval(),  # eval: the exporter restores the wrapper's mode (and so hf's) afterwards
-            args,
-            str(tmp),
-            input_names=["input_ids", "attention_mask", "position_ids", *past_names],
-            output_names=["logits", *present_names],
-            dynamic_axes=dynamic,
-            opset_version=17,
-            dynamo=False,
-        )
-    tmp.rename(path)
-    return path
+    return export_decoder(gpt2kit_model(), path, with_past=True)
 
 
 def onnx_int8() -> Path:
-    """ORT's dynamic quantization of the export: int8 weights, activations quantized per call (cached).
-
-    Defaults otherwise (as ORT's transformers quantize_helper.py calls it): per-tensor weight scales, every
-    MatMul/Gemm (the LM head too) and the embedding Gathers quantized."""
-    path = ONNX_DIR / "model-int8.onnx"
+    """ORT's dynamic quantization of the export (gpt2kit.export.onnx.quantize_onnx_int8, cached): int8 weights,
+    activations quantized per call, per-tensor weight scales, every MatMul (the LM head too) and the embedding
+    Gathers quantized: the defaults ORT's own transformers quantize_helper.py uses."""
+    path = ONNX_DIR / "decoder_with_past_model_quantized.onnx"
     if path.is_file():
         return path
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from gpt2kit.export.onnx import quantize_onnx_int8
 
-    tmp = path.with_suffix(".tmp")
-    quantize_dynamic(
-        onnx_export(),
-        tmp,
-        weight_type=QuantType.QInt8,
-        per_channel=False,
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
-    tmp.rename(path)
-    return path
+    return quantize_onnx_int8(onnx_export(), path)
 
 
 def ct2_convert(quantization: str) -> Path:

@@ -489,6 +489,7 @@ def _commands() -> dict[
 ]:
     """name -> (help, declare arguments, run)."""
     # train / eval / serve live beside their library code; those modules import nothing heavy at parse time.
+    from gpt2kit.export import cli as export_cli
     from gpt2kit.serve import cli as serve_cli
     from gpt2kit.training import cli as training_cli
 
@@ -516,6 +517,11 @@ def _commands() -> dict[
             serve_cli.serve,
         ),
         "info": ("show a model folder's config, parameter count, files and dtype", _info_args, _info),
+        "export": (
+            "a model folder -> ONNX (Optimum / transformers.js layout) or GGUF (llama.cpp)",
+            export_cli.export_args,
+            export_cli.export,
+        ),
     }
 
 

@@ -121,6 +121,22 @@ def download(name: str, revision: str | None = None, allow_patterns: list[str] |
     return Path(path)
 
 
+# What a model download fetches: configs, tokenizer files and PyTorch weights. A Hub repository holds more (the
+# `gpt2` one also has TensorFlow, Flax, rust-bert, TFLite and ONNX copies: several GB beside a 0.5 GB checkpoint),
+# none of which gpt2kit reads.
+MODEL_FILE_PATTERNS = ["*.json", "*.txt", "*.safetensors"]
+BIN_FILE_PATTERNS = ["pytorch_model*.bin"]
+
+
+def download_model(name: str, revision: str | None = None) -> Path | None:
+    """Download a model's configs, tokenizer and weights: safetensors, or the .bin files when it has none
+    (transformers' preference; many repositories have both, and one copy is enough)."""
+    snap = download(name, revision, allow_patterns=MODEL_FILE_PATTERNS)
+    if snap is not None and not any(snap.glob("*.safetensors")):
+        snap = download(name, revision, allow_patterns=BIN_FILE_PATTERNS) or snap
+    return snap
+
+
 def looks_like_path(name: str) -> bool:
     """A hub id is `name` or `org/name`; anything else (./x, /x, ~/x, a/b/c) can only be a path."""
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
@@ -147,7 +163,7 @@ def find_model_dir(
         if snap is not None:
             return snap
         if download_ok and not local_files_only:
-            snap = download(name, revision)
+            snap = download_model(name, revision)
             if snap is not None:
                 return snap
     if required:

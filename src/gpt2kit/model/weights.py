@@ -39,17 +39,78 @@ def find_weight_files(folder: Path) -> list[Path]:
         if name.endswith(".index.json"):
             return _shards_from_index(path)
         return [path]
-    others = [p.name for p in folder.iterdir() if p.suffix in (".h5", ".msgpack", ".onnx", ".gguf")]
-    hint = (
-        f" It holds {', '.join(sorted(others))}, which gpt2kit does not read; convert them to safetensors with "
-        "transformers first."
-        if others
-        else ""
-    )
+    others = other_formats(folder)
+    if others:
+        raise FileNotFoundError(_other_formats_message(folder, others))
     raise FileNotFoundError(
-        f"no weights in {folder}: looked for {', '.join(WEIGHT_FILES)}.{hint} "
+        f"no weights in {folder}: looked for {', '.join(WEIGHT_FILES)}. "
         "A folder written by save_pretrained has model.safetensors."
     )
+
+
+# The weight formats a Hub repository may hold beside PyTorch's (the `gpt2` repository has all of them), which
+# gpt2kit never reads: a folder with PyTorch weights loads those and ignores these; a folder with only these
+# gets an error that says how to convert them. (kind, glob patterns, how to get PyTorch weights; {folder} and
+# {name} are filled in.)
+_OTHER_FORMATS = (
+    (
+        "TensorFlow",
+        ("*.h5",),
+        "convert them with transformers (and tensorflow installed): "
+        "GPT2LMHeadModel.from_pretrained('{folder}', from_tf=True).save_pretrained(OUT)",
+    ),
+    (
+        "Flax",
+        ("*.msgpack",),
+        "convert them with transformers (and flax installed): "
+        "GPT2LMHeadModel.from_pretrained('{folder}', from_flax=True).save_pretrained(OUT)",
+    ),
+    (
+        "GGUF (llama.cpp)",
+        ("*.gguf",),
+        "convert it with transformers (and gguf installed): "
+        "GPT2LMHeadModel.from_pretrained('{folder}', gguf_file='{name}').save_pretrained(OUT)",
+    ),
+    (
+        "ONNX",
+        ("*.onnx", "onnx/*.onnx"),
+        "an ONNX export runs in ONNX Runtime and does not convert back; use the model.safetensors "
+        "(or pytorch_model.bin) of the repository it came from",
+    ),
+    (
+        "rust-bert",
+        ("*.ot",),
+        "rust-bert's format does not convert back; use the model.safetensors (or pytorch_model.bin) of the "
+        "repository it came from",
+    ),
+    (
+        "TensorFlow Lite",
+        ("*.tflite",),
+        "a TensorFlow Lite export does not convert back; use the model.safetensors (or pytorch_model.bin) of "
+        "the repository it came from",
+    ),
+)
+
+
+def other_formats(folder: Path) -> list[tuple[str, list[str], str]]:
+    """The non-PyTorch weight files in folder, as (kind, file names, how to get PyTorch weights)."""
+    found = []
+    for kind, patterns, fix in _OTHER_FORMATS:
+        names = sorted(
+            {p.relative_to(folder).as_posix() for pattern in patterns for p in folder.glob(pattern)}
+        )
+        if names:
+            found.append((kind, names, fix.format(folder=folder, name=names[0])))
+    return found
+
+
+def _other_formats_message(folder: Path, others: list[tuple[str, list[str], str]]) -> str:
+    looked = f"gpt2kit reads PyTorch weights ({', '.join(WEIGHT_FILES)})"
+    if len(others) == 1:
+        kind, names, fix = others[0]
+        return f"{folder} has {kind} weights only ({', '.join(names)}); {fix}. {looked}."
+    kinds = "; ".join(f"{kind} ({', '.join(names)}): {fix}" for kind, names, fix in others)
+    return f"{folder} has no PyTorch weights, only other formats. {kinds}. {looked}."
 
 
 def _shards_from_index(index_path: Path) -> list[Path]:
