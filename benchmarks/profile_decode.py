@@ -29,6 +29,9 @@ PRODUCTS = {
     "mkldnn::_linear_pointwise",
     "quantized::linear_dynamic",
     "aten::_weight_int8pack_mm",
+    # split-K (matmul.splitk_linear): one bmm over slices of K, then the sum of the partial products
+    "aten::bmm",
+    "aten::sum",
 }
 ATTENTION = {"aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math"}
 
