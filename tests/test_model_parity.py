@@ -252,3 +252,27 @@ def test_dropout_in_train_mode_only(tmp_path):
         assert torch.equal(ours(x).logits, ours(x).logits)
         ours.train()
         assert not torch.equal(ours(x).logits, ours(x).logits)
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left-padded"])
+def test_eager_attention_is_causal_and_equals_transformers_eager(tmp_path, padded):
+    """attn_implementation="eager" built the exact path's masks but ran the fast path, which could not read
+    them: attention saw future tokens (position 0 changed with the last token)."""
+    hf, ours = pair(tmp_path, "GPT2LMHeadModel")
+    hf.set_attn_implementation("eager")
+    ours.set_attn_implementation("eager")
+    x = ids()
+    mask = torch.ones_like(x)
+    if padded:
+        mask[0, :3] = 0
+    x2 = x.clone()
+    x2[:, -1] = (x2[:, -1] + 1) % 99
+    with torch.no_grad():
+        a = ours(x, attention_mask=mask).logits
+        b = ours(x2, attention_mask=mask).logits
+        assert_close(a[:, :-1], b[:, :-1])  # the past never sees the future
+        want = hf(x, attention_mask=mask).logits
+        keep = mask.bool()
+        assert_close(a[keep], want[keep])
+        ours.set_attn_implementation("sdpa")
+        assert_close(ours(x, attention_mask=mask).logits[keep], want[keep])

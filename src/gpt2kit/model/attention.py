@@ -5,9 +5,9 @@ C n_embd, nh n_head, hs head_dim = C // nh.
 
 Two paths compute the same thing:
 - fast (the default): torch's scaled_dot_product_attention, with `is_causal` or a boolean mask;
-- exact: the explicit softmax(QK^T)V of transformers' eager attention, step for step, used only when the
+- exact: the explicit softmax(QK^T)V of transformers' eager attention, step for step, used when the
   caller asks for the attention probabilities (`output_attentions`) or masks heads (`head_mask`), since
-  those need the probability matrix that SDPA never materialises.
+  those need the probability matrix that SDPA never materialises, and for attn_implementation="eager".
 """
 
 from __future__ import annotations
@@ -37,6 +37,12 @@ class AttentionMask:
     sdpa: torch.Tensor | None = None
     causal: torch.Tensor | None = None
     additive: torch.Tensor | None = None
+
+    @property
+    def exact(self) -> bool:
+        """Built for the exact path (GPT2Model asked for it: eager attention, attention outputs or a head
+        mask), whose masks the fast path cannot read."""
+        return self.causal is not None or self.additive is not None
 
     @classmethod
     def build(
@@ -140,7 +146,7 @@ class Attention(nn.Module):
             if cache is not None:
                 k, v = cache.update(self.layer_idx, k, v)  # (B, nh, S, hs)
 
-        if output_attentions or head_mask is not None:
+        if output_attentions or head_mask is not None or mask.exact:
             y, probs = self._exact(q, k, v, mask, head_mask)
         else:
             y, probs = self._fast(q, k, v, mask), None
