@@ -55,9 +55,9 @@ def folder(tmp_path_factory):
 class Running:
     """A uvicorn server in a thread, on a free loopback port."""
 
-    def __init__(self, folder, api_key=None, max_body=1 << 20, **engine_options):
+    def __init__(self, folder, api_key=None, max_body=1 << 20, max_stop=64, **engine_options):
         self.engine = load_engine(folder, **engine_options)
-        app = build_app(self.engine, NAME, api_key=api_key, max_body=max_body)
+        app = build_app(self.engine, NAME, api_key=api_key, max_body=max_body, max_stop=max_stop)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
@@ -482,7 +482,7 @@ def test_models_health_tokenize(server, lm):
         (dict(model=NAME, prompt={"a": 1}), 400, "prompt"),
         (dict(model=NAME), 400, "prompt"),
         (dict(model=NAME, prompt="hi", n=100), 400, "n"),
-        (dict(model=NAME, prompt="hi", stop=["a", "b", "c", "d", "e"]), 400, "stop"),
+        (dict(model=NAME, prompt="hi", stop=[str(i) for i in range(65)]), 400, "stop"),  # > --max-stop 64
         (dict(model=NAME, prompt="hi", logprobs=9), 400, "logprobs"),
         (dict(model=NAME, prompt="hi", best_of=3), 400, "best_of"),
         (dict(model=NAME, prompt="hi", stream="yes"), 400, "stream"),
@@ -738,3 +738,41 @@ def test_gpt2kit_serve_command_end_to_end(folder):
         proc.terminate()
         proc.wait(30)
     assert proc.returncode in (0, -15)
+
+
+def test_six_stop_strings_as_lm_eval_sends_and_a_configurable_bound(server, folder, lm):
+    """lm-evaluation-harness tasks send more than OpenAI's 4 stop strings; vLLM takes any number. The bound
+    is --max-stop (64 by default), and past it the 400 names the flag."""
+    client = server.client()
+    prompt = "The quick brown fox"
+    full = client.completions.create(model=NAME, prompt=prompt, max_tokens=30, temperature=0).choices[0].text
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    assert stop.strip(), full
+    stops = ["\n\n\n\n", "Question:", "<|im_end|>", "</s>", "zzzq", stop]  # 6, one of them hit
+    resp = client.completions.create(model=NAME, prompt=prompt, max_tokens=30, temperature=0, stop=stops)
+    assert resp.choices[0].text == full[: full.index(stop)] and resp.choices[0].finish_reason == "stop"
+    s = Running(folder, max_stop=2)
+    try:
+        r = httpx.post(s.url + "/v1/completions", json=dict(model=NAME, prompt="hi", stop=["a", "b", "c"]))
+        assert r.status_code == 400 and "--max-stop" in r.json()["error"]["message"]
+    finally:
+        s.stop()
+
+
+def test_a_prompt_longer_than_the_context_is_named_with_its_excess(server):
+    """The prompt, not max_tokens, is what is too long: the advice used to be "lower max_tokens to at most
+    0", which cannot help."""
+    ids = [[1] * (N_POSITIONS + 5)]
+    r = httpx.post(server.url + "/v1/completions", json=dict(model=NAME, prompt=ids, max_tokens=16))
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["param"] == "prompt" and err["code"] == "context_length_exceeded"
+    assert f"has {N_POSITIONS + 5} tokens" in err["message"] and "shorten it by 21 tokens" in err["message"]
+    several = [[1, 2], [1] * N_POSITIONS]
+    r = httpx.post(server.url + "/v1/completions", json=dict(model=NAME, prompt=several, max_tokens=1))
+    assert "prompt 1 has" in r.json()["error"]["message"]
+    # echo scoring of a prompt that exactly fills the context is fine; a longer one is not
+    ok = httpx.post(
+        server.url + "/v1/completions",
+        json=dict(model=NAME, prompt=[[1] * N_POSITIONS], max_tokens=0, echo=True),
+    )
+    assert ok.status_code == 200, ok.text

@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gpt2kit.serve.engine import EmbeddingJob, Engine, GenerationRequest, QueueFull
-from gpt2kit.serve.protocol import APIError, parse_completion, parse_embedding
+from gpt2kit.serve.protocol import MAX_STOP, APIError, parse_completion, parse_embedding
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +154,11 @@ class Server:
         aliases: tuple[str, ...] = (),
         api_key: str | None = None,
         max_body: int = DEFAULT_MAX_BODY,
+        max_stop: int = MAX_STOP,
     ) -> None:
+        if isinstance(max_stop, bool) or not isinstance(max_stop, int) or max_stop < 1:
+            raise ValueError(f"max_stop (--max-stop) must be a positive integer, got {max_stop!r}")
+        self.max_stop = max_stop
         if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1:
             raise ValueError(
                 f"max_body (--max-body-bytes) must be a positive number of bytes, got {max_body!r}"
@@ -332,6 +336,7 @@ class Server:
                 self.engine.max_batch,
                 self._encode,
                 max_prompts=self.engine.max_queue,
+                max_stop=self.max_stop,
             )
             loop = asyncio.get_running_loop()
             queue: asyncio.Queue = asyncio.Queue()  # bounded by the request: <= n * max_tokens events
@@ -535,9 +540,10 @@ def build_app(
     aliases: tuple[str, ...] = (),
     api_key: str | None = None,
     max_body: int = DEFAULT_MAX_BODY,
+    max_stop: int = MAX_STOP,
 ):
     """The ASGI application for an engine (started and stopped with the app's lifespan)."""
-    return Server(engine, model_name, aliases, api_key, max_body).app
+    return Server(engine, model_name, aliases, api_key, max_body, max_stop).app
 
 
 def run(
@@ -548,6 +554,7 @@ def run(
     served_model_name: str | None = None,
     max_body: int = DEFAULT_MAX_BODY,
     log_level: str = "info",
+    max_stop: int = MAX_STOP,
     **engine_options: Any,
 ) -> None:
     """Load the model and serve it until interrupted (uvicorn). api_key=None reads $GPT2KIT_API_KEY."""
@@ -561,7 +568,7 @@ def run(
     engine = load_engine(model, **engine_options)
     name = served_model_name or str(model)
     aliases = tuple({Path(str(model)).name} - {name})
-    app = build_app(engine, name, aliases, api_key, max_body)
+    app = build_app(engine, name, aliases, api_key, max_body, max_stop)
     # limit_concurrency bounds open connections (503 past it): memory stays bounded even under a flood
     limit = 4 * (engine.max_queue + engine.max_batch) + 16
     uvicorn.run(app, host=host, port=port, log_level=log_level, limit_concurrency=limit, timeout_keep_alive=5)

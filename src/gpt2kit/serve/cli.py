@@ -53,6 +53,12 @@ def serve_args(p: argparse.ArgumentParser) -> None:
         default=4 << 20,
         help="largest request body (default: 4 MiB; 413 past it)",
     )
+    p.add_argument(
+        "--max-stop",
+        type=int,
+        default=64,
+        help="most stop strings per request (default: 64; OpenAI allows 4, vLLM any number)",
+    )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -76,6 +82,7 @@ def serve(args: argparse.Namespace) -> int:
         served_model_name=args.served_model_name,
         max_body=args.max_body_bytes,
         log_level=args.log_level,
+        max_stop=args.max_stop,
         dtype=args.dtype,
         device=args.device,
         weights=args.weights,

@@ -15,7 +15,9 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 MAX_LOGPROBS = 5  # OpenAI's limit for the legacy completions endpoint
-MAX_STOP = 4  # OpenAI: up to 4 stop sequences
+# OpenAI allows 4 stop sequences; local tools written for vLLM send more (lm-evaluation-harness tasks up to
+# ~10), and vLLM has no limit. The default bound is large; `gpt2kit serve --max-stop` changes it.
+MAX_STOP = 64
 MAX_EMBED_INPUTS = 2048  # OpenAI: at most 2048 inputs per embeddings request
 
 
@@ -279,8 +281,10 @@ def parse_completion(
     max_n: int,
     encode,
     max_prompts: int | None = None,
+    max_stop: int = MAX_STOP,
 ) -> CompletionRequest:
-    """Validate a /v1/completions body. encode: text -> token ids; max_prompts: the server's --max-queue."""
+    """Validate a /v1/completions body. encode: text -> token ids; max_prompts: the server's --max-queue;
+    max_stop: its --max-stop."""
     if not isinstance(body, dict):
         raise _bad("body", f"the request body must be a JSON object, got {type(body).__name__}")
     model = check_model(body, served)
@@ -312,12 +316,23 @@ def parse_completion(
             "max_tokens", "'max_tokens' is 0; ask for at least 1 token (or set echo to score the prompt)"
         )
     longest = max(len(p) for p in prompts)
+    if longest + max_tokens > n_positions and longest >= n_positions > max_tokens:
+        # No max_tokens >= 1 fits: the prompt is what is too long, so say which one and by how much.
+        i = max(range(len(prompts)), key=lambda j: len(prompts[j]))
+        which = "the prompt" if len(prompts) == 1 else f"prompt {i}"
+        raise _bad(
+            "prompt",
+            f"{which} has {longest} tokens, this model's context is {n_positions} and max_tokens is "
+            f"{max_tokens}: shorten it by {longest + max_tokens - n_positions} tokens (to at most "
+            f"{n_positions - max_tokens})",
+            code="context_length_exceeded",
+        )
     if longest + max_tokens > n_positions:
         raise _bad(
             "max_tokens",
             f"this model's context is {n_positions} tokens, but the prompt has {longest} and max_tokens is "
-            f"{max_tokens} ({longest + max_tokens} in all); lower max_tokens to at most "
-            f"{max(n_positions - longest, 0)} or shorten the prompt",
+            f"{max_tokens} ({longest + max_tokens} in all, {longest + max_tokens - n_positions} too many); "
+            f"lower max_tokens to at most {n_positions - longest} or shorten the prompt",
             code="context_length_exceeded",
         )
     stop = body.get("stop")
@@ -329,10 +344,14 @@ def parse_completion(
         stops = list(stop)
     else:
         raise _bad(
-            "stop", f"'stop' must be a string or a list of up to {MAX_STOP} strings, got {_short(stop)}"
+            "stop", f"'stop' must be a string or a list of up to {max_stop} strings, got {_short(stop)}"
         )
-    if len(stops) > MAX_STOP:
-        raise _bad("stop", f"'stop' holds {len(stops)} strings; at most {MAX_STOP} are allowed")
+    if len(stops) > max_stop:
+        raise _bad(
+            "stop",
+            f"'stop' holds {len(stops)} strings; this server allows at most {max_stop} "
+            "(start it with a larger --max-stop)",
+        )
     if any(not s for s in stops):
         raise _bad("stop", "'stop' strings must not be empty")
     min_tokens = _integer(body, "min_tokens", 0, 0)
