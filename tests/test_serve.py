@@ -7,6 +7,7 @@ next-token distributions are peaked and greedy decoding is not decided by roundi
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import socket
 import threading
@@ -25,7 +26,7 @@ openai = pytest.importorskip("openai")
 import uvicorn  # noqa: E402
 
 from gpt2kit import Embedder, GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast  # noqa: E402
-from gpt2kit.serve.app import build_app, load_engine  # noqa: E402
+from gpt2kit.serve.app import build_app, load_engine, uvicorn_config  # noqa: E402
 from gpt2kit.serve.engine import apply_penalties, draw, sampling_probs  # noqa: E402
 
 NAME = "tiny-gpt2"
@@ -55,14 +56,18 @@ def folder(tmp_path_factory):
 class Running:
     """A uvicorn server in a thread, on a free loopback port."""
 
-    def __init__(self, folder, api_key=None, max_body=1 << 20, max_stop=64, **engine_options):
+    def __init__(
+        self, folder, api_key=None, max_body=1 << 20, max_stop=64, head_timeout=10.0, **engine_options
+    ):
         self.engine = load_engine(folder, **engine_options)
         app = build_app(self.engine, NAME, api_key=api_key, max_body=max_body, max_stop=max_stop)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        # the settings `gpt2kit serve` runs with: connection limits and the slow-client guards
+        config = uvicorn_config(app, self.engine, head_timeout=head_timeout, log_level="warning")
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs=dict(sockets=[sock]), daemon=True)
         self.thread.start()
         deadline = time.time() + 20
@@ -776,3 +781,64 @@ def test_a_prompt_longer_than_the_context_is_named_with_its_excess(server):
         json=dict(model=NAME, prompt=[[1] * N_POSITIONS], max_tokens=0, echo=True),
     )
     assert ok.status_code == 200, ok.text
+
+
+def test_idle_and_slow_clients_cannot_lock_the_server_out(folder):
+    """330 connections that sent nothing, or a header byte a second, made every real request get 503. Now
+    a request head has a deadline and idle connections are closed first when the server is full: with 300
+    of them open, real requests keep succeeding."""
+    s = Running(folder, head_timeout=2.0, max_queue=64, max_batch=8)  # uvicorn's limit: 4 * 72 + 16 = 304
+    hogs: list[socket.socket] = []
+    stop = threading.Event()
+
+    def trickle(socks):  # one header byte a second on each, never finishing the head
+        while not stop.wait(1.0):
+            for h in socks:
+                with contextlib.suppress(OSError):  # closed by the server: as it should be
+                    h.send(b"X")
+
+    try:
+        for i in range(300):
+            h = socket.create_connection(("127.0.0.1", s.port))
+            if i % 2:
+                h.send(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            hogs.append(h)
+        thread = threading.Thread(target=trickle, args=(hogs[1::2],), daemon=True)
+        thread.start()
+        client = s.client(timeout=20)
+        for _ in range(8):
+            t0 = time.time()
+            r = client.completions.create(model=NAME, prompt="hello", max_tokens=2, temperature=0)
+            assert r.choices[0].text is not None and time.time() - t0 < 10
+        # the hogs were closed: idle-first eviction, or their head deadline (2 s here)
+        time.sleep(2.5)
+        closed = 0
+        for h in hogs:
+            h.settimeout(0.5)
+            try:
+                closed += h.recv(1) == b""
+            except (ConnectionResetError, BrokenPipeError):
+                closed += 1
+            except TimeoutError:
+                pass
+        assert closed == len(hogs), f"{len(hogs) - closed} idle or slow connections are still open"
+    finally:
+        stop.set()
+        for h in hogs:
+            h.close()
+        s.stop()
+
+
+def test_a_trickled_body_gets_408(folder, monkeypatch):
+    monkeypatch.setattr("gpt2kit.serve.app.BODY_TIMEOUT_S", 1.0)
+    s = Running(folder)
+    try:
+        with socket.create_connection(("127.0.0.1", s.port)) as c:
+            c.send(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+            c.settimeout(10)
+            reply = b""
+            while b"request_timeout" not in reply and (chunk := c.recv(65536)):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 408") and b"request_timeout" in reply
+    finally:
+        s.stop()

@@ -32,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from gpt2kit.serve.connections import HEAD_TIMEOUT_S, guarded_h11
 from gpt2kit.serve.engine import EmbeddingJob, Engine, GenerationRequest, QueueFull
 from gpt2kit.serve.protocol import MAX_STOP, APIError, parse_completion, parse_embedding
 
@@ -92,14 +93,34 @@ def _too_large(size: int | None, limit: int) -> APIError:
     )
 
 
+# A request body must arrive within this many seconds of its head: a client trickling it would otherwise
+# hold a connection and a task for as long as it likes (connections.py bounds the head).
+BODY_TIMEOUT_S = 30.0
+
+
 async def _json_body(request: Request, limit: int) -> Any:
-    """The body as JSON, read in chunks so a body without Content-Length still cannot exceed the limit."""
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(None, limit)
-        chunks.append(chunk)
+    """The body as JSON, read in chunks so a body without Content-Length still cannot exceed the limit, and
+    within BODY_TIMEOUT_S."""
+    chunks: list[bytes] = []
+    timeout = BODY_TIMEOUT_S
+
+    async def read() -> None:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(None, limit)
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(read(), timeout)
+    except asyncio.TimeoutError:
+        raise APIError(
+            408,
+            f"the request body did not arrive within {timeout:g} s of its headers; send it at once",
+            param="body",
+            code="request_timeout",
+        ) from None
     try:
         return json.loads(b"".join(chunks))
     except (ValueError, RecursionError) as e:
@@ -569,6 +590,16 @@ def run(
     name = served_model_name or str(model)
     aliases = tuple({Path(str(model)).name} - {name})
     app = build_app(engine, name, aliases, api_key, max_body, max_stop)
-    # limit_concurrency bounds open connections (503 past it): memory stays bounded even under a flood
+    uvicorn.Server(uvicorn_config(app, engine, host=host, port=port, log_level=log_level)).run()
+
+
+def uvicorn_config(app, engine: Engine, head_timeout: float = HEAD_TIMEOUT_S, **options: Any):
+    """uvicorn's settings for the server: open connections bounded, and slow or idle clients unable to hold
+    them (connections.py). options: host, port, log_level, ... (uvicorn.Config's)."""
+    import uvicorn
+
+    # limit_concurrency bounds open connections (503 past it): memory stays bounded even under a flood.
     limit = 4 * (engine.max_queue + engine.max_batch) + 16
-    uvicorn.run(app, host=host, port=port, log_level=log_level, limit_concurrency=limit, timeout_keep_alive=5)
+    # Idle connections are closed first one below the limit, so a new client's request is never the 503.
+    http = guarded_h11(head_timeout=head_timeout, max_connections=limit - 1)
+    return uvicorn.Config(app, limit_concurrency=limit, timeout_keep_alive=5, http=http, **options)
