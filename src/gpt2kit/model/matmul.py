@@ -153,6 +153,7 @@ def fp32_linear(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     """
     if (
         is_compiling()
+        or torch.jit.is_tracing()  # a trace records tensor ops only: the kernel choice would not replay
         or x2.dtype is not torch.float32
         or weight.dtype is not torch.float32
         or x2.device.type != "cpu"
