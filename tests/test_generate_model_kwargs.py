@@ -196,10 +196,19 @@ def test_unknown_and_unsupported_keywords_raise_naming_them(models):
     x, mask, token_types, _ = inputs()
     with pytest.raises(TypeError, match=r"unexpected keyword arguments \['max_new_token', 'tokentype_ids'\]"):
         ours.generate(x, token_type_ids=token_types, max_new_token=5, tokentype_ids=token_types)
-    with pytest.raises(TypeError, match=r"does not take \['inputs_embeds'\]"):
-        ours.generate(x, inputs_embeds=torch.zeros(3, 7, 32))
-    with pytest.raises(TypeError, match=r"does not take \['past_key_values'\]"):
+    with pytest.raises(ValueError, match=r"inputs_embeds has shape \(3, 5, 32\) but input_ids \(3, 7\)"):
+        ours.generate(x, inputs_embeds=torch.zeros(3, 5, 32))
+    with pytest.raises(ValueError, match=r"inputs_embeds=.* needs the prompt's input_ids too"):
+        ours.generate(inputs_embeds=torch.zeros(3, 7, 32))
+    with pytest.raises(TypeError, match="past_key_values must be a gpt2kit Cache"):
         ours.generate(x, past_key_values=object())
+    with pytest.raises(ValueError, match=r"past_key_values holds 7 positions but input_ids only 7"):
+        ours.generate(x, past_key_values=ours(x).past_key_values)
+    for name in ("assistant_model", "prompt_lookup_num_tokens"):
+        with pytest.raises(ValueError, match=rf"{name}= asks for .* which gpt2kit does not implement"):
+            ours.generate(x, **{name: 2})
+    with pytest.raises(ValueError, match=r"cache_implementation='offloaded' is not one gpt2kit runs"):
+        ours.generate(x, cache_implementation="offloaded")
     with pytest.raises(ValueError, match=r"token_type_ids has shape \(3, 4\) but input_ids \(3, 7\)"):
         ours.generate(x, token_type_ids=token_types[:, :4])
     with pytest.raises(ValueError, match=r"position_ids has shape \(2, 7\)"):
@@ -210,3 +219,70 @@ def test_unknown_and_unsupported_keywords_raise_naming_them(models):
         ours.generate(x, encoder_attention_mask=torch.ones(3, 5))
     with pytest.raises(ValueError, match=r"compile= .* no \['head_mask'\]"):
         ours.generate(x, head_mask=torch.ones(2, 4), compile={"backend": "eager"})
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES[:2], ids=["greedy", "beams"])
+def test_inputs_embeds_like_transformers(models, strategy):
+    """The prompt's embeddings given with its ids: the prefill reads them, the sequences start with the ids."""
+    x, mask, token_types, _ = inputs()
+    embeds = models[1].get_input_embeddings()(x).detach() * 1.5  # not the ids' own lookup
+    kw = dict(attention_mask=mask, inputs_embeds=embeds, token_type_ids=token_types, **strategy)
+    a, b = both(models, x, return_dict_in_generate=True, output_scores=True, **kw)
+    assert a.sequences.tolist() == b.sequences.tolist()
+    assert (
+        b.sequences.tolist()
+        != models[1].generate(x, pad_token_id=0, attention_mask=mask, **strategy).tolist()
+    )
+    for sa, sb in zip(a.scores, b.scores):
+        torch.testing.assert_close(sa, sb, atol=1e-4, rtol=1e-4)
+
+
+def test_continue_from_past_key_values_gives_transformers_tokens(models):
+    """past_key_values of one generate() call continue in the next: the same tokens as one longer call."""
+    hf, ours = models
+    x, mask, _, _ = inputs()
+    kw = dict(pad_token_id=0, do_sample=False, return_dict_in_generate=True)
+    with torch.no_grad():
+        full = hf.generate(x, attention_mask=mask, max_new_tokens=6, **kw).sequences
+    part = ours.generate(x, attention_mask=mask, max_new_tokens=4, **kw)
+    assert part.past_key_values.get_seq_length() == part.sequences.shape[1] - 1
+    grown = torch.cat([mask, torch.ones(3, 4, dtype=mask.dtype)], dim=1)
+    cont = ours.generate(
+        part.sequences, attention_mask=grown, past_key_values=part.past_key_values, max_new_tokens=2, **kw
+    )
+    assert cont.sequences.tolist() == full.tolist()
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no_cache"])
+@pytest.mark.parametrize("num_beams", [1, 2], ids=["greedy", "beams"])
+def test_step_outputs_like_transformers(models, use_cache, num_beams):
+    """return_dict_in_generate: per-step attentions, hidden states and logits, and the cache, as transformers'."""
+    x, mask, _, _ = inputs()
+    kw = dict(
+        max_new_tokens=3,
+        num_beams=num_beams,
+        attention_mask=mask,
+        use_cache=use_cache,
+        return_dict_in_generate=True,
+        output_attentions=True,
+        output_hidden_states=True,
+        output_logits=True,
+    )
+    theirs, ours = both(models, x, **kw)
+    assert ours.sequences.tolist() == theirs.sequences.tolist()
+    for name in ("attentions", "hidden_states"):
+        got, want = getattr(ours, name), getattr(theirs, name)
+        assert len(got) == len(want)
+        for step_got, step_want in zip(got, want):
+            assert len(step_got) == len(step_want)
+            for a, b in zip(step_got, step_want):
+                torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    for a, b in zip(ours.logits, theirs.logits):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    if not use_cache:
+        assert ours.past_key_values is None and theirs.past_key_values is None
+        return
+    assert type(ours.past_key_values).__name__ == "DynamicCache"
+    for layer in range(len(theirs.past_key_values)):
+        for kv in range(2):
+            torch.testing.assert_close(ours.past_key_values[layer][kv], theirs.past_key_values[layer][kv])

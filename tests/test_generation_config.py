@@ -57,6 +57,22 @@ def test_brief_defaults():
     assert cfg.max_new_tokens is None and cfg.eos_token_id is None and cfg.min_p is None
 
 
+@pytest.mark.parametrize("name", ["static", "dynamic", "offloaded", None])
+def test_cache_implementation_names_like_transformers(name):
+    assert (
+        GenerationConfig(cache_implementation=name).cache_implementation
+        == HFGen(cache_implementation=name).cache_implementation
+    )
+    assert GenerationConfig(remove_invalid_values=True).remove_invalid_values is True
+
+
+def test_unknown_cache_implementation_raises_like_transformers():
+    with pytest.raises(ValueError, match="cache_implementation"):
+        HFGen(cache_implementation="paged_static")
+    with pytest.raises(ValueError, match=r"Invalid cache_implementation \('paged_static'\)"):
+        GenerationConfig(cache_implementation="paged_static")
+
+
 def test_unknown_keys_are_kept_and_readable():
     cfg = GenerationConfig(max_time=3.0, num_beam_groups=1)
     assert cfg.max_time == 3.0 and cfg.extra == {"max_time": 3.0, "num_beam_groups": 1}

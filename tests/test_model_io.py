@@ -359,3 +359,102 @@ def test_cli_info(hf_lm, capsys, tmp_path):
     assert main(["info", "--model", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert "missing" in err and "Traceback" not in err
+
+
+# --- transformers' loading keywords, 4D masks, resizing ---------------------------------------------------
+
+
+def test_loading_info_and_mismatched_sizes_like_transformers(hf_lm, tmp_path):
+    import transformers
+
+    _, folder = hf_lm
+    with pytest.raises(RuntimeError):
+        transformers.GPT2Model.from_pretrained(folder, vocab_size=50)
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes=True"):
+        GPT2Model.from_pretrained(folder, vocab_size=50)
+    kwargs = dict(vocab_size=50, ignore_mismatched_sizes=True, output_loading_info=True)
+    theirs, their_info = transformers.GPT2LMHeadModel.from_pretrained(folder, **kwargs)
+    ours, info = GPT2LMHeadModel.from_pretrained(folder, **kwargs)
+    assert set(info) == set(their_info)
+    assert info["missing_keys"] == [] and info["unexpected_keys"] == []
+    assert info["mismatched_keys"] == their_info["mismatched_keys"] == ["transformer.wte.weight"]
+    assert (
+        ours.get_input_embeddings().weight.shape == (50, 32)
+        and ours.lm_head.weight is ours.transformer.wte.weight
+    )
+    assert_close(ours.transformer.h[0].attn.c_attn.weight, theirs.transformer.h[0].attn.c_attn.weight)
+
+
+def test_from_state_dict_without_a_folder(hf_lm):
+    _, folder = hf_lm
+    source = GPT2LMHeadModel.from_pretrained(folder)
+    copy = GPT2LMHeadModel.from_pretrained(None, config=source.config, state_dict=source.state_dict())
+    x = x_ids()
+    with torch.no_grad():
+        assert_close(copy(x).logits, source(x).logits, **TOL)
+    assert copy.transformer.wte.weight.data_ptr() != source.transformer.wte.weight.data_ptr()
+    with pytest.raises(ValueError, match="needs both config= and state_dict="):
+        GPT2LMHeadModel.from_pretrained(None, state_dict=source.state_dict())
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_4d_attention_mask_like_transformers(hf_lm, attn_implementation):
+    """A caller-built (B, 1, T, S) mask: two continuations sharing a prefix, in one row."""
+    hf, folder = hf_lm
+    ours = GPT2LMHeadModel.from_pretrained(folder, attn_implementation=attn_implementation)
+    ids = torch.tensor([[10, 11, 12, 13, 14]])
+    allowed = torch.tensor(
+        [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 0, 1, 0], [1, 1, 0, 1, 1]]
+    ).bool()[None, None]
+    mask = (~allowed).float() * torch.finfo(torch.float32).min  # additive, as transformers takes it
+    positions = torch.tensor([[0, 1, 2, 2, 3]])
+    with torch.no_grad():
+        want = hf(ids, attention_mask=mask, position_ids=positions).logits
+        assert_close(ours(ids, attention_mask=mask, position_ids=positions).logits, want, **TOL)
+    with pytest.raises(ValueError, match=r"a 4D attention_mask must have shape \(1, 1, 5, 5\)"):
+        ours(ids, attention_mask=mask[..., :4])
+    with pytest.raises(TypeError, match="a 4D attention_mask must be a float mask"):
+        ours(ids, attention_mask=allowed)
+
+
+def test_resize_token_embeddings_like_transformers(hf_lm):
+    import transformers
+
+    _, folder = hf_lm
+    for tie in (True, False):
+        ours = GPT2LMHeadModel.from_pretrained(folder, tie_word_embeddings=tie)
+        theirs = transformers.GPT2LMHeadModel.from_pretrained(folder, tie_word_embeddings=tie)
+        if not tie:  # the tied checkpoint holds no head of its own: both drew one; give them the same
+            with torch.no_grad():
+                ours.lm_head.weight.copy_(theirs.lm_head.weight)
+        for model in (ours, theirs):
+            model.resize_token_embeddings(99 + 13, pad_to_multiple_of=8)
+        assert ours.config.vocab_size == theirs.config.vocab_size == 112
+        for a, b in ((ours.transformer.wte, theirs.transformer.wte), (ours.lm_head, theirs.lm_head)):
+            assert_close(a.weight[:99], b.weight[:99])
+            # new rows: the old rows' mean, up to a draw with 1e-9 x their covariance
+            assert_close(a.weight[99:], b.weight[99:], atol=1e-3, rtol=0)
+        assert (ours.lm_head.weight is ours.transformer.wte.weight) == tie
+        for bad in (1.3, "8"):
+            with pytest.raises(ValueError, match="pad_to_multiple_of must be an integer"):
+                ours.resize_token_embeddings(120, pad_to_multiple_of=bad)
+        assert ours.resize_token_embeddings() is ours.get_input_embeddings()
+
+
+def test_config_n_embd_check_and_gradient_checkpointing_key_like_transformers():
+    import transformers
+
+    config = GPT2Config(n_embd=30, n_head=4, n_layer=1, vocab_size=10)
+    assert transformers.GPT2Config(n_embd=30, n_head=4).n_embd == config.n_embd == 30
+    with pytest.raises(ValueError):
+        transformers.GPT2Model(transformers.GPT2Config(n_embd=30, n_head=4, n_layer=1, vocab_size=10))
+    with pytest.raises(
+        ValueError, match=r"n_embd \(30\) must be divisible by n_head \(4\) to build GPT2Model"
+    ):
+        GPT2Model(config)
+    config = GPT2Config(n_layer=1, vocab_size=10, n_embd=32, n_head=4)
+    config.gradient_checkpointing = True  # a key of old config.json files
+    model = GPT2LMHeadModel(config)
+    assert model.is_gradient_checkpointing and "gradient_checkpointing" not in model.config.to_dict()
+    assert GPT2LMHeadModel.can_generate() and not GPT2Model.can_generate()
+    assert GPT2LMHeadModel._tied_weights_keys == transformers.GPT2LMHeadModel._tied_weights_keys

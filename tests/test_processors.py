@@ -310,6 +310,19 @@ def test_logit_normalization():
     check(ours.LogitNormalization(), hf.LogitNormalization(), ids, scores)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_inf_nan_remove(dtype):
+    """remove_invalid_values=True: nan -> 0, +inf -> the dtype's max, -inf -> its min, as transformers."""
+    ids, scores = random_ids(0, 6), random_scores(0, dtype=dtype)
+    scores[0, 1], scores[1, 2], scores[2, 3] = float("nan"), float("inf"), float("nan")
+    before = scores.clone()
+    got = ours.InfNanRemoveLogitsProcessor()(ids, scores)
+    assert_close(scores, before, equal_nan=True)  # not changed in place
+    assert_close(got, hf.InfNanRemoveLogitsProcessor()(ids, scores.clone()))
+    assert got.dtype == dtype and torch.isfinite(got).all()
+    assert got[0, 1] == 0 and got[1, 2] == torch.finfo(dtype).max
+
+
 # --- presence / frequency penalties (OpenAI's definition is the oracle) ------------------------------------
 
 
@@ -413,6 +426,9 @@ CONFIGS = [
     dict(do_sample=True, top_k=5, num_beams=2),  # beams without eos: keep 2
     dict(repetition_penalty=1.2, no_repeat_ngram_size=2, bad_words_ids=[[1], [2, 5], [3]], eos_token_id=3),
     dict(min_length=8, min_new_tokens=2, eos_token_id=[3, 4], max_new_tokens=4, forced_eos_token_id=3),
+    dict(
+        forced_eos_token_id=3, remove_invalid_values=True, suppress_tokens=[7], eos_token_id=3, max_length=9
+    ),
     dict(
         max_length=9,
         forced_eos_token_id=[3, 4],

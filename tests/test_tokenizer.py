@@ -404,7 +404,9 @@ def test_bad_files_name_the_problem(cls, tmp_path):
         cls.from_pretrained(folder)
 
 
-@pytest.mark.parametrize("module", ["bpe", "base", "fast", "slow", "files", "auto", "options", "truncation"])
+@pytest.mark.parametrize(
+    "module", ["bpe", "base", "fast", "slow", "files", "auto", "options", "truncation", "chat"]
+)
 def test_docstring_examples_run(module):
     import doctest
     import importlib

@@ -604,3 +604,97 @@ def test_unknown_init_kwargs_are_kept_saved_and_reloaded(make, folder, tmp_path)
     direct.init_kwargs["not_json"] = object()
     with pytest.raises(TypeError, match="init_kwargs\\['not_json'\\]"):
         direct.save_pretrained(tmp_path / "bad")
+
+
+# --- sequence_ids, pairs as tuples, chat templates --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "settings, kwargs",
+    [
+        ({}, {}),
+        ({"add_bos_token": True}, {}),
+        ({"pad_token": "<|endoftext|>"}, {"padding": "max_length", "max_length": 24}),
+        ({"pad_token": "<|endoftext|>", "padding_side": "left"}, {"padding": True}),
+        ({}, {"truncation": "only_second", "max_length": 12, "stride": 2, "return_overflowing_tokens": True}),
+    ],
+)
+def test_sequence_ids_like_transformers(folder, settings, kwargs):
+    ours = GPT2TokenizerFast.from_pretrained("gpt2", **settings)
+    theirs = hf_tokenizer(folder, True, **settings)
+    for args in ((A,), (A, B), ([A, C], [B, C])):
+        a, b = ours(*args, **kwargs), theirs(*args, **kwargs)
+        rows = len(b["input_ids"]) if isinstance(b["input_ids"][0], list) else 1
+        assert [a.sequence_ids(i) for i in range(rows)] == [b.sequence_ids(i) for i in range(rows)], args
+    tensors = ours([A, C], [B, C], padding=True, return_tensors="pt") if ours.pad_token else None
+    if tensors is not None:
+        assert tensors.sequence_ids(1) == theirs([A, C], [B, C], padding=True).sequence_ids(1)
+
+
+def test_sequence_ids_need_a_fast_tokenizer():
+    with pytest.raises(ValueError, match="only available on what a fast tokenizer returns"):
+        GPT2Tokenizer.from_pretrained("gpt2")(A).sequence_ids()
+
+
+def test_batch_of_tuple_pairs_like_transformers(make):
+    ours, theirs = make(pad_token="<|endoftext|>")
+    pairs = [(A, B), (C, A)]
+    for kwargs in ({}, {"padding": True, "return_token_type_ids": True}):
+        assert plain(ours(pairs, **kwargs)) == plain(theirs(pairs, **kwargs))
+        assert plain(ours(pairs, **kwargs)) == plain(ours.batch_encode_plus(pairs, **kwargs))
+
+
+def test_init_kwargs_setters_and_lengths_like_transformers(make):
+    ours, theirs = make(model_max_length=64, add_bos_token=True)
+    assert ours.init_inputs == theirs.init_inputs == ()
+    for name in ("unk_token", "bos_token", "eos_token"):
+        assert str(ours.init_kwargs[name]) == str(theirs.init_kwargs[name]), name
+    assert ours.init_kwargs["add_prefix_space"] is theirs.init_kwargs["add_prefix_space"] is False
+    assert ours.max_len_single_sentence == theirs.max_len_single_sentence
+    assert ours.max_len_sentences_pair == theirs.max_len_sentences_pair
+    for tok in (ours, theirs):
+        tok.additional_special_tokens_ids = [tok.eos_token_id]
+    assert ours.additional_special_tokens == theirs.additional_special_tokens == ["<|endoftext|>"]
+    for tok in (ours, theirs):
+        tok.additional_special_tokens = None
+    assert ours.additional_special_tokens is None and theirs.additional_special_tokens is None
+
+
+TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] | trim }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}{{ extra | default('') }}"
+)
+CHAT = [{"role": "user", "content": " Hello "}, {"role": "assistant", "content": "Hi there"}]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"add_generation_prompt": True},
+        {"continue_final_message": True},
+        {"extra": "!", "tokenize": True},
+        {"tokenize": True, "return_dict": True},
+    ],
+)
+def test_apply_chat_template_like_transformers(make, kwargs):
+    ours, theirs = make()
+    kwargs = {"tokenize": False, **kwargs}
+    for conversation in (CHAT, [CHAT, CHAT[:1]]):
+        a = ours.apply_chat_template(conversation, chat_template=TEMPLATE, **kwargs)
+        b = theirs.apply_chat_template(conversation, chat_template=TEMPLATE, **kwargs)
+        assert plain(a) == plain(b)
+
+
+def test_chat_templates_round_trip_through_transformers(cls, folder, tmp_path):
+    ours = cls.from_pretrained("gpt2")
+    ours.chat_template = {"default": TEMPLATE, "short": "{{ messages[0]['content'] }}"}
+    ours.save_pretrained(tmp_path / "ours")
+    theirs = hf_tokenizer(tmp_path / "ours", cls.is_fast)
+    assert theirs.chat_template == ours.chat_template
+    theirs.save_pretrained(tmp_path / "theirs")  # chat_template.jinja and additional_chat_templates/
+    again = cls.from_pretrained(tmp_path / "theirs")
+    assert again.chat_template == ours.chat_template
+    assert again.apply_chat_template(CHAT, chat_template="short", tokenize=False) == " Hello "
+    with pytest.raises(ValueError, match="tokenizer.chat_template is not set"):
+        cls.from_pretrained("gpt2").apply_chat_template(CHAT)

@@ -424,11 +424,8 @@ class GPT2Config:
             isinstance(self.n_inner, bool) or not isinstance(self.n_inner, int) or self.n_inner <= 0
         ):
             raise ValueError(f"GPT2Config.n_inner must be a positive integer or None, got {self.n_inner!r}")
-        if self.n_embd % self.n_head != 0:
-            raise ValueError(
-                f"GPT2Config.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
-                f"choose n_head from the divisors of {self.n_embd}"
-            )
+        # n_embd % n_head is checked when a model is built (GPT2PreTrainedModel), as in transformers, whose
+        # config accepts n_embd=37 with 12 heads and only the model's attention refuses it.
         if self.activation_function not in ACTIVATIONS:
             raise ValueError(
                 f"GPT2Config.activation_function {self.activation_function!r} is not supported; "

@@ -12,6 +12,7 @@ __all__ = [
     "GENERATION_CONFIG_NAME",
     "ForcedEOSTokenLogitsProcessor",
     "GenerationConfig",
+    "InfNanRemoveLogitsProcessor",
     "LogitNormalization",
     "LogitsProcessor",
     "LogitsProcessorList",
@@ -50,6 +51,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the eager spelling of the lazy 
     from gpt2kit.generation.config import GENERATION_CONFIG_NAME, GenerationConfig
     from gpt2kit.generation.processors import (
         ForcedEOSTokenLogitsProcessor,
+        InfNanRemoveLogitsProcessor,
         LogitNormalization,
         LogitsProcessor,
         LogitsProcessorList,

@@ -31,6 +31,20 @@ _METADATA_KEYS = ("transformers_version", "_commit_hash", "_original_object_hash
 _SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0, "min_p": None, "typical_p": 1.0}
 _BEAM_DEFAULTS = {"early_stopping": False, "length_penalty": 1.0}
 _OUTPUT_FLAGS = ("output_attentions", "output_hidden_states", "output_scores", "output_logits")
+# transformers 4.57's ALL_CACHE_IMPLEMENTATIONS: the names a generation_config.json may hold.
+_CACHE_IMPLEMENTATIONS = (
+    "static",
+    "offloaded_static",
+    "sliding_window",
+    "hybrid",
+    "hybrid_chunked",
+    "offloaded_hybrid",
+    "offloaded_hybrid_chunked",
+    "dynamic",
+    "dynamic_full",
+    "offloaded",
+    "quantized",
+)
 
 
 def _is_int(value: Any) -> bool:
@@ -70,6 +84,9 @@ class GenerationConfig:
     do_sample: bool = False
     num_beams: int = 1
     use_cache: bool = True
+    # The type of the past_key_values returned: "static" (a StaticCache) or "dynamic" (a DynamicCache, also
+    # what None gives); gpt2kit decodes on its own preallocated cache either way.
+    cache_implementation: str | None = None
     # Logits: warpers (sampling only) and processors (every strategy).
     temperature: float | None = 1.0
     top_k: int | None = 50
@@ -82,6 +99,7 @@ class GenerationConfig:
     bad_words_ids: list[list[int]] | None = None
     renormalize_logits: bool = False
     forced_eos_token_id: int | list[int] | None = None
+    remove_invalid_values: bool = False  # nan -> 0 and +-inf -> the dtype's max / min in the scores
     suppress_tokens: list[int] | None = None
     begin_suppress_tokens: list[int] | None = None
     # Outputs.
@@ -164,6 +182,11 @@ class GenerationConfig:
             raise ValueError(
                 f"greedy decoding returns one sequence per prompt, but num_return_sequences={n}; "
                 f"set do_sample=True or num_beams>={n}"
+            )
+        if self.cache_implementation is not None and self.cache_implementation not in _CACHE_IMPLEMENTATIONS:
+            raise ValueError(
+                f"Invalid cache_implementation ({self.cache_implementation!r}); choose one of "
+                f"{_CACHE_IMPLEMENTATIONS} or None (gpt2kit's generate() runs 'static' and 'dynamic')"
             )
         if self.num_beams > 1 and n > self.num_beams:
             raise ValueError(

@@ -42,7 +42,8 @@ class GenerationMixin:
         attention_mask (B, T). Keyword arguments are GenerationConfig fields (max_new_tokens, do_sample,
         temperature, top_k, top_p, min_p, typical_p, repetition_penalty, no_repeat_ngram_size, bad_words_ids,
         num_beams, length_penalty, early_stopping, num_return_sequences, eos_token_id, pad_token_id,
-        stop_strings with tokenizer=, return_dict_in_generate, output_scores, output_logits), plus
+        stop_strings with tokenizer=, remove_invalid_values, use_cache, cache_implementation,
+        return_dict_in_generate, output_scores, output_logits, output_attentions, output_hidden_states), plus
         logits_processor=, generator= (a torch.Generator for sampling), truncate_prompt=True (drop the
         prompt's left part when prompt + new tokens exceed n_positions), presence_penalty= and
         frequency_penalty= (OpenAI's, on generated tokens), compile= (False by default; True, a
@@ -55,11 +56,17 @@ class GenerationMixin:
         the type of the prompt's last column), position_ids (B, T) (each new token then gets the prompt's last
         position, as transformers 4.57 does), head_mask, encoder_hidden_states (B, S, C) and
         encoder_attention_mask (B, S) for add_cross_attention models; labels= and logits_to_keep= are
-        accepted and ignored. Any other keyword raises TypeError naming it.
+        accepted and ignored. past_key_values= (a cache of the first positions of input_ids, as a previous
+        return_dict_in_generate=True call returned it) skips recomputing them; inputs_embeds (B, T, C) with
+        input_ids (B, T) stand in for the prompt's embedding lookup. Any other keyword raises TypeError naming
+        it; assistant_model= and prompt_lookup_num_tokens= (not implemented) raise ValueError.
 
         Returns prompt + continuation ids (B * num_return_sequences, L), finished rows padded with
         pad_token_id, or a GenerateDecoderOnlyOutput / GenerateBeamDecoderOnlyOutput when
-        return_dict_in_generate=True.
+        return_dict_in_generate=True: with output_attentions / output_hidden_states, per step and layer,
+        the forward pass's attentions and hidden states (the prompt first, then one position per step, or the
+        whole sequence so far with use_cache=False); with use_cache=True (the default), past_key_values, a
+        DynamicCache of the cached positions (a StaticCache with cache_implementation="static").
 
         >>> out = model.generate(**tok(["Hello"], return_tensors="pt"), max_new_tokens=20)  # doctest: +SKIP
         """

@@ -365,6 +365,17 @@ class SuppressTokensAtBeginLogitsProcessor(LogitsProcessor):
         return scores.masked_fill(_vocab_mask(self.begin_suppress_tokens, scores), NEG_INF)
 
 
+class InfNanRemoveLogitsProcessor(LogitsProcessor):
+    """remove_invalid_values=True: nan -> 0, +inf -> the dtype's largest number, -inf -> its smallest, so
+    that sampling never meets them (transformers' processor of that name)."""
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        finfo = torch.finfo(scores.dtype)
+        out = torch.where(scores != scores, 0.0, scores)
+        out = torch.where(scores == float("inf"), finfo.max, out)
+        return torch.where(scores == float("-inf"), finfo.min, out)
+
+
 class LogitNormalization(LogitsProcessor):
     """Log-softmax, so the final scores are log-probabilities (renormalize_logits=True)."""
 
@@ -419,6 +430,8 @@ def build_processors(
         procs.append(MinNewTokensLengthLogitsProcessor(prompt_length, cfg.min_new_tokens, eos))
     if cfg.forced_eos_token_id is not None:
         procs.append(ForcedEOSTokenLogitsProcessor(max_length, cfg.forced_eos_token_id))
+    if cfg.remove_invalid_values is True:
+        procs.append(InfNanRemoveLogitsProcessor())
     if cfg.suppress_tokens is not None:
         procs.append(SuppressTokensLogitsProcessor(cfg.suppress_tokens))
     if cfg.begin_suppress_tokens is not None:

@@ -22,13 +22,16 @@ import torch
 from gpt2kit.generation.config import GenerationConfig
 from gpt2kit.generation.processors import LogitsProcessorList, build_processors
 from gpt2kit.model.attention import AttentionMask
-from gpt2kit.model.cache import Cache, StaticCache
+from gpt2kit.model.cache import Cache, DynamicCache, StaticCache, as_cache
 from gpt2kit.model.outputs import ModelOutput
 from gpt2kit.model.packed import PackedLinear
 
 logger = logging.getLogger(__name__)
 
 _DEFAULT_MAX_LENGTH = 20  # transformers: without max_length / max_new_tokens, 20 new tokens
+# The cache_implementation values generate() takes: they choose the type of the past_key_values it returns
+# (gpt2kit decodes on a preallocated static cache either way).
+CACHE_IMPLEMENTATIONS = ("static", "dynamic", "dynamic_full")
 
 
 @dataclass
@@ -38,6 +41,10 @@ class GenerateDecoderOnlyOutput(ModelOutput):
     sequences: torch.LongTensor | None = None
     scores: tuple[torch.FloatTensor, ...] | None = None
     logits: tuple[torch.FloatTensor, ...] | None = None
+    # per step, per layer: (B, nh, T_step, S) and (B, T_step, C); T_step is the prompt at the first step,
+    # then 1 with the cache (the whole sequence so far without it)
+    attentions: tuple[tuple[torch.FloatTensor, ...], ...] | None = None
+    hidden_states: tuple[tuple[torch.FloatTensor, ...], ...] | None = None
     past_key_values: Any = None
 
 
@@ -50,36 +57,70 @@ class GenerateBeamDecoderOnlyOutput(ModelOutput):
     scores: tuple[torch.FloatTensor, ...] | None = None
     logits: tuple[torch.FloatTensor, ...] | None = None
     beam_indices: torch.LongTensor | None = None
+    attentions: tuple[tuple[torch.FloatTensor, ...], ...] | None = None  # of all B * num_beams rows
+    hidden_states: tuple[tuple[torch.FloatTensor, ...], ...] | None = None
     past_key_values: Any = None
 
 
 # --- the model calls --------------------------------------------------------------------------------------
 
 
-def _logits(model, input_ids, attention_mask, position_ids, cache, **model_inputs) -> torch.Tensor:
+class _Record:
+    """The per-step attentions and hidden states that generate(return_dict_in_generate=True,
+    output_attentions=True / output_hidden_states=True) returns, one forward pass per entry."""
+
+    def __init__(self, attentions: bool, hidden_states: bool) -> None:
+        self.attentions: list | None = [] if attentions else None
+        self.hidden_states: list | None = [] if hidden_states else None
+
+    def flags(self) -> dict[str, bool]:
+        return {
+            "output_attentions": self.attentions is not None,
+            "output_hidden_states": self.hidden_states is not None,
+        }
+
+    def add(self, out) -> None:
+        if self.attentions is not None:
+            self.attentions.append(out.attentions)
+        if self.hidden_states is not None:
+            self.hidden_states.append(out.hidden_states)
+
+
+def _logits(
+    model, input_ids, attention_mask, position_ids, cache, record: _Record | None = None, **model_inputs
+) -> torch.Tensor:
     """Run the trunk over input_ids (B, T) and return the last position's logits as float32 (B, V).
 
-    model_inputs: the other forward inputs generate() was given (token_type_ids, head_mask, ...)."""
+    cache: the cache to read and extend, or None to run without one. record: where this pass's attentions
+    and hidden states go, when generate() returns them. model_inputs: the other forward inputs generate()
+    was given (token_type_ids, head_mask, ...)."""
     out = model.transformer(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
         past_key_values=cache,
-        use_cache=True,
+        use_cache=cache is not None,
         return_dict=True,
+        **(record.flags() if record is not None else {}),
         **model_inputs,
     )
+    if record is not None:
+        record.add(out)
     return model.lm_head(out.last_hidden_state[:, -1, :]).float()
 
 
-def prefill(model, input_ids, attention_mask, position_ids, cache, **model_inputs) -> torch.Tensor:
+def prefill(
+    model, input_ids, attention_mask, position_ids, cache, record=None, **model_inputs
+) -> torch.Tensor:
     """The whole prompt in one forward pass; fills the cache. -> logits (B, V) of the last position."""
-    return _logits(model, input_ids, attention_mask, position_ids, cache, **model_inputs)
+    return _logits(model, input_ids, attention_mask, position_ids, cache, record, **model_inputs)
 
 
-def decode_one_token(model, tokens, attention_mask, position_ids, cache, **model_inputs) -> torch.Tensor:
+def decode_one_token(
+    model, tokens, attention_mask, position_ids, cache, record=None, **model_inputs
+) -> torch.Tensor:
     """One new position per sequence, tokens (B, 1), against the cache. -> logits (B, V)."""
-    return _logits(model, tokens, attention_mask, position_ids, cache, **model_inputs)
+    return _logits(model, tokens, attention_mask, position_ids, cache, record, **model_inputs)
 
 
 class _SlotCache(Cache):
@@ -207,6 +248,10 @@ class _Plan:
     position_ids: torch.Tensor | None = None
     # The other forward inputs (token_type_ids, head_mask, ...), per-row ones expanded like input_ids.
     model_inputs: dict[str, Any] = field(default_factory=dict)
+    # past_key_values the caller passed (expanded like input_ids): their positions are not run again.
+    past: Cache | None = None
+    # The prompt's embeddings (B, T, C) the caller passed with input_ids: the prefill reads them instead.
+    inputs_embeds: torch.Tensor | None = None
 
 
 # Forward inputs generate() passes on to the model, as transformers' generate() does with **model_kwargs.
@@ -223,13 +268,25 @@ _PER_ROW_INPUTS = ("token_type_ids", "position_ids", "encoder_hidden_states", "e
 # calling the model, and logits_to_keep only trims logits that generate() does not read.
 _IGNORED_INPUTS = ("labels", "logits_to_keep")
 # Forward arguments generate() runs itself; accepted only as None.
-_OWN_INPUTS = ("past_key_values", "inputs_embeds", "cache_position", "return_dict")
+_OWN_INPUTS = ("cache_position", "return_dict")
+# transformers' decoding modes that gpt2kit does not implement; accepted only as None (their default).
+_UNSUPPORTED = {
+    "assistant_model": "assisted decoding",
+    "prompt_lookup_num_tokens": "prompt lookup decoding",
+    "assistant_tokenizer": "assisted decoding",
+}
 
 
 def _split_model_inputs(unused: dict[str, Any]) -> dict[str, Any]:
     """generate()'s keyword arguments that are not GenerationConfig fields -> the forward inputs to pass on.
 
     Raises TypeError naming the ones that are neither, as transformers does (it raises ValueError)."""
+    for name, mode in _UNSUPPORTED.items():
+        if unused.pop(name, None) is not None:
+            raise ValueError(
+                f"generate(): {name}= asks for {mode}, which gpt2kit does not implement; generate without "
+                f"{name} (greedy search gives the tokens {mode} would verify), or use transformers for it"
+            )
     unknown = sorted(k for k in unused if k not in MODEL_INPUTS + _IGNORED_INPUTS + _OWN_INPUTS)
     if unknown:
         raise TypeError(
@@ -293,6 +350,8 @@ def plan_generation(
         base = GenerationConfig.from_model_config(model.config)
     cfg = copy.deepcopy(base)
     user_set_max_length = "max_length" in kwargs
+    past = as_cache(kwargs.pop("past_key_values", None))
+    inputs_embeds = kwargs.pop("inputs_embeds", None)
     model_inputs = _split_model_inputs(cfg.update(**kwargs))
     uncompiled = sorted(set(model_inputs) - {"token_type_ids", "position_ids"})
     if compile_opts is not None and uncompiled:
@@ -300,8 +359,26 @@ def plan_generation(
             f"compile= runs a fixed-shape decode step that has no {uncompiled}; generate without compile= "
             "to pass them"
         )
+    if cfg.cache_implementation not in (None, *CACHE_IMPLEMENTATIONS):
+        raise ValueError(
+            f"cache_implementation={cfg.cache_implementation!r} is not one gpt2kit runs; use 'static' or "
+            "'dynamic' (or leave it unset): gpt2kit decodes on its own preallocated cache either way, and the "
+            "choice sets the type of the past_key_values returned"
+        )
+    returns_layers = cfg.return_dict_in_generate and (cfg.output_attentions or cfg.output_hidden_states)
+    if compile_opts is not None and (returns_layers or not cfg.use_cache):
+        raise ValueError(
+            "compile= runs a fixed-shape cached decode step, which returns no attentions or hidden states and "
+            "needs use_cache=True; generate without compile= for output_attentions, output_hidden_states or "
+            "use_cache=False"
+        )
     n_positions = model.config.n_positions
 
+    if input_ids is None and inputs_embeds is not None:
+        raise ValueError(
+            "generate(inputs_embeds=...) needs the prompt's input_ids too in gpt2kit (the returned sequences "
+            "start with them); pass input_ids=ids, inputs_embeds=embeds, or the ids alone"
+        )
     if input_ids is None:
         bos = cfg.bos_token_id if cfg.bos_token_id is not None else model.config.bos_token_id
         if bos is None:
@@ -352,7 +429,7 @@ def plan_generation(
         max_length = cfg.max_length
     if max_length > n_positions:
         new = max_length - T
-        if truncate_prompt and new < n_positions:
+        if truncate_prompt and new < n_positions and past is None and inputs_embeds is None:
             keep = n_positions - new
             logger.warning("dropping the first %d prompt tokens to fit n_positions=%d", T - keep, n_positions)
             input_ids = input_ids[:, -keep:]
@@ -379,6 +456,10 @@ def plan_generation(
         raise ValueError(
             f"num_return_sequences ({cfg.num_return_sequences}) must be <= num_beams ({cfg.num_beams})"
         )
+    if past is not None:
+        past = _check_past(past, input_ids, cfg)
+    if inputs_embeds is not None:
+        inputs_embeds = _check_embeds(inputs_embeds, input_ids, model.config.n_embd)
     if cfg.num_beams == 1 and not cfg.do_sample and cfg.num_return_sequences > 1:
         raise ValueError("greedy search returns one sequence per prompt; use do_sample=True or num_beams > 1")
     expand = cfg.num_beams if cfg.num_beams > 1 else cfg.num_return_sequences
@@ -389,6 +470,8 @@ def plan_generation(
         )
         # As transformers' _expand_inputs_for_generation; head_mask is per layer and head, not per row.
         position_ids = position_ids.repeat_interleave(expand, dim=0) if position_ids is not None else None
+        if inputs_embeds is not None:
+            inputs_embeds = inputs_embeds.repeat_interleave(expand, dim=0)
         for name in _PER_ROW_INPUTS:
             if name in model_inputs:
                 model_inputs[name] = model_inputs[name].repeat_interleave(expand, dim=0)
@@ -424,7 +507,65 @@ def plan_generation(
         compile_opts,
         position_ids,
         model_inputs,
+        past,
+        inputs_embeds,
     )
+
+
+def _check_embeds(embeds: torch.Tensor, input_ids: torch.Tensor, n_embd: int) -> torch.Tensor:
+    """inputs_embeds (B, T, C) for the prompt input_ids (B, T), already expanded like them."""
+    if not isinstance(embeds, torch.Tensor) or embeds.dim() != 3:
+        raise ValueError(
+            f"inputs_embeds must be a (batch, length, n_embd) tensor, got {getattr(embeds, 'shape', type(embeds))}"
+        )
+    if tuple(embeds.shape) != (*input_ids.shape, n_embd):
+        raise ValueError(
+            f"inputs_embeds has shape {tuple(embeds.shape)} but input_ids {tuple(input_ids.shape)}; pass one "
+            f"{n_embd}-wide embedding per prompt token"
+        )
+    return embeds.to(input_ids.device)
+
+
+def _check_past(past: Cache, input_ids: torch.Tensor, cfg: GenerationConfig) -> Cache:
+    """The caller's past_key_values, checked against the prompt (B, T) and expanded for beams / return
+    sequences as input_ids will be."""
+    B, T = input_ids.shape
+    n = past.get_seq_length()
+    if not cfg.use_cache:
+        raise ValueError("past_key_values= continues from a cache, which needs use_cache=True")
+    if n >= T:
+        raise ValueError(
+            f"past_key_values holds {n} positions but input_ids only {T}; pass the whole sequence (the cached "
+            "part and at least one new token) as input_ids, as transformers expects"
+        )
+    layers = past.to_legacy_cache()
+    if layers and layers[0][0].shape[0] != B:
+        raise ValueError(
+            f"past_key_values holds {layers[0][0].shape[0]} rows but input_ids {B}; pass the cache of these prompts"
+        )
+    expand = cfg.num_beams if cfg.num_beams > 1 else cfg.num_return_sequences
+    if expand > 1:
+        layers = tuple((k.repeat_interleave(expand, 0), v.repeat_interleave(expand, 0)) for k, v in layers)
+    return DynamicCache.from_legacy_cache(layers)
+
+
+def _start(model, plan: _Plan, position_ids: torch.Tensor, cache: StaticCache | None, record) -> torch.Tensor:
+    """The prefill: the prompt in one pass -> logits (B, V) of its last position. With the caller's
+    past_key_values, those positions are copied into the cache and only the rest of the prompt runs."""
+    n = 0
+    inputs = plan.model_inputs
+    if plan.past is not None and cache is not None:
+        n = plan.past.get_seq_length()
+        for i, (k, v) in enumerate(plan.past):
+            cache.update(
+                i, k.to(cache.k[i].device, cache.k[i].dtype), v.to(cache.v[i].device, cache.v[i].dtype)
+            )
+        if "token_type_ids" in inputs:
+            inputs = {**inputs, "token_type_ids": inputs["token_type_ids"][:, n:]}
+    ids = plan.input_ids[:, n:]
+    if plan.inputs_embeds is not None:  # the caller's embeddings stand in for the ids' lookup
+        ids, inputs = None, {**inputs, "inputs_embeds": plan.inputs_embeds[:, n:]}
+    return prefill(model, ids, plan.attention_mask, position_ids[:, n:], cache, record, **inputs)
 
 
 class _StopStrings:
@@ -505,15 +646,57 @@ def _new_cache(model, plan: _Plan, batch_size: int) -> StaticCache:
     return cache
 
 
-def _step_function(model, plan: _Plan, cache: StaticCache, mask: torch.Tensor | None):
-    """-> step(tokens (B, 1), cur, position_ids (B, 1)) -> logits (B, V) for the token at position cur - 1:
-    the eager decode_one_token, or the compiled fixed-shape decode_one_token_static."""
+def _returned_cache(cache: StaticCache | None, config: GenerationConfig) -> Cache | None:
+    """The past_key_values generate() returns: as transformers, a DynamicCache of the cached positions, or
+    the StaticCache itself with cache_implementation="static"; None without a cache (use_cache=False)."""
+    if cache is None:
+        return None
+    if config.cache_implementation == "static":
+        return cache
+    return DynamicCache.from_legacy_cache(cache.to_legacy_cache())
+
+
+def _recompute_step(model, plan: _Plan, mask: torch.Tensor | None, record: _Record | None):
+    """use_cache=False: each step runs the whole sequence so far again, as transformers does without a
+    cache (slower; the attentions and hidden states returned then cover every position)."""
+    B, T = plan.input_ids.shape
+    prompt_pos, advance = _positions(plan, B, T)
+    inputs = dict(plan.model_inputs)
+    types = inputs.pop("token_type_ids", None)
+
+    def step(tokens, cur, position_ids, history):
+        new = cur - T
+        offsets = torch.arange(1, new + 1, device=prompt_pos.device) * advance
+        pos = torch.cat([prompt_pos, prompt_pos[:, -1:] + offsets], dim=1)
+        if types is not None:  # as transformers: each new token takes the type of the prompt's last column
+            inputs["token_type_ids"] = torch.cat([types, types[:, -1:].expand(-1, new)], dim=1)
+        return _logits(
+            model, history, mask[:, :cur] if mask is not None else None, pos, None, record, **inputs
+        )
+
+    return step
+
+
+def _step_function(
+    model, plan: _Plan, cache: StaticCache | None, mask: torch.Tensor | None, record: _Record | None = None
+):
+    """-> step(tokens (B, 1), cur, position_ids (B, 1), history (B, cur)) -> logits (B, V) for the token at
+    position cur - 1: the eager decode_one_token, the compiled fixed-shape decode_one_token_static, or
+    without a cache a forward pass over the whole history."""
+    if cache is None:
+        return _recompute_step(model, plan, mask, record)
     inputs = _step_inputs(plan)
     if plan.compile is None:
 
-        def step(tokens, cur, position_ids):
+        def step(tokens, cur, position_ids, history=None):
             return decode_one_token(
-                model, tokens, mask[:, :cur] if mask is not None else None, position_ids, cache, **inputs
+                model,
+                tokens,
+                mask[:, :cur] if mask is not None else None,
+                position_ids,
+                cache,
+                record,
+                **inputs,
             )
 
         return step
@@ -525,7 +708,7 @@ def _step_function(model, plan: _Plan, cache: StaticCache, mask: torch.Tensor | 
         key_ok[:, : mask.shape[1]] = mask.bool()
     calls = 0
 
-    def step(tokens, cur, position_ids):
+    def step(tokens, cur, position_ids, history=None):
         nonlocal calls
         t0 = time.perf_counter()
         logits = fn(
@@ -563,11 +746,14 @@ def decode(
     generator: torch.Generator | None = None,
     scores_out: list | None = None,
     logits_out: list | None = None,
+    record: _Record | None = None,
+    state: dict | None = None,
 ) -> Iterator[torch.Tensor]:
     """Greedy or sampled decoding; yields the tokens (B,) chosen at each step.
 
     `plan.input_ids` holds the prompt; the tokens so far live in one preallocated (B, max_length) buffer,
-    and the cache is static, so a step allocates nothing that grows with the sequence.
+    and the cache is static, so a step allocates nothing that grows with the sequence. state, when given,
+    receives the cache under "cache" (None with use_cache=False).
     """
     cfg = plan.config
     ids = plan.input_ids
@@ -581,13 +767,15 @@ def decode(
     if plan.attention_mask is not None:
         mask = torch.ones((B, plan.max_length), dtype=plan.attention_mask.dtype, device=device)
         mask[:, :T] = plan.attention_mask
-    cache = _new_cache(model, plan, B)
-    step = _step_function(model, plan, cache, mask)
+    cache = _new_cache(model, plan, B) if cfg.use_cache else None
+    if state is not None:
+        state["cache"] = cache
+    step = _step_function(model, plan, cache, mask, record)
     unfinished = torch.ones(B, dtype=torch.bool, device=device)
 
     position_ids, advance = _positions(plan, B, T)
     with torch.inference_mode():
-        logits = prefill(model, ids, plan.attention_mask, position_ids, cache, **plan.model_inputs)
+        logits = _start(model, plan, position_ids, cache, record)
     next_pos = position_ids[:, -1:] + advance
     cur = T
     while True:
@@ -609,7 +797,7 @@ def decode(
         if cur >= plan.max_length or not bool(unfinished.any()):
             break
         with torch.inference_mode():
-            logits = step(nxt[:, None], cur, next_pos)
+            logits = step(nxt[:, None], cur, next_pos, tokens[:, :cur])
         next_pos = next_pos + advance
 
 
@@ -623,7 +811,15 @@ def _gather(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.take_along_dim(t, idx, dim=1)
 
 
-def beam_search(model, plan: _Plan, generator: torch.Generator | None = None, scores_out: list | None = None):
+def beam_search(
+    model,
+    plan: _Plan,
+    generator: torch.Generator | None = None,
+    scores_out: list | None = None,
+    logits_out: list | None = None,
+    record: _Record | None = None,
+    state: dict | None = None,
+):
     """transformers 4.57's vectorised beam search, on the static cache.
 
     Keeps, per prompt, num_beams running hypotheses and the num_beams best finished ones. Each step takes
@@ -662,14 +858,18 @@ def beam_search(model, plan: _Plan, generator: torch.Generator | None = None, sc
     if plan.attention_mask is not None:
         mask = torch.ones((BK, max_length), dtype=plan.attention_mask.dtype, device=device)
         mask[:, :T] = plan.attention_mask
-    cache = _new_cache(model, plan, BK)
-    step_fn = _step_function(model, plan, cache, mask)
+    cache = _new_cache(model, plan, BK) if cfg.use_cache else None
+    if state is not None:
+        state["cache"] = cache
+    step_fn = _step_function(model, plan, cache, mask, record)
     position_ids, advance = _positions(plan, BK, T)
     with torch.inference_mode():
-        logits = prefill(model, flat_ids, plan.attention_mask, position_ids, cache, **plan.model_inputs)
+        logits = _start(model, plan, position_ids, cache, record)
     next_pos = position_ids[:, -1:] + advance
     cur = T
     while cur < max_length:
+        if logits_out is not None:
+            logits_out.append(logits)
         log_probs = torch.log_softmax(logits, dim=-1)
         log_probs = plan.processors(running[:, :, :cur].reshape(BK, cur), log_probs)
         if scores_out is not None:
@@ -718,7 +918,8 @@ def beam_search(model, plan: _Plan, generator: torch.Generator | None = None, sc
 
         # the surviving beams' cache rows move with them
         reorder = running_beam_idx[:, :, cur - T].reshape(BK)
-        cache.reorder_cache(reorder)
+        if cache is not None:
+            cache.reorder_cache(reorder)
         cur += 1
 
         # stop when no running beam can still beat the worst finished one (transformers' heuristic)
@@ -733,7 +934,9 @@ def beam_search(model, plan: _Plan, generator: torch.Generator | None = None, sc
         if not (bool(may_improve.any()) and open_beams and not bool(done.all())) or cur >= max_length:
             break
         with torch.inference_mode():
-            logits = step_fn(running[:, :, cur - 1].reshape(BK, 1), cur, next_pos)
+            logits = step_fn(
+                running[:, :, cur - 1].reshape(BK, 1), cur, next_pos, running[:, :, :cur].reshape(BK, cur)
+            )
         next_pos = next_pos + advance
 
     n = cfg.num_return_sequences
@@ -768,24 +971,32 @@ def generate(
     cfg = plan.config
     want_dict = cfg.return_dict_in_generate
     scores = [] if want_dict and cfg.output_scores else None
+    raw = [] if want_dict and cfg.output_logits else None
+    record = None
+    if want_dict and (cfg.output_attentions or cfg.output_hidden_states):
+        record = _Record(cfg.output_attentions, cfg.output_hidden_states)
+    state: dict[str, Any] = {}
     if cfg.num_beams > 1:
         if streamer is not None:
             raise ValueError("streaming is not supported with beam search (num_beams > 1); use num_beams=1")
-        sequences, seq_scores, beam_indices = beam_search(model, plan, generator, scores)
+        sequences, seq_scores, beam_indices = beam_search(model, plan, generator, scores, raw, record, state)
         if not want_dict:
             return sequences
         return GenerateBeamDecoderOnlyOutput(
             sequences=sequences,
             sequences_scores=seq_scores if cfg.output_scores else None,
             scores=tuple(scores) if scores is not None else None,
+            logits=tuple(raw) if raw is not None else None,
             beam_indices=beam_indices if cfg.output_scores else None,
+            attentions=_recorded(record, "attentions"),
+            hidden_states=_recorded(record, "hidden_states"),
+            past_key_values=_returned_cache(state.get("cache"), cfg),
         )
 
-    raw = [] if want_dict and cfg.output_logits else None
     if streamer is not None:
         streamer.put(plan.input_ids.cpu())
     steps = []
-    for nxt in decode(model, plan, generator, scores, raw):
+    for nxt in decode(model, plan, generator, scores, raw, record, state):
         steps.append(nxt)
         if streamer is not None:
             streamer.put(nxt.cpu())
@@ -798,4 +1009,12 @@ def generate(
         sequences=sequences,
         scores=tuple(scores) if scores is not None else None,
         logits=tuple(raw) if raw is not None else None,
+        attentions=_recorded(record, "attentions"),
+        hidden_states=_recorded(record, "hidden_states"),
+        past_key_values=_returned_cache(state.get("cache"), cfg),
     )
+
+
+def _recorded(record: _Record | None, name: str) -> tuple | None:
+    values = getattr(record, name) if record is not None else None
+    return tuple(values) if values is not None else None

@@ -79,7 +79,18 @@ def _skip_torch_init():
 
 
 # from_pretrained's own keywords; any other keyword must be a config field (num_labels=3, pad_token_id=...).
-_LOAD_KWARGS = {"dtype", "torch_dtype", "device", "device_map", "local_files_only", "revision", "config"}
+_LOAD_KWARGS = {
+    "dtype",
+    "torch_dtype",
+    "device",
+    "device_map",
+    "local_files_only",
+    "revision",
+    "config",
+    "state_dict",
+    "output_loading_info",
+    "ignore_mismatched_sizes",
+}
 
 
 class GPT2PreTrainedModel(nn.Module):
@@ -87,12 +98,28 @@ class GPT2PreTrainedModel(nn.Module):
 
     base_model_prefix = "transformer"
     _tied_lm_head = False  # heads whose lm_head shares the token embedding set this
+    # transformers' class attributes that code written for it reads.
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _tied_weights_keys: list[str] | None = None
 
     def __init__(self, config: GPT2Config) -> None:
         super().__init__()
         if not isinstance(config, GPT2Config):
             raise TypeError(f"{type(self).__name__} needs a GPT2Config, got {type(config).__name__}")
+        if config.n_embd % config.n_head != 0:
+            # Checked here, not in GPT2Config: as in transformers, such a config is valid to build and save,
+            # and only a model cannot split n_embd into heads.
+            raise ValueError(
+                f"GPT2Config.n_embd ({config.n_embd}) must be divisible by n_head ({config.n_head}) to build "
+                f"{type(self).__name__}; choose n_head from the divisors of {config.n_embd}"
+            )
         self.config = config
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        """Whether generate() works on this class (the LM heads), as transformers' PreTrainedModel says."""
+        return hasattr(cls, "generate")
 
     # --- weights ---------------------------------------------------------------------------------------
 
@@ -101,6 +128,10 @@ class GPT2PreTrainedModel(nn.Module):
         if next(self.parameters()).device.type != "meta":
             self.init_weights()
         self.tie_weights()
+        # transformers' backward compatibility: a config with gradient_checkpointing=True (a key of old
+        # config.json files) turns it on, and the key is dropped so that it is not saved again.
+        if self.config.extra.pop("gradient_checkpointing", False):
+            self.gradient_checkpointing_enable()
 
     def init_weights(self, only: set[str] | None = None) -> None:
         """Normal(0, initializer_range) for matrices and embeddings, zero biases, unit LayerNorms; the residual
@@ -134,39 +165,69 @@ class GPT2PreTrainedModel(nn.Module):
         return getattr(self, "lm_head", None)
 
     def resize_token_embeddings(
-        self, new_num_tokens: int, pad_to_multiple_of: int | None = None
+        self,
+        new_num_tokens: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        mean_resizing: bool = True,
     ) -> nn.Embedding:
-        """Grow or shrink the vocabulary (after tok.add_tokens); new rows start at the mean embedding."""
-        if pad_to_multiple_of:
+        """Grow or shrink the vocabulary (after tok.add_tokens), as transformers 4.57 does it.
+
+        New rows of the embedding (and of an untied LM head) are drawn around the mean of the old rows, from
+        a normal with 1e-9 x their covariance (the mean itself where that covariance is singular);
+        mean_resizing=False draws them from Normal(0, initializer_range) instead. pad_to_multiple_of rounds
+        the size up; new_num_tokens=None keeps the size (and only pads).
+        """
+        old = self.get_input_embeddings()
+        if pad_to_multiple_of is not None:
+            if isinstance(pad_to_multiple_of, bool) or not isinstance(pad_to_multiple_of, int):
+                raise ValueError(
+                    f"pad_to_multiple_of must be an integer, got {pad_to_multiple_of!r}; pass e.g. 64"
+                )
+            if new_num_tokens is None:
+                new_num_tokens = old.num_embeddings
             new_num_tokens = math.ceil(new_num_tokens / pad_to_multiple_of) * pad_to_multiple_of
+        if new_num_tokens is None:
+            return old
         if new_num_tokens <= 0:
             raise ValueError(f"new_num_tokens must be positive, got {new_num_tokens}")
-        old = self.get_input_embeddings()
-        n = min(old.num_embeddings, new_num_tokens)
-        new = nn.Embedding(
-            new_num_tokens, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype
-        )
-        with torch.no_grad():
-            new.weight[:n] = old.weight[:n]
-            if new_num_tokens > n:
-                new.weight[n:] = old.weight.float().mean(0).to(old.weight.dtype)
+        new = self._resized_rows(old, new_num_tokens, mean_resizing)
         self.set_input_embeddings(new)
         self.config.vocab_size = new_num_tokens
         if self._tied_lm_head:
             if self.config.tie_word_embeddings:
                 self.tie_weights()
             else:
-                head = LMHead(
-                    old.embedding_dim,
-                    new_num_tokens,
-                    bias=False,
-                    device=new.weight.device,
-                    dtype=new.weight.dtype,
-                )
-                with torch.no_grad():
-                    head.weight[:n] = self.lm_head.weight[:n]
-                    head.weight[n:] = 0
-                self.lm_head = head
+                self.lm_head = self._resized_rows(self.lm_head, new_num_tokens, mean_resizing)
+        return new
+
+    def _resized_rows(self, old: nn.Module, n_rows: int, mean_resizing: bool) -> nn.Module:
+        """A copy of an embedding or LM head (weight (rows, C)) with n_rows rows: the old rows kept, the new
+        ones initialised as transformers' _init_added_embeddings_weights_with_mean does."""
+        weight = old.weight
+        n_old, dim = weight.shape
+        if isinstance(old, nn.Embedding):
+            new = nn.Embedding(n_rows, dim, device=weight.device, dtype=weight.dtype)
+        else:
+            new = LMHead(dim, n_rows, bias=False, device=weight.device, dtype=weight.dtype)
+        n = min(n_old, n_rows)
+        with torch.no_grad():
+            new.weight[:n] = weight[:n]
+            added = n_rows - n
+            if added and not mean_resizing:
+                new.weight[n:].normal_(0.0, self.config.initializer_range)
+            elif added:
+                old_rows = weight.float()
+                mean = old_rows.mean(0)
+                centered = old_rows - mean
+                covariance = centered.T @ centered / n_old
+                eps = 1e-9
+                from torch.distributions import MultivariateNormal, constraints
+
+                if constraints.positive_definite.check(eps * covariance).all():
+                    dist = MultivariateNormal(mean, covariance_matrix=eps * covariance)
+                    new.weight[n:] = dist.sample((added,)).to(weight.dtype)
+                else:
+                    new.weight[n:] = mean.to(weight.dtype)
         return new
 
     def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
@@ -199,11 +260,17 @@ class GPT2PreTrainedModel(nn.Module):
     # --- folders ---------------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike | None, *args: Any, **kwargs: Any
+    ):
         """Load a checkpoint folder in transformers' format (safetensors, .bin, or sharded).
 
         Built on the meta device and filled by assigning the loaded tensors, so the weights are in memory
-        once. Extra keyword arguments that are config fields override the folder's config.json.
+        once. Extra keyword arguments that are config fields override the folder's config.json. As in
+        transformers: state_dict= (with config=, the path may be None) loads those tensors instead of the
+        folder's; ignore_mismatched_sizes=True initialises the weights whose shapes differ from the config's
+        (a new num_labels) instead of raising; output_loading_info=True returns (model, info) with the
+        missing, unexpected and mismatched keys.
 
         >>> model = GPT2LMHeadModel.from_pretrained("path/to/gpt2")  # doctest: +SKIP
         >>> clf = GPT2ForSequenceClassification.from_pretrained("path/to/gpt2", num_labels=3)  # doctest: +SKIP
@@ -219,15 +286,25 @@ class GPT2PreTrainedModel(nn.Module):
         if unknown:
             raise TypeError(
                 f"from_pretrained got unexpected keyword arguments {unknown}; it takes dtype=, device=, "
-                "local_files_only=, revision=, config=, attn_implementation=, and GPT2Config fields"
+                "local_files_only=, revision=, config=, state_dict=, ignore_mismatched_sizes=, "
+                "output_loading_info=, attn_implementation=, and GPT2Config fields"
             )
-        folder = hub.find_model_dir(
-            pretrained_model_name_or_path,
-            local_files_only=load.get("local_files_only", False),
-            download_ok=True,
-            revision=load.get("revision"),
-            files=("config.json", W.SAFE_WEIGHTS),
-        )
+        given_state = load.get("state_dict")
+        if pretrained_model_name_or_path is None and (given_state is None or load.get("config") is None):
+            raise ValueError(
+                "from_pretrained(None, ...) needs both config= and state_dict=; otherwise pass a folder or "
+                "a hub name"
+            )
+        folder = None
+        if pretrained_model_name_or_path is not None:
+            folder = hub.find_model_dir(
+                pretrained_model_name_or_path,
+                local_files_only=load.get("local_files_only", False),
+                download_ok=True,
+                revision=load.get("revision"),
+                files=("config.json", W.SAFE_WEIGHTS),
+            )
+        source = str(folder) if folder is not None else "the given state_dict"
         config = load.get("config")
         if config is None:
             if not (folder / "config.json").is_file():
@@ -241,12 +318,15 @@ class GPT2PreTrainedModel(nn.Module):
             config = GPT2Config.from_dict(config.to_dict(), **kwargs)
         if attn_implementation is not None:
             config._attn_implementation = attn_implementation  # GPT2Model reads it when built
-        config.name_or_path = str(pretrained_model_name_or_path)
+        config.name_or_path = str(pretrained_model_name_or_path or "")
 
         device = load.get("device") or load.get("device_map")
         device = "cpu" if device in (None, "auto") else device
-        files = W.find_weight_files(folder)
-        state = W.read_state_dict(files, device)
+        if given_state is not None:
+            # copies: the model must not share storage with the caller's tensors
+            state = {k: v.detach().to(device, copy=True) for k, v in given_state.items()}
+        else:
+            state = W.read_state_dict(W.find_weight_files(folder), device)
         ckpt_dtype = next((t.dtype for t in state.values() if t.is_floating_point()), None)
         dtype = resolve_dtype(load.get("dtype", load.get("torch_dtype")), ckpt_dtype)
         if dtype == torch.bfloat16 and torch.device(device).type == "cpu":
@@ -261,37 +341,76 @@ class GPT2PreTrainedModel(nn.Module):
         tied = model._tied_lm_head and config.tie_word_embeddings
         if tied:
             state.pop("lm_head.weight", None)  # the head is the embedding; a saved copy is redundant
-        W.check_shapes(state, expected, str(folder))
+        mismatched = [
+            (k, tuple(t.shape), tuple(expected[k])) for k, t in state.items() if t.shape != expected[k]
+        ]
+        if mismatched and not load.get("ignore_mismatched_sizes"):
+            W.check_shapes(
+                state, expected, source
+            )  # raises, naming the keys and ignore_mismatched_sizes=True
+        for key, _, _ in mismatched:
+            del state[key]
         state = {
             k: v.to(dtype) if v.is_floating_point() and v.dtype != dtype else v for k, v in state.items()
         }
         model.load_state_dict(state, strict=False, assign=True)
-        missing = [k for k in expected if k not in state and not (tied and k == "lm_head.weight")]
-        if missing:
+        mismatched_keys = {k for k, _, _ in mismatched}
+        missing = [
+            k
+            for k in expected
+            if k not in state and k not in mismatched_keys and not (tied and k == "lm_head.weight")
+        ]
+        if missing or mismatched:
             model.to_empty_missing(device, dtype)
-            model.init_weights(only=set(missing))
+            model.init_weights(only=set(missing) | mismatched_keys)
+        if missing:
             logger.warning(
                 "Some weights of %s were not initialized from the model checkpoint at %s and are newly "
                 "initialized: %s\nYou should probably TRAIN this model on a down-stream task to be able to use "
                 "it for predictions and inference.",
                 cls.__name__,
-                folder,
+                source,
                 missing,
+            )
+        if mismatched:
+            # transformers' wording, which scripts and tests look for ("the shapes did not match").
+            logger.warning(
+                "Some weights of %s were not initialized from the model checkpoint at %s and are newly "
+                "initialized because the shapes did not match:\n%s\nYou should probably TRAIN this model on a "
+                "down-stream task to be able to use it for predictions and inference.",
+                cls.__name__,
+                source,
+                "\n".join(
+                    f"- {k}: found shape {got} in the checkpoint and {want} in the model instantiated"
+                    for k, got, want in mismatched
+                ),
             )
         if unexpected:
             logger.info(
                 "Some weights of the model checkpoint at %s were not used when initializing %s: %s",
-                folder,
+                source,
                 cls.__name__,
                 unexpected,
             )
         model.tie_weights()
-        if hasattr(model, "generate") and (folder / "generation_config.json").is_file():
+        if (
+            folder is not None
+            and hasattr(model, "generate")
+            and (folder / "generation_config.json").is_file()
+        ):
             from gpt2kit.generation.config import GenerationConfig
 
             model.generation_config = GenerationConfig.from_pretrained(folder)
-        model.name_or_path = str(pretrained_model_name_or_path)
+        model.name_or_path = str(pretrained_model_name_or_path or "")
         model.eval()
+        if load.get("output_loading_info"):
+            info = {
+                "missing_keys": missing,
+                "unexpected_keys": unexpected,
+                "mismatched_keys": [k for k, _, _ in mismatched],  # names only, as transformers 4.57
+                "error_msgs": [],
+            }
+            return model, info
         return model
 
     def to_empty_missing(self, device, dtype: torch.dtype) -> None:
@@ -411,7 +530,7 @@ class GPT2Model(GPT2PreTrainedModel):
             cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
         use_cache = cfg.use_cache if use_cache is None else use_cache
-        return_dict = cfg.return_dict if return_dict is None else return_dict
+        return_dict = cfg.use_return_dict if return_dict is None else return_dict
         _reject_unknown(kwargs)
 
         if input_ids is not None and inputs_embeds is not None:
@@ -459,14 +578,17 @@ class GPT2Model(GPT2PreTrainedModel):
         x = self.drop(x)
 
         exact = output_attentions or head_mask is not None or self.attn_implementation == "eager"
-        if attention_mask is not None:
-            attention_mask = attention_mask.reshape(B, -1)
-            if attention_mask.shape[1] != past_len + T:
-                raise ValueError(
-                    f"attention_mask covers {attention_mask.shape[1]} positions but the cache holds {past_len} and "
-                    f"the input adds {T}; pass a mask of shape (batch, {past_len + T})"
-                )
-        mask = AttentionMask.build(attention_mask, B, T, past_len, x.dtype, device, exact)
+        if attention_mask is not None and attention_mask.dim() == 4:
+            mask = _custom_4d_mask(attention_mask, B, T, past_len, x.dtype, exact)
+        else:
+            if attention_mask is not None:
+                attention_mask = attention_mask.reshape(B, -1)
+                if attention_mask.shape[1] != past_len + T:
+                    raise ValueError(
+                        f"attention_mask covers {attention_mask.shape[1]} positions but the cache holds "
+                        f"{past_len} and the input adds {T}; pass a mask of shape (batch, {past_len + T})"
+                    )
+            mask = AttentionMask.build(attention_mask, B, T, past_len, x.dtype, device, exact)
         enc_mask = None
         if encoder_hidden_states is not None:
             enc_mask = cross_attention_mask(encoder_attention_mask, x.dtype, exact)
@@ -509,6 +631,32 @@ class GPT2Model(GPT2PreTrainedModel):
             cross_attentions=all_cross,
         )
         return out if return_dict else out.to_tuple()
+
+
+def _custom_4d_mask(
+    mask: torch.Tensor, B: int, T: int, past_len: int, dtype: torch.dtype, exact: bool
+) -> AttentionMask:
+    """A caller-built (B or 1, 1, T, S) float mask, added to the attention scores as it is (0 = attend, a large
+    negative number = masked), as transformers 4.57 uses one. It must hold the causal structure itself
+    (packed sequences, shared prefixes, trees of continuations)."""
+    S = past_len + T
+    if not mask.is_floating_point():
+        # transformers adds a 4D mask to the scores whatever its dtype, so a 0/1 or bool mask masks nothing
+        # there; refusing it is the only reading that cannot be silently wrong.
+        raise TypeError(
+            f"a 4D attention_mask must be a float mask to add to the scores (0 where a query may attend, "
+            f"torch.finfo(dtype).min where not), got dtype {mask.dtype}; for a bool mask `allowed` pass "
+            "(~allowed).float() * torch.finfo(torch.float32).min"
+        )
+    if mask.shape[0] not in (1, B) or mask.shape[1] != 1 or tuple(mask.shape[2:]) != (T, S):
+        raise ValueError(
+            f"a 4D attention_mask must have shape ({B}, 1, {T}, {S}) (batch, 1, queries, cache + queries), "
+            f"got {tuple(mask.shape)}"
+        )
+    additive = mask.to(dtype)
+    if exact:
+        return AttentionMask(additive=additive.expand(B, 1, T, S))
+    return AttentionMask(sdpa=additive)  # SDPA adds a float mask to the scores likewise
 
 
 def _check_ids(ids: torch.Tensor, vocab_size: int, name: str = "input_ids") -> torch.Tensor:

@@ -73,6 +73,7 @@ class GPT2LMHeadModel(GenerationMixin, GPT2PreTrainedModel):
     """
 
     _tied_lm_head = True
+    _tied_weights_keys = ["lm_head.weight"]
 
     def __init__(self, config: GPT2Config) -> None:
         super().__init__(config)
@@ -89,7 +90,7 @@ class GPT2LMHeadModel(GenerationMixin, GPT2PreTrainedModel):
         **kwargs: Any,
     ) -> CausalLMOutputWithCrossAttentions | tuple:
         """labels (B, T), -100 where no loss is wanted; logits_to_keep=k computes logits for the last k only."""
-        return_dict = self.config.return_dict if return_dict is None else return_dict
+        return_dict = self.config.use_return_dict if return_dict is None else return_dict
         out = self.transformer(input_ids, **_trunk_kwargs(kwargs), return_dict=True)
         h = out.last_hidden_state
         if logits_to_keep:
@@ -152,6 +153,7 @@ class GPT2DoubleHeadsModel(GenerationMixin, GPT2PreTrainedModel):
     """GPT-2 with an LM head and a multiple-choice head; input_ids are (B, n_choices, T)."""
 
     _tied_lm_head = True
+    _tied_weights_keys = ["lm_head.weight"]
 
     def __init__(self, config: GPT2Config) -> None:
         config.num_labels = 1  # one score per choice, as transformers sets it
@@ -171,7 +173,7 @@ class GPT2DoubleHeadsModel(GenerationMixin, GPT2PreTrainedModel):
         **kwargs: Any,
     ) -> GPT2DoubleHeadsModelOutput | tuple:
         """mc_token_ids (B, n_choices): the position whose hidden state scores each choice; mc_labels (B,)."""
-        return_dict = self.config.return_dict if return_dict is None else return_dict
+        return_dict = self.config.use_return_dict if return_dict is None else return_dict
         out = self.transformer(input_ids, **_trunk_kwargs(kwargs), return_dict=True)
         h = out.last_hidden_state  # (B, n_choices, T, C)
         lm_logits = self.lm_head(h)
@@ -244,7 +246,7 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> SequenceClassifierOutputWithPast | tuple:
-        return_dict = self.config.return_dict if return_dict is None else return_dict
+        return_dict = self.config.use_return_dict if return_dict is None else return_dict
         out = self.transformer(input_ids, **_trunk_kwargs(kwargs), return_dict=True)
         logits = self.score(out.last_hidden_state)  # (B, T, num_labels)
         B = logits.shape[0]
@@ -295,7 +297,7 @@ class GPT2ForTokenClassification(GPT2PreTrainedModel):
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> TokenClassifierOutput | tuple:
-        return_dict = self.config.return_dict if return_dict is None else return_dict
+        return_dict = self.config.use_return_dict if return_dict is None else return_dict
         out = self.transformer(input_ids, **_trunk_kwargs(kwargs), return_dict=True)
         logits = self.classifier(self.dropout(out.last_hidden_state))
         loss = None
@@ -324,7 +326,7 @@ class GPT2ForQuestionAnswering(GPT2PreTrainedModel):
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> QuestionAnsweringModelOutput | tuple:
-        return_dict = self.config.return_dict if return_dict is None else return_dict
+        return_dict = self.config.use_return_dict if return_dict is None else return_dict
         out = self.transformer(input_ids, **_trunk_kwargs(kwargs), return_dict=True)
         start_logits, end_logits = self.qa_outputs(out.last_hidden_state).split(1, dim=-1)
         start_logits = start_logits.squeeze(-1).contiguous()  # (B, T)

@@ -227,14 +227,21 @@ def match_keys(
     return out, unexpected
 
 
+class ShapeMismatchError(RuntimeError, ValueError):
+    """Checkpoint tensors whose shapes differ from the model's. A RuntimeError, as transformers raises
+    (load_state_dict's "size mismatch"), and a ValueError, as gpt2kit's bad-input errors are."""
+
+
 def check_shapes(state: dict[str, torch.Tensor], expected: dict[str, torch.Size], source: str) -> None:
     bad = [(k, tuple(t.shape), tuple(expected[k])) for k, t in state.items() if t.shape != expected[k]]
     if bad:
         lines = "; ".join(f"{k}: checkpoint {got}, model {want}" for k, got, want in bad[:5])
         more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
-        raise ValueError(
+        raise ShapeMismatchError(
             f"the weights in {source} do not fit the model built from its config — {lines}{more}. "
-            "The config.json does not match the weights: fix config.json or use the weights' own config."
+            "The config.json does not match the weights: fix config.json or use the weights' own config; "
+            "to re-initialise the mismatched weights instead (a new num_labels), pass "
+            "ignore_mismatched_sizes=True."
         )
 
 

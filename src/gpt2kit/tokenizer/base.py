@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from gpt2kit.tokenizer import files, options, truncation
+from gpt2kit.tokenizer import chat, files, options, truncation
 from gpt2kit.tokenizer.bpe import bytes_to_unicode
 from gpt2kit.tokenizer.files import SPECIAL_TOKEN_NAMES, AddedToken, Vocabulary
 from gpt2kit.tokenizer.options import CallOptions
@@ -35,6 +35,15 @@ logger = logging.getLogger(__name__)
 Span = tuple[int, int]  # (start, end) characters of a token in its text
 # One text to encode, tokenized: (ids, second text's ids or None, offsets or None, second text's offsets or None).
 Sample = tuple[list[int], list[int] | None, list[Span] | None, list[Span] | None]
+
+
+class _NotAList(TypeError, AssertionError):
+    """A single token where add_special_tokens wants a list: a TypeError, and the AssertionError transformers
+    raises there (its check is an assert), so code written against either catches it."""
+
+
+# The key under which a fast tokenizer's _assemble hands over each row's (special, first, second) token counts.
+SEQUENCE_PARTS = "_sequence_parts"
 
 
 class BatchEncoding(dict):
@@ -55,6 +64,32 @@ class BatchEncoding(dict):
     @property
     def data(self) -> dict[str, Any]:
         return dict(self)
+
+    def sequence_ids(self, batch_index: int = 0) -> list[int | None]:
+        """Per token of row `batch_index`: 0 for the first text, 1 for the second (text_pair), None for special
+        and padding tokens. Fast tokenizers only, as in transformers.
+
+        >>> from gpt2kit import GPT2TokenizerFast
+        >>> GPT2TokenizerFast.from_pretrained("gpt2")("Hello", " world").sequence_ids()
+        [0, 1]
+        """
+        parts = self.__dict__.get("_sequence_parts")
+        if parts is None:
+            raise ValueError(
+                "sequence_ids() is only available on what a fast tokenizer returns (GPT2TokenizerFast), as in "
+                "transformers; use token_type_ids (return_token_type_ids=True) with GPT2Tokenizer"
+            )
+        n_special, n_first, n_second, side = parts[batch_index]
+        ids = self["input_ids"]
+        if hasattr(ids, "shape"):  # a tensor or array: every row has its full (padded) length
+            length = ids.shape[-1]
+        elif ids and isinstance(ids[0], (list, tuple)):
+            length = len(ids[batch_index])
+        else:
+            length = len(ids)
+        tokens = [None] * n_special + [0] * n_first + [1] * n_second
+        pad = [None] * (length - len(tokens))
+        return pad + tokens if side == "left" else tokens + pad
 
     def to(self, device: Any) -> BatchEncoding:
         """Move every torch tensor to `device` (for return_tensors="pt"); returns self, as transformers does."""
@@ -185,6 +220,7 @@ class TokenizerBase:
         # has no use for (do_lower_case=True...) included: save_pretrained writes those back to
         # tokenizer_config.json, so a folder keeps what other tools put there.
         self.init_kwargs: dict[str, Any] = {k: v for k, v in settings.items() if k != "added_tokens_decoder"}
+        self.init_inputs: tuple = ()  # transformers' positional constructor arguments; ours are all keywords
         self._configure(vocab, **settings)
 
     def _configure(
@@ -208,6 +244,7 @@ class TokenizerBase:
         clean_up_tokenization_spaces: bool = False,
         added_tokens_decoder: dict[int, Any] | None = None,
         name_or_path: str = "",
+        chat_template: str | dict[str, str] | list | None = None,
         **unknown: Any,
     ) -> None:
         if unknown:
@@ -221,9 +258,12 @@ class TokenizerBase:
         self._added_ids: dict[str, int] = {}  # content -> id
         self._added_re: re.Pattern | None = None
         self._added_re_stale = True
-        self._warned: set[str] = set()
+        # transformers' name for the record of warnings already given once; `tok.deprecation_warnings = {}`
+        # re-arms them, as in transformers.
+        self.deprecation_warnings: dict[str, bool] = {}
         self._special: dict[str, str | None] = dict.fromkeys(SPECIAL_TOKEN_NAMES)
         self._additional_special: list[str] = []
+        self._additional_unset = False  # `tok.additional_special_tokens = None` was the last word
 
         try:
             codecs.lookup_error(errors)
@@ -239,6 +279,7 @@ class TokenizerBase:
         self.truncation_side = truncation_side
         self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
         self.name_or_path = str(name_or_path)
+        self.chat_template = chat.from_config(chat_template)
 
         # As transformers does: tokens the files list come first, then every special token is registered as
         # an added token (so that it is cut out of text), taking a new id if the vocabulary lacks it.
@@ -299,6 +340,13 @@ class TokenizerBase:
         added = {**source.added_tokens, **(settings.pop("added_tokens_decoder", None) or {})}
         tok = cls.__new__(cls)
         tok._setup(source.vocab, added_tokens_decoder=added, **settings)
+        # As transformers: init_kwargs holds every constructor argument, defaults and file paths included.
+        for name, param in inspect.signature(cls.__init__).parameters.items():
+            if name in _FILE_KEYS:
+                path = folder / _FILE_KEYS[name]
+                tok.init_kwargs.setdefault(name, str(path) if path.is_file() else None)
+            elif param.default is not inspect.Parameter.empty:
+                tok.init_kwargs.setdefault(name, param.default)
         tok._engine = tok._make_engine()
         return tok
 
@@ -336,6 +384,8 @@ class TokenizerBase:
         for name, value in self._special.items():
             if value is not None:
                 special_map[name] = self._special_token_dict(value)
+        if self.chat_template is not None:  # the config's form, which transformers 4.57 still reads
+            config["chat_template"] = chat.to_config(self.chat_template)
         if self._additional_special:
             config["additional_special_tokens"] = list(self._additional_special)
             special_map["additional_special_tokens"] = [
@@ -357,7 +407,7 @@ class TokenizerBase:
         """The init_kwargs this tokenizer has no use for, as tokenizer_config.json entries."""
         out = {}
         for key, value in self.init_kwargs.items():
-            if key in _CONFIGURE_KEYS or key in files.BOOKKEEPING_KEYS:
+            if key in _CONFIGURE_KEYS or key in files.BOOKKEEPING_KEYS:  # the file keys among them
                 continue
             try:
                 json.dumps(value)
@@ -430,16 +480,36 @@ class TokenizerBase:
         return dict(self._added_ids)
 
     @property
-    def additional_special_tokens(self) -> list[str]:
+    def additional_special_tokens(self) -> list[str] | None:
+        if self._additional_unset and not self._additional_special:
+            return None
         return list(self._additional_special)
 
     @additional_special_tokens.setter
-    def additional_special_tokens(self, tokens: Sequence[str | AddedToken]) -> None:
+    def additional_special_tokens(self, tokens: Sequence[str | AddedToken] | None) -> None:
+        if tokens is None:  # as transformers: unset, and read back as None until set again
+            self._additional_special = []
+            self._additional_unset = True
+            return
         self.add_special_tokens({"additional_special_tokens": list(tokens)})
 
     @property
     def additional_special_tokens_ids(self) -> list[int]:
         return [self._added_ids[t] for t in self._additional_special]
+
+    @additional_special_tokens_ids.setter
+    def additional_special_tokens_ids(self, ids: Sequence[int] | None) -> None:
+        self.additional_special_tokens = None if ids is None else [self.convert_ids_to_tokens(i) for i in ids]
+
+    @property
+    def max_len_single_sentence(self) -> int:
+        """The longest text that fits model_max_length once the special tokens are added."""
+        return self.model_max_length - self.num_special_tokens_to_add(pair=False)
+
+    @property
+    def max_len_sentences_pair(self) -> int:
+        """The longest pair of texts (together) that fits model_max_length with the special tokens."""
+        return self.model_max_length - self.num_special_tokens_to_add(pair=True)
 
     @property
     def special_tokens_map(self) -> dict[str, Any]:
@@ -521,12 +591,15 @@ class TokenizerBase:
         for key, value in special_tokens_dict.items():
             if key == "additional_special_tokens":
                 if isinstance(value, (str, AddedToken)):
-                    raise TypeError("additional_special_tokens must be a list of tokens, not a single token")
+                    raise _NotAList(
+                        f"additional_special_tokens must be a list of tokens, not a single token: pass [{value!r}]"
+                    )
                 tokens = [AddedToken.coerce(v, special=True, normalized=False) for v in value]
                 added += sum(self._register(t, replace=not isinstance(v, str)) for t, v in zip(tokens, value))
                 contents = [t.content for t in tokens]
                 kept = [] if replace_additional_special_tokens else self._additional_special
                 self._additional_special = list(dict.fromkeys(kept + contents))
+                self._additional_unset = False
             elif key in SPECIAL_TOKEN_NAMES:
                 if value is None:
                     self._special[key] = None
@@ -718,8 +791,8 @@ class TokenizerBase:
         raise TypeError(f"{what} must be a str or a list of str, got {type(text).__name__}: {text!r:.80}")
 
     def _warn_once(self, key: str, message: str, verbose: bool = True) -> None:
-        if verbose and key not in self._warned:
-            self._warned.add(key)
+        if verbose and not self.deprecation_warnings.get(key, False):
+            self.deprecation_warnings[key] = True
             logger.warning(message)
 
     # --- the call surface: text (or a pair of texts) -> BatchEncoding ---------------------------------------
@@ -798,12 +871,13 @@ class TokenizerBase:
         >>> GPT2Tokenizer.from_pretrained("gpt2").encode_plus("Hello", " world")["input_ids"]
         [15496, 995]
         """
+        o = options.resolve(self, **kwargs)  # first, as transformers checks the options before the text
         if not isinstance(text, str):
             raise TypeError(
                 f"encode_plus takes one str (and an optional text_pair str), got {type(text).__name__}; "
                 "for a batch use batch_encode_plus or call the tokenizer on a list"
             )
-        return self._call_one(text, text_pair, options.resolve(self, **kwargs))
+        return self._call_one(text, text_pair, o)
 
     def batch_encode_plus(
         self, batch_text_or_text_pairs: Sequence[str | tuple[str, str]], **kwargs: Any
@@ -820,16 +894,27 @@ class TokenizerBase:
                 f"batch_encode_plus takes a list of texts or (text, text_pair) tuples, got {type(batch).__name__}; "
                 "for one text use encode_plus"
             )
+        return self._encode_pairs(batch, options.resolve(self, **kwargs))
+
+    def _encode_pairs(self, batch: Sequence[Any], o: CallOptions) -> BatchEncoding:
+        """A batch whose items are texts or (text, text_pair) pairs."""
         firsts: list[str] = []
         seconds: list[str | None] = []
         for n, item in enumerate(batch):
             first, second = (item, None) if isinstance(item, str) else _unpack_pair(item, n)
             firsts.append(first)
             seconds.append(second)
-        o = options.resolve(self, **kwargs)
         return self._encode_items(firsts, seconds if any(s is not None for s in seconds) else None, True, o)
 
     def _call_one(self, text: Any, text_pair: Any, o: CallOptions) -> BatchEncoding:
+        if (
+            text_pair is None
+            and isinstance(text, (list, tuple))
+            and any(isinstance(item, tuple) for item in text)
+        ):
+            # As transformers: a batch of (text, text_pair) tuples is a batch of pairs. (A list of lists stays
+            # an error: it is more often pre-tokenized words, which gpt2kit does not take.)
+            return self._encode_pairs(text, o)
         texts, batched = self._check_text(text)
         if text_pair is None:
             pairs = None
@@ -974,6 +1059,7 @@ class TokenizerBase:
 
         transformers' pad() leaves one empty text unpadded: pad_empty=False does the same.
         """
+        parts = out.pop(SEQUENCE_PARTS, None)
         rows = out["input_ids"]
         if o.max_length is None and rows and max(map(len, rows)) > self.model_max_length:
             self._warn_once(
@@ -998,7 +1084,10 @@ class TokenizerBase:
         if "overflow_to_sample_mapping" in out:  # last, and the batch axis stays, as in transformers' fast
             out["overflow_to_sample_mapping"] = out.pop("overflow_to_sample_mapping")
             batched = True
-        return self._finish(out, batched, o.return_tensors)
+        encoding = self._finish(out, batched, o.return_tensors)
+        if parts is not None:  # for sequence_ids(): which text each token of each row came from
+            encoding._sequence_parts = [(*p, o.padding_side or self.padding_side) for p in parts]
+        return encoding
 
     def _pad_in_place(self, out: dict[str, Any], target: int, multiple: int | None, side: str) -> None:
         """Pad each row of the padded columns to `target` (rounded up to `multiple`), by as much as its
@@ -1079,6 +1168,8 @@ class TokenizerBase:
         [18435, 995]
         """
         if not isinstance(text, str):
+            # the options first, as transformers checks them before the text (padding without a pad token)
+            options.resolve(self, padding=padding, truncation=truncation, max_length=max_length, **kwargs)
             raise TypeError(
                 f"encode takes one str, got {type(text).__name__}; call the tokenizer on a list for a batch"
             )
@@ -1295,6 +1386,13 @@ class TokenizerBase:
         >>> tok.pad([{"input_ids": [1, 2]}, {"input_ids": [3]}])["input_ids"]
         [[1, 2], [3, 50256]]
         """
+        if self.is_fast:  # as transformers' fast tokenizers advise, once
+            self._warn_once(
+                "Asking-to-pad-a-fast-tokenizer",
+                f"You're using a {type(self).__name__} tokenizer. Please note that with a fast tokenizer, using the "
+                "`__call__` method is faster than using a method to encode the text followed by a call to the `pad` "
+                "method to get a padded encoding.",
+            )
         if (
             isinstance(encoded_inputs, (list, tuple))
             and encoded_inputs
@@ -1326,6 +1424,82 @@ class TokenizerBase:
             out.pop("attention_mask", None)
         return self._finish(out, batched, return_tensors)
 
+    # --- chat templates (chat.py renders them) --------------------------------------------------------------
+
+    def get_chat_template(self, chat_template: str | None = None, tools: list | None = None) -> str:
+        """The template apply_chat_template renders: `chat_template` itself or the name of one of this
+        tokenizer's templates, else the tokenizer's own (as transformers picks it)."""
+        return chat.pick(self.chat_template, chat_template, tools)
+
+    def apply_chat_template(
+        self,
+        conversation: list[dict[str, Any]] | list[list[dict[str, Any]]],
+        tools: list[dict] | None = None,
+        documents: list[dict[str, str]] | None = None,
+        chat_template: str | None = None,
+        add_generation_prompt: bool = False,
+        continue_final_message: bool = False,
+        tokenize: bool = True,
+        padding: bool | str = False,
+        truncation: bool = False,
+        max_length: int | None = None,
+        return_tensors: str | None = None,
+        return_dict: bool = False,
+        return_assistant_tokens_mask: bool = False,
+        tokenizer_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Render a conversation (or a batch of them) with a Jinja chat template, as transformers does: the
+        text (tokenize=False), its ids without added special tokens, or the whole encoding (return_dict=True).
+        Keyword arguments and the special tokens are visible in the template. Needs jinja2.
+
+        >>> from gpt2kit import GPT2TokenizerFast
+        >>> tok = GPT2TokenizerFast.from_pretrained("gpt2")
+        >>> template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\\n{% endfor %}"
+        >>> tok.apply_chat_template([{"role": "user", "content": "Hi"}], chat_template=template, tokenize=False)
+        'user: Hi\\n'
+        """
+        if return_assistant_tokens_mask:
+            raise ValueError(
+                "return_assistant_tokens_mask=True ({% generation %} blocks) is not supported by gpt2kit; "
+                "leave it False"
+            )
+        template = self.get_chat_template(chat_template, tools)
+        batched = (
+            isinstance(conversation, (list, tuple))
+            and bool(conversation)
+            and (isinstance(conversation[0], (list, tuple)) or hasattr(conversation[0], "messages"))
+        )
+        conversations = list(conversation) if batched else [conversation]
+        for document in documents or []:
+            if not isinstance(document, dict):
+                raise TypeError("documents must be a list of dicts with 'title' and 'text' keys")
+        if tools is not None and not all(isinstance(t, dict) for t in tools):
+            raise TypeError("tools must be JSON schemas (dicts) in gpt2kit; describe each function as a dict")
+        variables = {**self.special_tokens_map, **kwargs}  # as transformers: kwargs win over special tokens
+        rendered = chat.render(
+            template,
+            conversations,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
+            tools=tools,
+            documents=documents,
+            **variables,
+        )
+        text = rendered if batched else rendered[0]
+        if not tokenize:
+            return text
+        out = self(
+            text,
+            padding=padding,
+            truncation=truncation,
+            max_length=max_length,
+            add_special_tokens=False,
+            return_tensors=return_tensors,
+            **(tokenizer_kwargs or {}),
+        )
+        return out if return_dict else out["input_ids"]
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(name_or_path={self.name_or_path!r}, vocab_size={self.vocab_size}, "
@@ -1336,6 +1510,12 @@ class TokenizerBase:
         )
 
 
+# Constructor arguments that name the vocabulary's files: in init_kwargs, never in tokenizer_config.json.
+_FILE_KEYS = {
+    "vocab_file": files.VOCAB_FILE,
+    "merges_file": files.MERGES_FILE,
+    "tokenizer_file": files.TOKENIZER_FILE,
+}
 # The keywords _configure uses; any other init_kwargs entry is kept only to be saved.
 _CONFIGURE_KEYS = frozenset(inspect.signature(TokenizerBase._configure).parameters) - {
     "self",
@@ -1379,7 +1559,7 @@ def _unpack_pair(item: Any, n: int) -> tuple[str, str | None]:
     ):
         return item[0], item[1]
     raise TypeError(
-        f"batch_encode_plus takes texts or (text, text_pair) tuples of two str; item {n} is {item!r:.80}"
+        f"a batch takes texts or (text, text_pair) tuples of two str; item {n} is {item!r:.80}"
         " (pre-tokenized input is not supported: join the words into one str)"
     )
 

@@ -23,7 +23,7 @@ from typing import Any
 import tiktoken
 
 from gpt2kit.tokenizer import truncation
-from gpt2kit.tokenizer.base import Sample, Span, TokenizerBase
+from gpt2kit.tokenizer.base import SEQUENCE_PARTS, Sample, Span, TokenizerBase
 from gpt2kit.tokenizer.bpe import PATTERN, BytePairEncoder, bytes_to_unicode
 from gpt2kit.tokenizer.files import AddedToken, Vocabulary
 from gpt2kit.tokenizer.options import CallOptions
@@ -229,6 +229,7 @@ class GPT2TokenizerFast(TokenizerBase):
         rows: list[list[int]] = []
         types: list[list[int]] = []
         spans: list[list[Span]] = []
+        parts: list[tuple[int, int, int]] = []  # per row: how many special, first-text, second-text tokens
         mapping: list[int] = []
         main_rows: list[int] = []
         room = None if o.truncation is None else o.max_length - k
@@ -239,6 +240,7 @@ class GPT2TokenizerFast(TokenizerBase):
                 mapping.append(n)
                 row = bos + ids if k else ids
                 rows.append(row)
+                parts.append((k, len(ids), 0))
                 if o.return_token_type_ids:
                     types.append([0] * len(row))
                 if o.return_offsets_mapping:
@@ -258,6 +260,7 @@ class GPT2TokenizerFast(TokenizerBase):
                 if second is not None:
                     row = row + _part(pair_ids, second)
                 rows.append(row)
+                parts.append((k, n_first - k, len(row) - n_first))
                 mapping.append(n)
                 if o.return_token_type_ids:
                     types.append([0] * n_first + [1] * (len(row) - n_first))
@@ -278,6 +281,7 @@ class GPT2TokenizerFast(TokenizerBase):
             out["offset_mapping"] = spans
         if o.return_overflowing_tokens:
             out["overflow_to_sample_mapping"] = mapping
+        out[SEQUENCE_PARTS] = parts  # not an output column: _finish_rows moves it onto the BatchEncoding
         return out, main_rows
 
     # transformers' GPT2TokenizerFast answers these three from the `tokenizers` backend or its base class, not

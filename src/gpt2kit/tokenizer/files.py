@@ -300,6 +300,13 @@ def read_folder(folder: Path) -> TokenizerSource:
     settings = {k: v for k, v in config.items() if k not in CONFIG_KEYS and k not in BOOKKEEPING_KEYS}
     settings.update(source.settings)
     settings.update({k: _token_setting(v) for k, v in config.items() if k in CONFIG_KEYS})
+    from gpt2kit.tokenizer import chat
+
+    templates = chat.read_folder(
+        folder
+    )  # transformers 4.57 writes them to files, older versions to the config
+    if templates is not None:
+        settings["chat_template"] = templates
     if "model_max_length" not in config and "max_len" in config:  # transformers < 3 spelling
         settings["model_max_length"] = config["max_len"]
 
