@@ -117,6 +117,12 @@ def test_eval_prints_tokens_loss_and_perplexity(tmp_path, texts, capsys):
                                 texts, stride=16)  # fmt: skip
     assert r["tokens"] == direct.tokens and r["perplexity"] == pytest.approx(direct.perplexity, rel=1e-6)
     assert r["perplexity"] == pytest.approx(torch.tensor(r["loss"]).exp().item(), rel=1e-5)
+    # A .txt file is scored as written, and the output says so (rows of a .jsonl are joined by blank lines).
+    assert r["rows"] is None and r["scored"] == f"scored {texts} as one text of {direct.text_tokens} tokens"
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"text": "a b"}\n{"text": "c d"}\n')
+    assert run("eval", str(rows), "--model", str(model), "--stride", "16") == 0
+    assert f"scored 2 rows of {rows} joined by blank lines" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -102,8 +102,10 @@ def test_mode_restored_and_no_grad(models, ids):
     ours.eval()
 
 
-def test_file_rows_joined_like_the_guide(tmp_path):
-    """Text in, with the real GPT-2 vocabulary: the file's rows joined by blank lines, tokenized at once."""
+def test_file_scored_as_written_or_rows_joined_like_the_guide(tmp_path):
+    """Text in, with the real GPT-2 vocabulary. A .txt file is its text as written (single newlines stay
+    single: before issue 15 its lines were joined by blank lines, which doubled them and changed the number);
+    the rows of a .jsonl are joined by blank lines, as the guide joins WikiText's rows. Both tokenized at once."""
     import transformers
 
     tok = GPT2TokenizerFast.from_pretrained("gpt2")
@@ -115,15 +117,26 @@ def test_file_rows_joined_like_the_guide(tmp_path):
         "",
         "Perplexity, with a sliding window: 12 345.",
     ] * 3
-    (tmp_path / "t.txt").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    text = "\n".join(rows) + "\n\r\n  trailing spaces and a Windows line end  \r\n"
+    (tmp_path / "t.txt").write_bytes(text.encode("utf-8"))
     (tmp_path / "t.jsonl").write_text("".join(f'{{"body": "{r}"}}\n' for r in rows), encoding="utf-8")
 
-    ids = torch.tensor([tok("\n\n".join(rows))["input_ids"]])
-    want_loss, want_tokens = guide_perplexity(hf, ids, 10, 32)
-    for path, column in ((tmp_path / "t.txt", "text"), (tmp_path / "t.jsonl", "body")):
+    cases = (
+        (tmp_path / "t.txt", "text", text, None),
+        (tmp_path / "t.jsonl", "body", "\n\n".join(rows), len(rows)),
+    )
+    for path, column, scored, n_rows in cases:
+        ids = torch.tensor([tok(scored)["input_ids"]])
+        want_loss, want_tokens = guide_perplexity(hf, ids, 10, 32)
         got = perplexity_of_file(ours, tok, path, stride=10, column=column)
         assert (got.tokens, got.windows) == (want_tokens, len(plan_windows(ids.shape[1], 32, 10)))
         assert got.loss == pytest.approx(want_loss, rel=1e-5)
+        assert (got.text_tokens, got.rows) == (ids.shape[1], n_rows)
+    # The two differ: the old doubling of a .txt file's newlines is gone.
+    doubled = torch.tensor([tok("\n\n".join(text.split("\n")))["input_ids"]])
+    assert perplexity_of_file(ours, tok, tmp_path / "t.txt", stride=10).loss != pytest.approx(
+        guide_perplexity(hf, doubled, 10, 32)[0], rel=1e-5
+    )
 
 
 def test_errors(models, tmp_path):

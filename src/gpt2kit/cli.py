@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import errno
 import logging
 import math
 import os
@@ -541,6 +542,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_device(device: str | None) -> None:
+    """A CUDA --device on a machine without CUDA fails here, before a model load blames its file."""
+    if not device or not str(device).startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    index = str(device).partition(":")[2]
+    if index.isdigit() and int(index) >= torch.cuda.device_count():
+        raise ValueError(
+            f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0"
+        )
+
+
+# errno -> (what went wrong, how to fix it); {path} is the file the system named.
+_OS_ERRORS = {
+    errno.EACCES: ("cannot write to {folder} (read-only or no permission)", "choose another -o"),
+    errno.EPERM: ("cannot write to {folder} (read-only or no permission)", "choose another -o"),
+    errno.EROFS: ("cannot write to {folder} (a read-only file system)", "choose another -o"),
+    errno.ENOSPC: ("the disk is full while writing {path}", "free space or choose another -o"),
+    errno.EDQUOT: ("the disk quota is exceeded while writing {path}", "free space or choose another -o"),
+    errno.EFBIG: (
+        "{path} would exceed the file size limit (ulimit -f)",
+        "raise the limit (ulimit -f unlimited) or write a smaller output",
+    ),
+    errno.ENOTDIR: ("{path} is a file where a folder is expected", "choose a folder path for -o"),
+    errno.EEXIST: ("{path} already exists (a file where a folder is expected?)", "choose another -o"),
+}
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for an operating-system fault: what failed, on which path, and how to fix it."""
+    path = e.filename
+    if e.errno not in _OS_ERRORS or path is None:
+        return str(e) if e.errno is None else f"{e.strerror or e}" + (f": {path}" if path else "")
+    path = os.fspath(path)
+    if e.errno in (errno.EACCES, errno.EPERM) and os.path.exists(path) and not os.access(path, os.R_OK):
+        return f"cannot read {path} (no permission); fix its permissions or choose another file"
+    folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
+    what, fix = _OS_ERRORS[e.errno]
+    return f"{what.format(path=path, folder=folder)}; {fix}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -551,15 +596,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
+        _check_device(getattr(args, "device", None))
         return args._run(args) or 0
-    except (ValueError, TypeError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
-        print(f"gpt2kit {args.command}: error: {e}", file=sys.stderr)
+    except BrokenPipeError:  # `gpt2kit tokenize ... | head`
+        return 0
+    except (ValueError, TypeError, OSError) as e:
+        message = os_error_message(e) if isinstance(e, OSError) else str(e)
+        # One line, whatever the library's message holds (torch's C++ errors span several).
+        print(f"gpt2kit {args.command}: error: {' '.join(message.split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"gpt2kit {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `gpt2kit tokenize ... | head`
-        return 0
 
 
 if __name__ == "__main__":

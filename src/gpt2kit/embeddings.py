@@ -280,6 +280,10 @@ class Embedder:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif str(device).startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(
+                f"device {str(device)!r}: CUDA is not available on this machine; use device 'cpu'"
+            )
         folder = hub.find_model_dir(
             path_or_name, local_files_only=local_files_only, download_ok=True, files=("config.json",)
         )

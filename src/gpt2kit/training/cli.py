@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 # Sizes for `--config tiny`: the demo model's shape (4 layers x 256 wide would not fit the 30 MB budget in
@@ -91,6 +93,7 @@ def train_args(p: argparse.ArgumentParser) -> None:
     d.add_argument("--num-proc", type=int, help="tokenizer processes for big inputs")
     t = p.add_argument_group("training")
     t.add_argument("-o", "--output", default="gpt2kit-out", help="output folder (the trained model)")
+    t.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     t.add_argument("--epochs", type=float, default=1.0)
     t.add_argument("--max-steps", type=int)
     t.add_argument("--batch-size", type=int, default=8)
@@ -148,6 +151,8 @@ def train(args: argparse.Namespace) -> int:
     if args.eval_files and args.eval_split:
         raise ValueError("give either --eval FILES or --eval-split, not both")
 
+    _check_output_folder(Path(args.output))
+
     from gpt2kit.config import GPT2Config
 
     # The model's shape first: a bad --config or --block-size fails before any tokenizing.
@@ -171,7 +176,7 @@ def train(args: argparse.Namespace) -> int:
         resume=not args.no_resume, num_workers=args.num_workers,
         extra={"data": args.data, "eval": args.eval_files, "task": args.task, "block_size": length},
     )  # fmt: skip
-    dist = _setup_dist(None)  # under torchrun: rank 0 tokenizes first, the others then read its cache
+    dist = _setup_dist(args.device)  # under torchrun: rank 0 tokenizes first, the others then read its cache
     from gpt2kit import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(args.tokenizer or ("gpt2" if scratch else args.model))
@@ -239,7 +244,7 @@ def train(args: argparse.Namespace) -> int:
             + f"; output: {args.output}",
             file=sys.stderr,
         )
-    result = Trainer(model, train_ds, eval_ds, cfg, tokenizer=tok).fit()
+    result = Trainer(model, train_ds, eval_ds, cfg, tokenizer=tok, device=args.device).fit()
     if dist.main:
         summary = {"steps": result.steps, "epochs": round(result.epochs, 3), "train_loss": result.train_loss}
         summary.update(result.eval_metrics)
@@ -252,6 +257,16 @@ def train(args: argparse.Namespace) -> int:
 
         torch.distributed.destroy_process_group()
     return 0
+
+
+def _check_output_folder(out: Path) -> None:
+    """Fail before any training when the output folder cannot be written: a file in its place, a read-only
+    or full file system (the OSError names the path; the CLI turns it into one line)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"-o {out} is a file, but train writes a folder there; choose a folder path for -o")
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=out):
+        pass
 
 
 def _build_model(args, config, names: list[str] | None, tok):
@@ -295,7 +310,12 @@ def _build_model(args, config, names: list[str] | None, tok):
 
 
 def eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", help="a text file (.txt), or .jsonl/.csv with --field")
+    p.add_argument(
+        "file",
+        help="a .txt file, scored as its text exactly as written (one tokenization of the whole file); or "
+        ".jsonl / .csv / .tsv / .parquet, whose rows (--field) are joined by blank lines as transformers' "
+        "perplexity guide joins WikiText's",
+    )
     p.add_argument("--model", required=True, help="a model folder or name")
     p.add_argument(
         "--stride", type=int, default=512, help="window step (tokens); smaller is slower and more exact"
@@ -305,6 +325,7 @@ def eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
 
 
 def eval_command(args: argparse.Namespace) -> int:
@@ -316,16 +337,21 @@ def eval_command(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     tok = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=args.dtype)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=args.dtype).to(args.device)
     r = perplexity_of_file(
         model, tok, args.file, stride=args.stride, max_length=args.max_length, column=args.column,
         progress=sys.stderr.isatty(),
     )  # fmt: skip
-    if args.json:
-        print(
-            json.dumps({"tokens": r.tokens, "loss": r.loss, "perplexity": r.perplexity, "windows": r.windows})
-        )
+    if r.rows is None:
+        scored = f"scored {args.file} as one text of {r.text_tokens} tokens"
     else:
+        scored = f"scored {r.rows} rows of {args.file} joined by blank lines ({r.text_tokens} tokens)"
+    if args.json:
+        out = {"tokens": r.tokens, "loss": r.loss, "perplexity": r.perplexity, "windows": r.windows}
+        out.update(text_tokens=r.text_tokens, rows=r.rows, scored=scored)
+        print(json.dumps(out))
+    else:
+        print(scored)
         print(f"tokens      {r.tokens}")
         print(f"loss        {r.loss:.4f}")
         print(f"perplexity  {r.perplexity:.3f}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,12 +25,16 @@ import torch.nn.functional as F
 @dataclass
 class PerplexityResult:
     """tokens: the guide's n_tokens (sum of trg_len - 1 over windows); loss: mean negative log-likelihood
-    (nats per token); perplexity: exp(loss); windows: forward passes' worth of windows evaluated."""
+    (nats per token); perplexity: exp(loss); windows: forward passes' worth of windows evaluated.
+    perplexity_of_file also says what it scored: text_tokens, the length of the tokenized text, and rows,
+    the number of rows joined by blank lines (None when a .txt file was scored whole, as written)."""
 
     tokens: int
     loss: float
     perplexity: float
     windows: int
+    text_tokens: int | None = None
+    rows: int | None = None
 
 
 def plan_windows(seq_len: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
@@ -144,7 +149,9 @@ def evaluate_perplexity(
         model.train(was_training)
     loss = nll_sum / n_tokens
     perplexity = math.exp(loss) if loss < 709.0 else math.inf
-    return PerplexityResult(tokens=n_tokens, loss=loss, perplexity=perplexity, windows=len(windows))
+    return PerplexityResult(
+        tokens=n_tokens, loss=loss, perplexity=perplexity, windows=len(windows), text_tokens=seq_len
+    )
 
 
 def _batches(windows: list[tuple[int, int, int]], batch_size: int) -> list[list[tuple[int, int, int]]]:
@@ -169,21 +176,38 @@ def perplexity_of_file(
     column: str = "text",
     progress: bool = False,
 ) -> PerplexityResult:
-    """evaluate_perplexity of a file's rows joined with "\\n\\n" (the guide joins WikiText's rows so).
+    """evaluate_perplexity of a file's text.
 
-    Rows: the lines of a .txt file, or the `column` field / column of .jsonl, .csv, .tsv, .parquet.
+    A .txt file (or standard input, "-") is scored as its text, byte for byte: read whole and tokenized once,
+    its newlines as written. The rows of a .jsonl, .csv, .tsv or .parquet file (the `column` field / column)
+    are joined with "\\n\\n", as transformers' perplexity guide joins WikiText's rows. result.rows says which:
+    None for a text scored whole, else the number of rows joined.
 
     >>> perplexity_of_file(model, tok, "wiki.test.txt", stride=512).perplexity  # doctest: +SKIP
     16.45
     """
-    from gpt2kit.data import TextSource
+    from gpt2kit.data import STDIN, TextSource
 
-    text = "\n\n".join(t for t, _ in TextSource(path, column=column))
+    source = TextSource(path, column=column)  # checks the path and the format
+    rows: int | None = None
+    if source.format == "txt":
+        if source.path == STDIN:
+            raw = sys.stdin.buffer.read()
+        else:
+            with open(source.path, "rb") as f:
+                raw = f.read()
+        text = raw.decode("utf-8", "replace")
+    else:
+        texts = [t for t, _ in source]
+        rows = len(texts)
+        text = "\n\n".join(texts)
     if not text.strip():
         raise ValueError(f"{path} holds no text to evaluate; check the file (and --field for .jsonl / .csv)")
-    return evaluate_perplexity(
+    result = evaluate_perplexity(
         model, tokenizer, text=text, stride=stride, max_length=max_length, progress=progress
     )
+    result.rows = rows
+    return result
 
 
 __all__ = ["PerplexityResult", "evaluate_perplexity", "perplexity_of_file", "plan_windows"]

@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -105,6 +106,8 @@ def _setup_dist(device: str | torch.device | None) -> _Dist:
     if device is None:
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r}: CUDA is not available on this machine; use device 'cpu'")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     d = _Dist(rank=rank, world=world, local_rank=local_rank, device=device)
@@ -450,26 +453,29 @@ class Trainer:
         tmp = final.with_name(final.name + ".tmp")
         if d.main:
             shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            self.model.save_pretrained(tmp)
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-            state = {
-                "step": self.step,
-                "best_metric": self.best_metric,
-                "bad_evals": self.bad_evals,
-                "history": self.history,
-                "world_size": d.world,
-                "config": self.config.to_dict(),
-            }
-            atomic_write_text(tmp / _STATE_FILE, json.dumps(state, indent=1) + "\n")
+            with _removed_on_failure(tmp, final):
+                tmp.mkdir(parents=True)
+                self.model.save_pretrained(tmp)
+                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+                torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+                state = {
+                    "step": self.step,
+                    "best_metric": self.best_metric,
+                    "bad_evals": self.bad_evals,
+                    "history": self.history,
+                    "world_size": d.world,
+                    "config": self.config.to_dict(),
+                }
+                atomic_write_text(tmp / _STATE_FILE, json.dumps(state, indent=1) + "\n")
         d.barrier()
         # Every rank's RNG: dropout streams differ per rank.
-        _save_rng(rng or _rng_state(), tmp / _RNG_FILE.format(rank=d.rank))
+        with _removed_on_failure(tmp, final):
+            _save_rng(rng or _rng_state(), tmp / _RNG_FILE.format(rank=d.rank))
         d.barrier()
         if d.main:
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)  # the checkpoint appears whole or not at all
+            with _removed_on_failure(tmp, final):
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(tmp, final)  # the checkpoint appears whole or not at all
             self._prune_checkpoints()
         d.barrier()
         self._last_saved_step = self.step
@@ -479,10 +485,12 @@ class Trainer:
     def save_final(self) -> None:
         """The trained model as a save_pretrained folder in output_dir (with the tokenizer, if given)."""
         if self.dist.main:
-            self.model.save_pretrained(self.out)
-            if self.tokenizer is not None:
-                self.tokenizer.save_pretrained(self.out)
-            self.config.save(self.out / "training_config.json")
+            # The writers put each file under a temporary name (.NAME.tmp) first; a failed save removes them.
+            with _removed_on_failure(None, self.out, stray=self.out):
+                self.model.save_pretrained(self.out)
+                if self.tokenizer is not None:
+                    self.tokenizer.save_pretrained(self.out)
+                self.config.save(self.out / "training_config.json")
             self._plot()
         self.dist.barrier()
 
@@ -893,11 +901,58 @@ def _read_trainer_state(checkpoint: Path) -> dict[str, Any]:
 def _save_atomic(model, tokenizer, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    with _removed_on_failure(tmp, path):
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _removed_on_failure(tmp: Path | None, target: Path, stray: Path | None = None) -> Iterator[None]:
+    """Remove the temporary folder `tmp` (and stray .*.tmp files in `stray`) if the block fails, so a full
+    disk or a file size limit leaves no half-written checkpoint behind. torch and safetensors report a
+    failed write as their own errors (torch's says only "basic_ios::clear"): those become an OSError that
+    names `target`, with the errno when the message holds one."""
+    try:
+        yield
+    except BaseException as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if stray is not None:
+            for f in stray.glob(".*.tmp"):
+                with contextlib.suppress(OSError):
+                    f.unlink()
+        if isinstance(e, OSError) or type(e).__name__ == "SafetensorError" or _torch_write_failure(e):
+            raise _write_error(e, target) from e
+        raise
+
+
+def _torch_write_failure(e: BaseException) -> bool:
+    """torch.save's C++ writer failing (its messages name no errno); other RuntimeErrors are bugs."""
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(
+        s in text for s in ("basic_ios", "inline_container", "failed writing", "file write failed")
+    )
+
+
+def _write_error(e: BaseException, target: Path) -> BaseException:
+    """An OSError naming `target` for a failed write (the filename of an OSError is often a temporary
+    file's, which the user never sees)."""
+    code = e.errno if isinstance(e, OSError) else None
+    if code is None:
+        found = re.search(r"os error (\d+)|code: (\d+)", str(e))
+        code = int(found.group(1) or found.group(2)) if found else None
+    if code is not None:
+        return OSError(code, os.strerror(code), str(target))
+    if isinstance(e, OSError):
+        return e
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return OSError(
+        f"could not write {target} ({first}); the disk may be full or the file size limit (ulimit -f) "
+        "reached: free space, raise the limit or choose another -o"
+    )
 
 
 __all__ = ["Trainer", "TrainResult", "TrainingConfig", "epoch_micro_batches", "lr_factor", "param_groups"]
