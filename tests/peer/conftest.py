@@ -64,10 +64,7 @@ KNOWN_GAPS: dict[str, str] = {
     "test_head_pruning_save_load_from_config_init": "config.pruned_heads is not applied when a model is built",
     "test_head_pruning_integration": "config.pruned_heads is not applied when a model is built",
     # generation
-    "test_assisted_decoding_matches_greedy_search": "no assisted decoding (generate(assistant_model=...))",
-    "test_assisted_decoding_sample": "no assisted decoding (generate(assistant_model=...))",
-    "test_assisted_decoding_with_logits_to_keep": "no assisted decoding (generate(assistant_model=...))",
-    "test_prompt_lookup_decoding_matches_greedy_search": "no prompt lookup decoding (prompt_lookup_num_tokens=)",
+    "test_assisted_decoding_sample": "no speculative sampling (assistant_model= with do_sample=True)",
     "test_generate_from_inputs_embeds_with_static_cache": (
         "generate(inputs_embeds=...) needs the prompt's input_ids too (no embeddings-only prompt)"
     ),

@@ -84,6 +84,11 @@ class GenerationConfig:
     do_sample: bool = False
     num_beams: int = 1
     use_cache: bool = True
+    # Prompt lookup decoding (transformers' PromptLookupCandidateGenerator): propose up to this many tokens
+    # that followed an earlier occurrence of the last n-gram, verified by the model in one pass.
+    prompt_lookup_num_tokens: int | None = None
+    max_matching_ngram_size: int | None = None  # None: 2, as transformers
+    num_assistant_tokens: int = 20
     # The type of the past_key_values returned: "static" (a StaticCache) or "dynamic" (a DynamicCache, also
     # what None gives); gpt2kit decodes on its own preallocated cache either way.
     cache_implementation: str | None = None
@@ -187,6 +192,14 @@ class GenerationConfig:
             raise ValueError(
                 f"Invalid cache_implementation ({self.cache_implementation!r}); choose one of "
                 f"{_CACHE_IMPLEMENTATIONS} or None (gpt2kit's generate() runs 'static' and 'dynamic')"
+            )
+        for name in ("prompt_lookup_num_tokens", "max_matching_ngram_size"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        if not _is_int(self.num_assistant_tokens) or self.num_assistant_tokens < 1:
+            raise ValueError(
+                f"num_assistant_tokens must be a positive integer, got {self.num_assistant_tokens!r}"
             )
         if self.num_beams > 1 and n > self.num_beams:
             raise ValueError(

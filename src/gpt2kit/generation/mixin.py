@@ -59,7 +59,11 @@ class GenerationMixin:
         accepted and ignored. past_key_values= (a cache of the first positions of input_ids, as a previous
         return_dict_in_generate=True call returned it) skips recomputing them; inputs_embeds (B, T, C) with
         input_ids (B, T) stand in for the prompt's embedding lookup. Any other keyword raises TypeError naming
-        it; assistant_model= and prompt_lookup_num_tokens= (not implemented) raise ValueError.
+        it. Speculative greedy decoding (batch size 1, do_sample=False, the same tokens as plain greedy, faster
+        when proposals are accepted): prompt_lookup_num_tokens=N proposes up to N tokens that followed an
+        earlier occurrence of the last max_matching_ngram_size (default 2) tokens; assistant_model=draft
+        proposes draft.generation_config.num_assistant_tokens (default 20) of the draft's greedy tokens.
+        The model checks each proposal in one forward pass and keeps the prefix it agrees with.
 
         Returns prompt + continuation ids (B * num_return_sequences, L), finished rows padded with
         pad_token_id, or a GenerateDecoderOnlyOutput / GenerateBeamDecoderOnlyOutput when

@@ -252,6 +252,8 @@ class _Plan:
     past: Cache | None = None
     # The prompt's embeddings (B, T, C) the caller passed with input_ids: the prefill reads them instead.
     inputs_embeds: torch.Tensor | None = None
+    # generate(assistant_model=...): the draft model whose greedy tokens the model verifies, or None.
+    assistant: Any = None
 
 
 # Forward inputs generate() passes on to the model, as transformers' generate() does with **model_kwargs.
@@ -271,8 +273,6 @@ _IGNORED_INPUTS = ("labels", "logits_to_keep")
 _OWN_INPUTS = ("cache_position", "return_dict")
 # transformers' decoding modes that gpt2kit does not implement; accepted only as None (their default).
 _UNSUPPORTED = {
-    "assistant_model": "assisted decoding",
-    "prompt_lookup_num_tokens": "prompt lookup decoding",
     "assistant_tokenizer": "assisted decoding",
 }
 
@@ -337,6 +337,7 @@ def plan_generation(
     presence_penalty: float = 0.0,
     frequency_penalty: float = 0.0,
     compile: bool | str | dict | None = False,
+    assistant_model=None,
     **kwargs: Any,
 ) -> _Plan:
     compile_opts = compile_options(compile)
@@ -476,6 +477,9 @@ def plan_generation(
             if name in model_inputs:
                 model_inputs[name] = model_inputs[name].repeat_interleave(expand, dim=0)
 
+    if cfg.prompt_lookup_num_tokens is not None or assistant_model is not None:
+        _check_speculation(cfg, input_ids, position_ids, compile_opts, assistant_model, model)
+
     stop_strings = cfg.stop_strings
     stop_checker = None
     if stop_strings:
@@ -509,7 +513,52 @@ def plan_generation(
         model_inputs,
         past,
         inputs_embeds,
+        assistant_model if cfg.num_beams == 1 else None,
     )
+
+
+def _check_speculation(cfg, input_ids, position_ids, compile_opts, assistant, model) -> None:
+    """Refuse what prompt lookup and assisted decoding do not run. Beam search ignores them with a warning,
+    as transformers does; sampling (transformers' speculative sampling) is not implemented here."""
+    name = "prompt_lookup_num_tokens" if cfg.prompt_lookup_num_tokens is not None else "assistant_model"
+    mode = "prompt lookup decoding" if name == "prompt_lookup_num_tokens" else "assisted decoding"
+    if cfg.num_beams > 1:
+        logger.warning(
+            "%s= runs with greedy search only; beam search (num_beams=%d) ignores it", name, cfg.num_beams
+        )
+        return
+    if input_ids.shape[0] != 1:
+        raise ValueError(
+            f"{name}= asks for {mode}, which gpt2kit does not implement for a batch ({input_ids.shape[0]} "
+            "prompts), as transformers; pass one prompt at a time"
+        )
+    if cfg.do_sample:
+        raise ValueError(
+            f"{name}= runs with greedy search only in gpt2kit (no speculative sampling); pass do_sample=False, "
+            f"or drop {name} to sample"
+        )
+    if not cfg.use_cache:
+        raise ValueError(f"{name}= verifies proposals against the cache; pass use_cache=True")
+    unsupported = ["position_ids"] * (position_ids is not None) + ["compile"] * (compile_opts is not None)
+    if unsupported:
+        raise ValueError(
+            f"{name}= does not run with {unsupported} in gpt2kit; generate without them, or without {name}"
+        )
+    if cfg.prompt_lookup_num_tokens is None:
+        if not (hasattr(assistant, "transformer") and hasattr(assistant, "lm_head")):
+            raise TypeError(
+                f"assistant_model must be a gpt2kit language model (GPT2LMHeadModel), got {type(assistant).__name__}"
+            )
+        if assistant.config.vocab_size != model.config.vocab_size:
+            raise ValueError(
+                f"assistant_model has vocab_size={assistant.config.vocab_size} but the model "
+                f"{model.config.vocab_size}; the draft must share the model's tokenizer"
+            )
+        if assistant.config.n_positions < cfg.max_length:
+            raise ValueError(
+                f"assistant_model holds n_positions={assistant.config.n_positions}, fewer than "
+                f"max_length={cfg.max_length}; lower max_new_tokens"
+            )
 
 
 def _check_embeds(embeds: torch.Tensor, input_ids: torch.Tensor, n_embd: int) -> torch.Tensor:
@@ -801,6 +850,202 @@ def decode(
         next_pos = next_pos + advance
 
 
+# --- prompt lookup decoding ------------------------------------------------------------------------------
+
+
+def lookup_candidates(
+    seq: torch.Tensor, num_tokens: int, ngram_size: int, room: int, eos: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Prompt lookup (transformers' PromptLookupCandidateGenerator): find the first earlier occurrence of
+    the sequence's last n-gram (longest n first, n <= ngram_size) and propose the tokens that followed it.
+
+    seq (L,) the tokens so far; at most min(num_tokens, room) tokens come back, cut before the first eos
+    so a verified eos still ends the sequence. -> (k,) candidates, k = 0 when nothing matches.
+
+    >>> lookup_candidates(torch.tensor([5, 6, 7, 8, 5, 6]), 3, 2, 10).tolist()
+    [7, 8, 5]
+    """
+    L = seq.shape[0]
+    for n in range(min(ngram_size, L - 1), 0, -1):
+        windows = seq.unfold(0, n, 1)  # (L - n + 1, n)
+        starts = (windows == seq[-n:]).all(dim=1).nonzero().flatten() + n
+        # the first match whose continuation is non-empty (the last window itself continues with nothing)
+        starts = starts[starts < L]
+        if starts.numel():
+            start = int(starts[0])
+            chosen = seq[start : min(start + num_tokens, L, start + room)]
+            if eos is not None:
+                hit = torch.isin(chosen, eos).nonzero()
+                if hit.numel():
+                    chosen = chosen[: int(hit[0])]
+            return chosen
+    return seq[:0]
+
+
+def _verify(model, tokens, cur: int, k: int, position_ids, mask, cache: StaticCache, record, inputs):
+    """Run the last accepted token and k candidates, tokens[:, cur - 1 : cur + k], against a cache of the
+    first cur - 1 positions. -> (logits (k + 1, V) as float32, the forward's output): row j is the model's
+    next-token logits after tokens[:, : cur + j]."""
+    if "token_type_ids" in inputs:  # as in a plain step: each new token takes the prompt's last type
+        inputs = {**inputs, "token_type_ids": inputs["token_type_ids"].expand(1, k + 1)}
+    out = model.transformer(
+        input_ids=tokens[:, cur - 1 : cur + k],
+        attention_mask=mask[:, : cur + k] if mask is not None else None,
+        position_ids=position_ids,
+        past_key_values=cache,
+        use_cache=True,
+        return_dict=True,
+        **(record.flags() if record is not None else {}),
+        **inputs,
+    )
+    return model.lm_head(out.last_hidden_state[0]).float(), out
+
+
+def _record_row(record: _Record, out, j: int, keys: int) -> None:
+    """Record row j of a verification pass as if it had been its own one-token step (transformers'
+    _split_model_outputs): attentions (1, nh, 1, keys), hidden states (1, 1, C)."""
+    if record.attentions is not None:
+        record.attentions.append(tuple(a[..., j : j + 1, :keys] for a in out.attentions))
+    if record.hidden_states is not None:
+        record.hidden_states.append(tuple(h[:, j : j + 1] for h in out.hidden_states))
+
+
+class _DraftProposer:
+    """Assisted decoding's proposals: the draft model's own greedy continuation of the tokens so far.
+
+    The draft keeps a static cache of the tokens it has run (`fed`); each round it drops the positions
+    that no longer match the sequence (rejected proposals), runs the new tokens in one pass, then proposes
+    up to `num` tokens one at a time. The last proposal is never run, as it may be rejected."""
+
+    def __init__(self, draft, plan: _Plan, positions: torch.Tensor, mask: torch.Tensor | None) -> None:
+        self.draft, self.positions, self.mask = draft, positions, mask
+        self.num = draft.generation_config.num_assistant_tokens  # the assistant's setting, as transformers
+        self.eos = plan.eos
+        device = plan.input_ids.device
+        self.cache = StaticCache.for_model(draft.config, 1, plan.max_length, dtype=draft.dtype, device=device)
+        self.fed = torch.full((plan.max_length,), -1, dtype=torch.long, device=device)
+
+    def _run(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+        """Run ids (1, t) at sequence indices start.. against the cache -> last position's logits (V,)."""
+        end = start + ids.shape[1]
+        out = self.draft.transformer(
+            input_ids=ids,
+            attention_mask=self.mask[:, :end] if self.mask is not None else None,
+            position_ids=self.positions[:, start:end],
+            past_key_values=self.cache,
+            use_cache=True,
+            return_dict=True,
+        )
+        self.fed[start:end] = ids[0]
+        return self.draft.lm_head(out.last_hidden_state[0, -1])
+
+    def __call__(self, tokens: torch.Tensor, cur: int, room: int) -> torch.Tensor:
+        k = min(self.num, room)
+        if k <= 0:
+            return tokens[0, :0]
+        # positions still valid: the common prefix of what the draft ran and the sequence (at most cur - 1,
+        # so that at least one token runs and gives the next logits)
+        same = self.fed[: cur - 1] == tokens[0, : cur - 1]
+        valid = cur - 1 if bool(same.all()) else int(same.int().argmin())
+        self.cache.crop(valid)
+        cand = []
+        with torch.inference_mode():
+            logits = self._run(tokens[:, valid:cur], valid)
+            for i in range(k):
+                nxt = torch.argmax(logits, dim=-1, keepdim=True)  # (1,)
+                cand.append(nxt)
+                if i == k - 1 or (self.eos is not None and bool(torch.isin(nxt, self.eos))):
+                    break
+                logits = self._run(nxt[None], cur + i)
+        return torch.cat(cand)
+
+
+def speculative_decode(
+    model,
+    plan: _Plan,
+    scores_out: list | None = None,
+    logits_out: list | None = None,
+    record: _Record | None = None,
+    state: dict | None = None,
+) -> Iterator[torch.Tensor]:
+    """Greedy decoding with proposals (prompt lookup or a draft model); yields the tokens (1,) one at a
+    time, exactly greedy's.
+
+    Each round proposes k tokens and runs them with the last accepted token in one forward pass; the
+    model's argmax keeps the longest prefix of the proposal it agrees with, then adds its own next token,
+    and the cache is cropped back to the kept positions. A round without proposals is a plain one-token
+    step. Batch size 1 (as transformers). state, when given, receives "cache" and "speculation" (tokens
+    proposed and accepted)."""
+    cfg = plan.config
+    ids = plan.input_ids
+    T = ids.shape[1]
+    device = ids.device
+    if plan.max_length <= T:
+        return
+    tokens = torch.full((1, plan.max_length), plan.pad_token_id or 0, dtype=torch.long, device=device)
+    tokens[:, :T] = ids
+    mask = None
+    if plan.attention_mask is not None:
+        mask = torch.ones((1, plan.max_length), dtype=plan.attention_mask.dtype, device=device)
+        mask[:, :T] = plan.attention_mask
+    cache = _new_cache(model, plan, 1)
+    if state is not None:
+        state["cache"] = cache
+    prompt_pos, _ = _positions(plan, 1, T)
+    # every index's position: the prompt's, then one more per new token
+    positions = torch.cat(
+        [prompt_pos, prompt_pos[:, -1:] + torch.arange(1, plan.max_length - T + 1, device=device)], dim=1
+    )
+    if cfg.prompt_lookup_num_tokens is not None:
+        num, ngram = cfg.prompt_lookup_num_tokens, cfg.max_matching_ngram_size or 2
+
+        def propose(tokens, cur, room):
+            return lookup_candidates(tokens[0, :cur], num, ngram, room, plan.eos)
+
+    else:
+        propose = _DraftProposer(plan.assistant, plan, positions, mask)
+    with torch.inference_mode():
+        rows = _start(model, plan, prompt_pos, cache, record)  # (1, V): the first new token's logits
+    inputs = _step_inputs(plan)
+    cur, cand, out = T, tokens[0, :0], None
+    proposed = accepted = 0
+    while True:
+        for j in range(cand.shape[0] + 1):
+            scores = plan.processors(tokens[:, :cur], rows[j : j + 1])
+            if scores_out is not None:
+                scores_out.append(scores)
+            if logits_out is not None:
+                logits_out.append(rows[j : j + 1])
+            nxt = torch.argmax(scores, dim=-1)
+            if record is not None and out is not None:
+                _record_row(record, out, j, cur)
+            tokens[:, cur] = nxt
+            cur += 1
+            yield nxt
+            done = cur >= plan.max_length or (plan.eos is not None and bool(torch.isin(nxt, plan.eos)))
+            if not done and plan.stop_checker is not None:
+                done = bool(plan.stop_checker(tokens[:, :cur])[0])
+            if done or j == cand.shape[0] or int(nxt) != int(cand[j]):
+                break
+            accepted += 1
+        if done:
+            break
+        # the cache holds the positions up to the last accepted token's predecessor: drop rejected ones
+        cache.crop(cur - 1)
+        # at most max_length - cur - 1 proposals: the model adds one token of its own after them
+        cand = propose(tokens, cur, plan.max_length - cur - 1)
+        k = cand.shape[0]
+        proposed += k
+        tokens[0, cur : cur + k] = cand  # the processors of row j read the candidates before it
+        with torch.inference_mode():
+            rows, out = _verify(
+                model, tokens, cur, k, positions[:, cur - 1 : cur + k], mask, cache, record, inputs
+            )
+    if state is not None:
+        state["speculation"] = {"proposed": proposed, "accepted": accepted}
+    cache.crop(cur - 1)
+
+
 # --- beam search ----------------------------------------------------------------------------------------
 
 
@@ -996,7 +1241,11 @@ def generate(
     if streamer is not None:
         streamer.put(plan.input_ids.cpu())
     steps = []
-    for nxt in decode(model, plan, generator, scores, raw, record, state):
+    if cfg.num_beams == 1 and (cfg.prompt_lookup_num_tokens is not None or plan.assistant is not None):
+        loop = speculative_decode(model, plan, scores, raw, record, state)
+    else:
+        loop = decode(model, plan, generator, scores, raw, record, state)
+    for nxt in loop:
         steps.append(nxt)
         if streamer is not None:
             streamer.put(nxt.cpu())
