@@ -201,3 +201,17 @@ def test_cli_generate_weight_formats(folder, capsys, monkeypatch):
     assert len(json.loads(capsys.readouterr().out)["ids"]) == 6
     assert main([*base, "--weights", "packed", "--compile"]) == 2
     assert "--compile" in capsys.readouterr().err
+
+
+def test_cli_generate_takes_a_device(folder, capsys):
+    """generate had no --device (the other model commands do): cpu gives the default's text, and a CUDA
+    device on a machine without one is one line naming --device cpu."""
+    base = ["generate", "--model", str(folder), "Hello", "--max-new-tokens", "5", "--no-stream"]
+    assert main(base) == 0
+    want = capsys.readouterr().out
+    assert main([*base, "--device", "cpu"]) == 0
+    assert capsys.readouterr().out == want
+    if not torch.cuda.is_available():
+        assert main([*base, "--device", "cuda"]) == 2
+        err = capsys.readouterr().err
+        assert "CUDA is not available" in err and "--device cpu" in err and "Traceback" not in err

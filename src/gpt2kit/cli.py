@@ -176,6 +176,7 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, help="seed for sampling, for reproducible output")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cpu)")
     p.add_argument(
         "--weights",
         default="auto",
@@ -244,13 +245,17 @@ def _generate(args: argparse.Namespace) -> int:
 
     # Packing only changes the order the products sum in (logits equal to ~1e-6), and it is what makes a
     # CPU decode step fast; --compile traces the float weights instead.
-    args.weights = resolve_weights(args.weights, "cpu", compile=args.compile)
+    device = args.device or "cpu"
+    args.weights = resolve_weights(args.weights, device, compile=args.compile)
     if args.compile:
         if args.weights == "packed":
             raise ValueError("--compile cannot trace --weights packed; choose one of them")
         options["compile"] = True
     tok = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=load_dtype(args.weights, args.dtype))
+    model = AutoModelForCausalLM.from_pretrained(
+        args.model, dtype=load_dtype(args.weights, args.dtype, device)
+    )
+    model.to(device)
     # the rows a decode step multiplies: the prompts of one batch (times the sequences each returns)
     rows = min(args.batch_size, len(prompts)) * options.get("num_return_sequences", 1)
     convert_weights(model.eval(), args.weights, batch_size=max(1, rows))

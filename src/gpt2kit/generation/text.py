@@ -60,8 +60,8 @@ def complete(
         for _, batch in _batches(list(prompts), batch_size):
             enc = tokenizer(list(batch), return_tensors="pt", padding=True)
             out = model.generate(
-                enc["input_ids"],
-                attention_mask=enc["attention_mask"],
+                enc["input_ids"].to(model.device),
+                attention_mask=enc["attention_mask"].to(model.device),
                 pad_token_id=tokenizer.pad_token_id,
                 return_dict_in_generate=True,
                 output_scores=True,
