@@ -82,11 +82,6 @@ def kernel_for(x2: torch.Tensor, weight: torch.Tensor) -> str:
     return hit
 
 
-def use_onednn(x2: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether oneDNN multiplies x2 (M, K) by weight (N, K) here (see kernel_for)."""
-    return kernel_for(x2, weight) == "onednn"
-
-
 def _candidates(rows: int, weight: torch.Tensor) -> dict[str, object]:
     """torch's kernel, oneDNN's and (for a few rows) split-K, on copies of this weight in its own layout
     (cycled, so that each call reads its weight from memory, kernels.cold_copies) and random rows."""

@@ -67,7 +67,7 @@ class _GuardedH11(H11Protocol):
 
     def _head_too_slow(self) -> None:
         self.head_deadline = None
-        if self.waiting() and self.waiting_since is not None:
+        if self.waiting():  # (a request that arrived meanwhile cancelled this timer)
             self.close()
 
     def _cancel_deadline(self) -> None:
