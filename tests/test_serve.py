@@ -57,10 +57,24 @@ class Running:
     """A uvicorn server in a thread, on a free loopback port."""
 
     def __init__(
-        self, folder, api_key=None, max_body=1 << 20, max_stop=64, head_timeout=10.0, **engine_options
+        self,
+        folder,
+        api_key=None,
+        max_body=1 << 20,
+        max_stop=64,
+        head_timeout=10.0,
+        chat_template=None,
+        **engine_options,
     ):
         self.engine = load_engine(folder, **engine_options)
-        app = build_app(self.engine, NAME, api_key=api_key, max_body=max_body, max_stop=max_stop)
+        app = build_app(
+            self.engine,
+            NAME,
+            api_key=api_key,
+            max_body=max_body,
+            max_stop=max_stop,
+            chat_template=chat_template,
+        )
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
@@ -840,5 +854,370 @@ def test_a_trickled_body_gets_408(folder, monkeypatch):
             while b"request_timeout" not in reply and (chunk := c.recv(65536)):
                 reply += chunk
         assert reply.startswith(b"HTTP/1.1 408") and b"request_timeout" in reply
+    finally:
+        s.stop()
+
+
+# --- chat completions -------------------------------------------------------------------------------------
+
+# ChatML written as plain text (GPT-2 has no chat tokens); it refuses a conversation opened by the assistant,
+# as real templates refuse what they were not trained on, and reads an optional variable (chat_template_kwargs).
+CHATML = (
+    "{% if greeting is defined %}{{ greeting }}\n{% endif %}"
+    "{% if messages[0]['role'] == 'assistant' %}"
+    "{{ raise_exception('the conversation must not start with the assistant') }}{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CHAT = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Name a fox."},
+    {"role": "assistant", "content": "Reynard."},
+    {"role": "user", "content": "Another one?"},
+]
+
+
+@pytest.fixture(scope="module")
+def chat_template_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("chat") / "chatml.jinja"
+    path.write_text(CHATML, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def chat_server(folder, chat_template_file):
+    s = Running(folder, max_batch=8, chat_template=chat_template_file)
+    yield s
+    s.stop()
+
+
+def chat_prompt_ids(lm, messages, **kw):
+    _, tok = lm
+    kw.setdefault("add_generation_prompt", True)
+    text = tok.apply_chat_template(messages, chat_template=CHATML, tokenize=False, **kw)
+    return tok.encode(text, add_special_tokens=False)
+
+
+def test_chat_greedy_equals_generate_whole_and_streamed(chat_server, lm):
+    """The messages are rendered by the template and generated like a completion: greedy output equals
+    generate() on the rendered prompt, and the streamed deltas add up to the whole message."""
+    ids = chat_prompt_ids(lm, CHAT)
+    want_ids, want_text = greedy_reference(lm, ids, 20)
+    client = chat_server.client()
+    kw = dict(model=NAME, messages=CHAT, max_tokens=20, temperature=0)
+    resp = client.chat.completions.create(**kw)
+    c = resp.choices[0]
+    assert resp.object == "chat.completion" and resp.id.startswith("chatcmpl-")
+    assert c.message.role == "assistant" and c.message.content == want_text
+    assert c.finish_reason == ("stop" if 50256 in want_ids else "length") and c.index == 0
+    assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == (len(ids), len(want_ids))
+    chunks = list(client.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
+    assert all(ch.object == "chat.completion.chunk" for ch in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == want_text
+    finals = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+    assert finals == [c.finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(want_ids)
+    # as a curl user sees it: server-sent events with OpenAI's delta objects, then [DONE]
+    with httpx.stream("POST", chat_server.url + "/v1/chat/completions", json=dict(kw, stream=True)) as r:
+        lines = [line for line in r.iter_lines() if line]
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
+    events = [json.loads(line[6:]) for line in lines[:-1]]
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events) == want_text
+    plain = httpx.post(chat_server.url + "/v1/chat/completions", json=kw, timeout=30).json()
+    assert plain["choices"][0]["message"] == {"role": "assistant", "content": want_text}
+
+
+def test_chat_sampling_fields_n_seed_stop_and_lengths(chat_server, lm):
+    client = chat_server.client()
+    kw = dict(model=NAME, messages=CHAT, max_tokens=12, temperature=1.0, top_p=0.95, n=3, seed=42)
+    a, b = client.chat.completions.create(**kw), client.chat.completions.create(**kw)
+    assert [c.message.content for c in a.choices] == [c.message.content for c in b.choices]
+    assert [c.index for c in a.choices] == [0, 1, 2] and len({c.message.content for c in a.choices}) > 1
+    # a stop string cuts the message and is not returned
+    _, full = greedy_reference(lm, chat_prompt_ids(lm, CHAT), 30)
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    assert stop.strip(), full
+    r = client.chat.completions.create(model=NAME, messages=CHAT, max_tokens=30, temperature=0, stop=[stop])
+    assert r.choices[0].message.content == full[: full.index(stop)] and r.choices[0].finish_reason == "stop"
+    # max_completion_tokens (OpenAI's newer name) and max_tokens both bound the length
+    no_eos = {"50256": -100}
+    for field in ("max_completion_tokens", "max_tokens"):
+        r = client.chat.completions.create(
+            model=NAME, messages=CHAT, temperature=0, logit_bias=no_eos, **{field: 5}
+        )
+        assert (r.usage.completion_tokens, r.choices[0].finish_reason) == (5, "length"), field
+    # without either, a reply may run to the end of the context, as OpenAI's and vLLM's
+    r = client.chat.completions.create(model=NAME, messages=CHAT, temperature=0, logit_bias=no_eos)
+    assert r.usage.prompt_tokens + r.usage.completion_tokens == N_POSITIONS
+
+
+def test_chat_add_generation_prompt_continue_final_message_and_tokenize(chat_server, lm):
+    url = chat_server.url
+    with_prompt = chat_prompt_ids(lm, CHAT)
+    without = chat_prompt_ids(lm, CHAT, add_generation_prompt=False)
+    assert len(without) < len(with_prompt)
+    r = httpx.post(url + "/tokenize", json={"model": NAME, "messages": CHAT}).json()
+    assert r["tokens"] == with_prompt and r["count"] == len(with_prompt)
+    r = httpx.post(url + "/tokenize", json={"messages": CHAT, "add_generation_prompt": False}).json()
+    assert r["tokens"] == without
+    body = dict(model=NAME, messages=CHAT, max_tokens=3, temperature=0, add_generation_prompt=False)
+    r = httpx.post(url + "/v1/chat/completions", json=body, timeout=30).json()
+    assert r["usage"]["prompt_tokens"] == len(without)
+    # continue_final_message: the assistant's last message stays open and the model carries on from it
+    partial = [*CHAT[:3], {"role": "assistant", "content": "Reynard and"}]
+    open_ids = chat_prompt_ids(lm, partial, add_generation_prompt=False, continue_final_message=True)
+    assert lm[1].decode(open_ids).endswith("Reynard and")
+    body = dict(model=NAME, messages=partial, max_tokens=8, temperature=0, add_generation_prompt=False,
+                continue_final_message=True)  # fmt: skip
+    r = httpx.post(url + "/v1/chat/completions", json=body, timeout=30).json()
+    assert r["usage"]["prompt_tokens"] == len(open_ids)
+    assert r["choices"][0]["message"]["content"] == greedy_reference(lm, open_ids, 8)[1]
+    # chat_template_kwargs are visible in the template
+    body = {"messages": CHAT, "chat_template_kwargs": {"greeting": "Good morning!"}}
+    r = httpx.post(url + "/tokenize", json=body).json()
+    assert r["tokens"] == lm[1].encode("Good morning!\n") + with_prompt
+    info = httpx.get(url + "/tokenizer_info").json()
+    assert info["chat_template"] == CHATML and info["eos_token"] == "<|endoftext|>"
+    assert info["model_max_length"] == N_POSITIONS
+
+
+def test_chat_logprobs(chat_server, lm):
+    model, _ = lm
+    ids = chat_prompt_ids(lm, CHAT)
+    r = chat_server.client().chat.completions.create(
+        model=NAME, messages=CHAT, max_tokens=6, temperature=0, logprobs=True, top_logprobs=3
+    )
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    with torch.no_grad():
+        first = model(torch.tensor([ids])).logits[0, -1].log_softmax(-1)
+    assert content[0].logprob == pytest.approx(float(first.max()), abs=1e-4)
+    for entry in content:  # greedy: the chosen token is the most likely, listed first of the 3
+        assert len(entry.top_logprobs) == 3 and entry.top_logprobs[0].logprob == entry.logprob
+        assert entry.bytes == list(entry.token.encode("utf-8"))
+    plain = chat_server.client().chat.completions.create(model=NAME, messages=CHAT, max_tokens=2)
+    assert plain.choices[0].logprobs is None
+
+
+def test_chat_without_a_template_is_a_400_naming_the_flag(server):
+    with pytest.raises(openai.BadRequestError, match="--chat-template"):
+        server.client().chat.completions.create(model=NAME, messages=CHAT, max_tokens=2)
+    r = httpx.post(server.url + "/v1/chat/completions", json=dict(model=NAME, messages=CHAT))
+    err = r.json()["error"]
+    assert r.status_code == 400 and set(err) == {"message", "type", "param", "code"}
+    assert err["code"] == "chat_template_missing" and "--chat-template FILE" in err["message"]
+    r = httpx.post(server.url + "/tokenize", json=dict(messages=CHAT))
+    assert r.status_code == 400 and "--chat-template" in r.json()["error"]["message"]
+    assert httpx.get(server.url + "/tokenizer_info").json()["chat_template"] is None
+
+
+def test_the_tokenizer_folders_chat_template_is_used(folder, tmp_path, lm):
+    """Without --chat-template the server takes tokenizer_config.json's chat_template, as vLLM does."""
+    import shutil
+
+    copy = tmp_path / "with-template"
+    shutil.copytree(folder, copy)
+    config = json.loads((copy / "tokenizer_config.json").read_text())
+    (copy / "tokenizer_config.json").write_text(json.dumps(dict(config, chat_template=CHATML)))
+    s = Running(copy, max_batch=2)
+    try:
+        r = s.client().chat.completions.create(model=NAME, messages=CHAT, max_tokens=6, temperature=0)
+        ids = chat_prompt_ids(lm, CHAT)
+        assert r.usage.prompt_tokens == len(ids)
+        assert r.choices[0].message.content == greedy_reference(lm, ids, 6)[1]
+    finally:
+        s.stop()
+
+
+@pytest.mark.parametrize(
+    "body, param, words",
+    [
+        (dict(model=NAME), "messages", "non-empty list"),
+        (dict(model=NAME, messages=[]), "messages", "non-empty list"),
+        (dict(model=NAME, messages=["hi"]), "messages", "'role' and 'content'"),
+        (dict(model=NAME, messages=[{"role": "robot", "content": "hi"}]), "messages", "role"),
+        (dict(model=NAME, messages=[{"role": "user", "content": 5}]), "messages", "content"),
+        (dict(model=NAME, messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]),
+         "messages", "text only"),
+        (dict(model=NAME, messages=[{"role": "tool", "content": "x", "tool_call_id": "1"}]), "messages",
+         "tool"),
+        (dict(model=NAME, messages=[{"role": "assistant", "content": "Hi"}]), "messages",
+         "must not start with the assistant"),  # the template's own raise_exception
+        (dict(model=NAME, messages=CHAT, tools=[{"type": "function"}]), "tools", "tool calling"),
+        (dict(model=NAME, messages=CHAT, chat_template="{{ 1 }}"), "chat_template", "--chat-template"),
+        (dict(model=NAME, messages=CHAT, echo=True), "echo", "echo"),
+        (dict(model=NAME, messages=CHAT, n=100), "n", "'n'"),
+        (dict(model=NAME, messages=CHAT, temperature=3), "temperature", "temperature"),
+        (dict(model=NAME, messages=CHAT, max_tokens=0), "max_tokens", "max_tokens"),
+        (dict(model=NAME, messages=CHAT, max_completion_tokens=10_000), "max_completion_tokens",
+         "context is 128 tokens"),
+        (dict(model=NAME, messages=[{"role": "user", "content": "word " * 200}]), "messages",
+         "shorten them by"),
+        (dict(model=NAME, messages=[{"role": "user", "content": "word " * 200}], max_tokens=4), "messages",
+         "shorten it by"),
+        (dict(model=NAME, messages=CHAT, max_tokens=-1, max_completion_tokens=4), "max_tokens",
+         "max_tokens"),
+        (dict(model=NAME, messages=CHAT, stop=[str(i) for i in range(65)]), "stop", "--max-stop"),
+        (dict(model=NAME, messages=CHAT, top_logprobs=2), "top_logprobs", "'logprobs': true"),
+        (dict(model=NAME, messages=CHAT, logprobs=True, top_logprobs=30), "top_logprobs", "[0, 20]"),
+        (dict(model=NAME, messages=CHAT, continue_final_message=True), "continue_final_message",
+         "add_generation_prompt"),
+        (dict(model=NAME, messages=CHAT, chat_template_kwargs={"messages": []}), "chat_template_kwargs",
+         "messages"),
+        (dict(model=NAME, messages=CHAT, stream_options={"include_usage": True}), "stream_options",
+         "stream"),
+        (dict(model=NAME, messages=CHAT, seed=-1), "seed", "seed"),
+        (dict(model="gpt-4", messages=CHAT), "model", "does not exist"),
+    ],
+)  # fmt: skip
+def test_bad_chat_requests_get_openai_errors(chat_server, body, param, words):
+    r = httpx.post(chat_server.url + "/v1/chat/completions", json=body)
+    assert r.status_code == (404 if param == "model" else 400), r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["param"] == param
+    assert words in err["message"], err["message"]
+
+
+def test_chat_template_flag_errors_are_one_line(folder, tmp_path, capsys):
+    from gpt2kit.cli import main
+
+    assert main(["serve", "--model", str(folder), "--chat-template", str(tmp_path / "nope.jinja")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--chat-template" in err and "no such file" in err
+    bad = tmp_path / "bad.jinja"
+    bad.write_text("{% for m in messages %}{{ m['content'] }}")  # no endfor
+    assert main(["serve", "--model", str(folder), "--chat-template", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not valid Jinja" in err and str(bad) in err
+
+
+# --- metrics ----------------------------------------------------------------------------------------------
+
+
+def scrape(url: str) -> dict[tuple, float]:
+    """GET /metrics, parsed: {(sample name, (sorted labels)): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = httpx.get(url + "/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    }
+
+
+def _idle(engine) -> None:
+    deadline = time.time() + 10
+    while (engine.active or engine.queued) and time.time() < deadline:
+        time.sleep(0.01)
+    assert not engine.active and not engine.queued
+
+
+def test_metrics_move_by_what_the_requests_did(chat_server, lm):
+    pytest.importorskip("prometheus_client")
+    _, tok = lm
+    _idle(chat_server.engine)
+    url = chat_server.url
+    before = scrape(url)
+    assert before[("gpt2kit:num_requests_running", ())] == 0
+    assert before[("gpt2kit:num_requests_waiting", ())] == 0
+    client = chat_server.client()
+    no_eos = {"50256": -100}
+    prompt = "The quick brown fox"
+    client.completions.create(model=NAME, prompt=prompt, max_tokens=7, temperature=0, logit_bias=no_eos)
+    chunks = list(
+        client.chat.completions.create(
+            model=NAME, messages=CHAT, max_tokens=5, temperature=0, logit_bias=no_eos, stream=True
+        )
+    )
+    assert chunks[-1].choices[0].finish_reason == "length"
+    client.embeddings.create(model=NAME, input="four tokens of text")
+    r = httpx.post(url + "/v1/completions", json=dict(model=NAME, prompt="hi", temperature=9))
+    assert r.status_code == 400
+    after = scrape(url)
+
+    def moved(name, **labels):
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    requests = "gpt2kit:http_requests_total"
+    assert moved(requests, endpoint="/v1/completions", status="200") == 1
+    assert moved(requests, endpoint="/v1/completions", status="400") == 1
+    assert moved(requests, endpoint="/v1/chat/completions", status="200") == 1
+    assert moved(requests, endpoint="/v1/embeddings", status="200") == 1
+    assert moved(requests, endpoint="/metrics", status="200") == 1  # the first scrape
+    prompt_tokens = len(tok.encode(prompt)) + len(chat_prompt_ids(lm, CHAT))
+    assert moved("gpt2kit:prompt_tokens_total") == prompt_tokens
+    assert moved("gpt2kit:generation_tokens_total") == 7 + 5
+    assert moved("gpt2kit:embedding_tokens_total") == len(tok.encode("four tokens of text"))
+    for endpoint in ("/v1/completions", "/v1/chat/completions"):
+        assert moved("gpt2kit:time_to_first_token_seconds_count", endpoint=endpoint) == 1
+        assert moved("gpt2kit:e2e_request_latency_seconds_count", endpoint=endpoint) == 1
+        assert moved("gpt2kit:e2e_request_latency_seconds_bucket", endpoint=endpoint, le="+Inf") == 1
+        assert (
+            0
+            < moved("gpt2kit:time_to_first_token_seconds_sum", endpoint=endpoint)
+            <= moved("gpt2kit:e2e_request_latency_seconds_sum", endpoint=endpoint)
+        )
+    assert moved("gpt2kit:e2e_request_latency_seconds_count", endpoint="/v1/embeddings") == 1
+    # unknown paths share one label, so a scanner cannot blow up the series
+    httpx.get(url + "/no/such/path/1")
+    httpx.get(url + "/no/such/path/2")
+    assert scrape(url)[(requests, (("endpoint", "other"), ("status", "404")))] >= 2
+
+
+def test_metrics_gauges_show_running_and_waiting_requests(folder, monkeypatch):
+    pytest.importorskip("prometheus_client")
+    s = Running(folder, max_batch=1, max_queue=4)
+    step = s.engine._step
+
+    def slow_step():
+        time.sleep(0.02)
+        step()
+
+    monkeypatch.setattr(s.engine, "_step", slow_step)
+    body = dict(model=NAME, prompt="Hi", max_tokens=60, logit_bias={"50256": -100})
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(httpx.post, s.url + "/v1/completions", json=body, timeout=60)]
+            time.sleep(0.3)
+            futures.append(pool.submit(httpx.post, s.url + "/v1/completions", json=body, timeout=60))
+            time.sleep(0.3)
+            during = scrape(s.url)
+            assert [f.result().status_code for f in futures] == [200, 200]
+        assert during[("gpt2kit:num_requests_running", ())] == 1
+        assert during[("gpt2kit:num_requests_waiting", ())] == 1
+        _idle(s.engine)
+        after = scrape(s.url)
+        assert after[("gpt2kit:num_requests_running", ())] == 0
+        assert after[("gpt2kit:generation_tokens_total", ())] == 120
+    finally:
+        s.stop()
+
+
+def test_metrics_without_prometheus_client_say_what_to_install(folder, monkeypatch):
+    """prometheus_client is optional: without it the server runs and /metrics says how to get it."""
+    import builtins
+
+    real = builtins.__import__
+
+    def fake(name, *args, **kwargs):
+        if name == "prometheus_client" or name.startswith("prometheus_client."):
+            raise ImportError(f"No module named {name!r}", name=name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake)
+    s = Running(folder, max_batch=2)
+    try:
+        r = httpx.get(s.url + "/metrics")
+        err = r.json()["error"]
+        assert r.status_code == 501 and err["code"] == "metrics_unavailable"
+        assert 'pip install "gpt2kit[serve]"' in err["message"]
+        ok = s.client().completions.create(model=NAME, prompt="Hi", max_tokens=2)
+        assert ok.usage.completion_tokens >= 1
     finally:
         s.stop()

@@ -1,10 +1,13 @@
-"""The HTTP side of `gpt2kit serve`: OpenAI's /v1/completions, /v1/embeddings and /v1/models on Starlette.
+"""The HTTP side of `gpt2kit serve`: OpenAI's /v1/completions, /v1/chat/completions, /v1/embeddings and
+/v1/models on Starlette, with vLLM's /tokenize, /detokenize, /tokenizer_info and Prometheus' /metrics.
 
-Handlers validate a request (`protocol`), hand it to the `Engine` thread and await its events on an
-asyncio queue; they never touch the model. Guarding every request before any handler runs (`_Guard`):
-the bearer key (compared in constant time) and the body size. Every error, ours or the client's, is
-OpenAI's error JSON with a 4xx status (5xx only for a bug), so the `openai` client raises its usual
-exceptions.
+Handlers validate a request (`protocol`; a chat's messages rendered by its template, `chat`), hand it to the
+`Engine` thread and await its events on an asyncio queue; they never touch the model. Both generation
+endpoints share that path (`_generate`) and differ only in how choices are written (`_Choices`,
+`_ChatChoices`). Guarding every request before any handler runs (`_Guard`): the bearer key (compared in
+constant time) and the body size; outside it, `metrics.Instrument` counts and times them. Every error, ours
+or the client's, is OpenAI's error JSON with a 4xx status (5xx only for a bug), so the `openai` client
+raises its usual exceptions.
 
     app = build_app(engine, "my-gpt2")            # an ASGI app; run it with uvicorn
     run("path/to/model", host="127.0.0.1", port=8000)
@@ -32,9 +35,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from gpt2kit.serve import metrics as prom
+from gpt2kit.serve.chat import load_chat_template
 from gpt2kit.serve.connections import HEAD_TIMEOUT_S, guarded_h11
 from gpt2kit.serve.engine import EmbeddingJob, Engine, GenerationRequest, QueueFull
-from gpt2kit.serve.protocol import MAX_STOP, APIError, parse_completion, parse_embedding
+from gpt2kit.serve.protocol import (
+    MAX_STOP,
+    APIError,
+    chat_prompt,
+    check_model,
+    parse_chat,
+    parse_completion,
+    parse_embedding,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +55,12 @@ API_KEY_ENV = "GPT2KIT_API_KEY"
 DEFAULT_MAX_BODY = 4 << 20  # 4 MiB: 2048 embedding inputs of ~500 tokens as text still fit
 RETRY_AFTER_S = 1
 DISCONNECT_POLL_S = 0.5
+NO_CHAT_TEMPLATE = (
+    "this server has no chat template, so it cannot turn messages into a prompt (GPT-2 has none of its "
+    "own): start it with `gpt2kit serve --chat-template FILE` (a Jinja chat template, as transformers and "
+    "vLLM use) or put `chat_template` in the model folder's tokenizer_config.json; or send a prompt to "
+    "/v1/completions"
+)
 
 
 def _error_response(e: APIError) -> JSONResponse:
@@ -176,6 +195,7 @@ class Server:
         api_key: str | None = None,
         max_body: int = DEFAULT_MAX_BODY,
         max_stop: int = MAX_STOP,
+        chat_template: str | os.PathLike | None = None,
     ) -> None:
         if isinstance(max_stop, bool) or not isinstance(max_stop, int) or max_stop < 1:
             raise ValueError(f"max_stop (--max-stop) must be a positive integer, got {max_stop!r}")
@@ -191,21 +211,29 @@ class Server:
         self.served = {model_name, *aliases}
         self.max_body = max_body
         self.created = int(time.time())
+        # --chat-template, else the tokenizer's own; None: /v1/chat/completions answers 400 saying so
+        self.chat_template = load_chat_template(chat_template, self.tok)
+        if self.chat_template is not None:
+            logger.info("chat completions use the chat template from %s", self.chat_template.origin)
+        self.metrics = prom.create(engine)  # None without prometheus_client: /metrics says how to get it
         routes = [
             Route("/health", self.health, methods=["GET"]),
+            Route("/metrics", self.metrics_text, methods=["GET"]),
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/models/{model:path}", self.model_info, methods=["GET"]),
             Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
             Route("/v1/embeddings", self.embeddings, methods=["POST"]),
             Route("/tokenize", self.tokenize, methods=["POST"]),
             Route("/detokenize", self.detokenize, methods=["POST"]),
+            Route("/tokenizer_info", self.tokenizer_info, methods=["GET"]),
         ]
         app = Starlette(
             routes=routes,
             exception_handlers={HTTPException: self._http_error, Exception: self._server_error},
             lifespan=self._lifespan,
         )
-        self.app = _Guard(app, api_key, max_body)
+        self.app = prom.Instrument(_Guard(app, api_key, max_body), self.metrics, routes)
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app) -> AsyncIterator[None]:
@@ -259,23 +287,65 @@ class Server:
 
     async def model_info(self, request: Request) -> Response:
         try:
-            from gpt2kit.serve.protocol import check_model
-
             check_model({"model": request.path_params["model"]}, self.served)
         except APIError as e:
             return _error_response(e)
         return JSONResponse(self._model_card())
 
+    async def metrics_text(self, request: Request) -> Response:
+        if self.metrics is None:
+            return _error_response(
+                APIError(
+                    501,
+                    f"metrics are off: prometheus_client is not installed; {prom.INSTALL_HINT}, then restart "
+                    "the server",
+                    type="server_error",
+                    code="metrics_unavailable",
+                )
+            )
+        body, content_type = self.metrics.exposition(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
+
+    async def tokenizer_info(self, request: Request) -> Response:
+        """vLLM's /tokenizer_info: the special tokens and the chat template, which lets lm-evaluation-harness
+        tokenize through /tokenize (its `remote` tokenizer backend) with no tokenizer files of its own."""
+        tok = self.tok
+        special = {k: v for k, v in tok.special_tokens_map.items() if isinstance(v, str)}
+        return JSONResponse(
+            dict(
+                tokenizer_class=type(tok).__name__,
+                **special,
+                add_bos_token=bool(getattr(tok, "add_bos_token", False)),
+                model_max_length=self.config.n_positions,
+                vocab_size=self.config.vocab_size,
+                chat_template=self.chat_template.template if self.chat_template else None,
+            )
+        )
+
     async def tokenize(self, request: Request) -> Response:
+        """vLLM's two shapes: {"prompt": text} and {"messages": [...]} (rendered by the chat template, with
+        add_generation_prompt, continue_final_message and chat_template_kwargs as in a chat request)."""
         try:
             body = await _json_body(request, self.max_body)
-            if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
-                raise APIError(400, 'send {"prompt": "some text"}', param="prompt")
+            if not isinstance(body, dict) or not (isinstance(body.get("prompt"), str) or "messages" in body):
+                raise APIError(400, 'send {"prompt": "some text"} or {"messages": [...]}', param="prompt")
             if body.get("model") is not None:
-                from gpt2kit.serve.protocol import check_model
-
                 check_model(body, self.served)
-            ids = self._encode(body["prompt"])
+            chat = "messages" in body
+            special = body.get("add_special_tokens", not chat)  # vLLM's defaults
+            if not isinstance(special, bool):
+                raise APIError(
+                    400,
+                    f"'add_special_tokens' must be true or false, got {special!r}",
+                    param="add_special_tokens",
+                )
+            if chat:
+                if self.chat_template is None:
+                    raise APIError(400, NO_CHAT_TEMPLATE, param="messages", code="chat_template_missing")
+                text = chat_prompt(body, self.chat_template.render)
+            else:
+                text = body["prompt"]
+            ids = self.tok.encode(text, add_special_tokens=special)
         except APIError as e:
             return _error_response(e)
         return JSONResponse(dict(tokens=ids, count=len(ids), max_model_len=self.config.n_positions))
@@ -343,7 +413,7 @@ class Server:
             }
         )
 
-    # --- completions ----------------------------------------------------------------------------------------
+    # --- completions and chat completions -------------------------------------------------------------------
 
     async def completions(self, request: Request) -> Response:
         try:
@@ -359,32 +429,55 @@ class Server:
                 max_prompts=self.engine.max_queue,
                 max_stop=self.max_stop,
             )
-            loop = asyncio.get_running_loop()
-            queue: asyncio.Queue = asyncio.Queue()  # bounded by the request: <= n * max_tokens events
-
-            def emit(events) -> None:
-                with contextlib.suppress(RuntimeError):  # a closed loop: the server is shutting down
-                    loop.call_soon_threadsafe(queue.put_nowait, events)
-
-            n = req.params.n
-            jobs = [GenerationRequest(ids, req.params, emit, p * n) for p, ids in enumerate(req.prompts)]
-            try:
-                self.engine.submit(jobs)
-            except QueueFull as e:
-                raise _busy(e) from None
         except APIError as e:
             return _error_response(e)
+        return await self._generate(request, _Choices(req, self.tok))
+
+    async def chat_completions(self, request: Request) -> Response:
+        try:
+            if self.chat_template is None:
+                raise APIError(400, NO_CHAT_TEMPLATE, param="messages", code="chat_template_missing")
+            body = await _json_body(request, self.max_body)
+            cfg = self.config
+            req = parse_chat(
+                body,
+                self.served,
+                cfg.vocab_size,
+                cfg.n_positions,
+                self.engine.max_batch,
+                self.chat_template.render,
+                # as transformers' apply_chat_template: the template places any special tokens itself
+                lambda text: self.tok.encode(text, add_special_tokens=False),
+                max_stop=self.max_stop,
+            )
+        except APIError as e:
+            return _error_response(e)
+        return await self._generate(request, _ChatChoices(req, self.tok))
+
+    async def _generate(self, request: Request, state: _Choices) -> Response:
+        """Queue a validated request's prompts on the engine and answer with its choices, whole or streamed."""
+        req = state.req
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()  # bounded by the request: <= n * max_tokens events
+
+        def emit(events) -> None:
+            with contextlib.suppress(RuntimeError):  # a closed loop: the server is shutting down
+                loop.call_soon_threadsafe(queue.put_nowait, events)
+
+        n = req.params.n
+        jobs = [GenerationRequest(ids, req.params, emit, p * n) for p, ids in enumerate(req.prompts)]
+        try:
+            self.engine.submit(jobs)
+        except QueueFull as e:
+            return _error_response(_busy(e))
 
         def cancel() -> None:
             for job in jobs:
                 job.cancel()
 
-        state = _Choices(req, self.tok)
-        head = dict(
-            id=f"cmpl-{uuid.uuid4().hex}", object="text_completion", created=int(time.time()), model=req.model
-        )
+        head = dict(id=f"{state.id_prefix}-{uuid.uuid4().hex}", created=int(time.time()), model=req.model)
         if req.stream:
-            return _SSEResponse(self._stream(state, queue, head), on_close=cancel)
+            return _SSEResponse(self._stream(request, state, queue, head), on_close=cancel)
         try:
             # Look for a departed client every DISCONNECT_POLL_S, whether or not tokens are arriving.
             next_poll = time.monotonic() + DISCONNECT_POLL_S
@@ -400,21 +493,34 @@ class Server:
                 for ev in events:
                     if ev["type"] == "error":
                         return _error_response(APIError(500, ev["message"], type="server_error"))
+                    self._observe(request, state, ev)
                     state.add(ev)
         finally:
             cancel()  # a no-op for finished requests; stops the rest when the handler ends early
-        return JSONResponse(dict(head, choices=state.choices(), usage=state.usage()))
+        return JSONResponse(dict(head, object=state.object, choices=state.choices(), usage=state.usage()))
 
-    async def _stream(self, state: _Choices, queue: asyncio.Queue, head: dict) -> AsyncIterator[str]:
+    def _observe(self, request: Request, state: _Choices, ev: dict) -> None:
+        """Time to first token, into the metrics (once per request)."""
+        if self.metrics is not None and ev["type"] == "token" and not state.first_token_seen:
+            state.first_token_seen = True
+            self.metrics.first_token(request.scope, request.url.path)
+
+    async def _stream(
+        self, request: Request, state: _Choices, queue: asyncio.Queue, head: dict
+    ) -> AsyncIterator[str]:
         def sse(obj: dict) -> str:
             return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
+        head = dict(head, object=state.chunk_object)
+        for choice in state.opening():
+            yield sse(dict(head, choices=[choice]))
         while not state.all_done:
             for ev in await queue.get():
                 if ev["type"] == "error":
                     yield sse(APIError(500, ev["message"], type="server_error").body())
                     yield "data: [DONE]\n\n"
                     return
+                self._observe(request, state, ev)
                 choice = state.add(ev)
                 if choice is not None:
                     yield sse(dict(head, choices=[choice]))
@@ -434,11 +540,16 @@ def _busy(e: QueueFull) -> APIError:
 
 
 class _Choices:
-    """Accumulates engine events into OpenAI choices; `add` also returns the streaming delta of an event."""
+    """Accumulates engine events into OpenAI's completion choices; `add` also returns the streaming chunk's
+    choice for an event. `_ChatChoices` writes the same events as chat messages and deltas."""
+
+    id_prefix = "cmpl"
+    object = chunk_object = "text_completion"
 
     def __init__(self, req, tok) -> None:
         self.req = req
         self.tok = tok
+        self.first_token_seen = False
         n = req.params.n
         self.total = len(req.prompts) * n
         self.text = [""] * self.total
@@ -461,6 +572,10 @@ class _Choices:
     @property
     def all_done(self) -> bool:
         return self.done == self.total
+
+    def opening(self) -> list[dict]:
+        """Chunks' choices sent before any token (none for completions)."""
+        return []
 
     def add(self, ev: dict) -> dict | None:
         i = ev["index"]
@@ -513,6 +628,59 @@ class _Choices:
         )
 
 
+class _ChatChoices(_Choices):
+    """The same events as chat: `message` objects whole, `delta`s streamed (the role first, as OpenAI sends
+    it), logprobs as `{"content": [{token, logprob, bytes, top_logprobs}]}`."""
+
+    id_prefix = "chatcmpl"
+    object = "chat.completion"
+    chunk_object = "chat.completion.chunk"
+
+    def opening(self) -> list[dict]:
+        return [
+            dict(index=i, delta=dict(role="assistant", content=""), logprobs=None, finish_reason=None)
+            for i in range(self.total)
+        ]
+
+    def add(self, ev: dict) -> dict | None:
+        choice = super().add(ev)
+        if choice is None:
+            return None
+        return dict(
+            index=choice["index"],
+            delta={"content": choice["text"]} if choice["text"] else {},
+            logprobs=self._logprobs(choice["logprobs"]),
+            finish_reason=choice["finish_reason"],
+        )
+
+    def choices(self) -> list[dict]:
+        return [
+            dict(
+                index=i,
+                message=dict(role="assistant", content=self.text[i]),
+                logprobs=self._logprobs(self.logprobs[i]) if self.logprobs else None,
+                finish_reason=self.finish[i],
+            )
+            for i in range(self.total)
+        ]
+
+    def _logprobs(self, lp: dict | None) -> dict | None:
+        """Completion-style logprobs -> chat's. top_logprobs holds the k most likely tokens (the engine's
+        also holds the chosen one, which completions always show)."""
+        if lp is None:
+            return None
+        k = self.req.params.logprobs
+
+        def entry(token: str, logprob: float) -> dict:
+            return dict(token=token, logprob=logprob, bytes=list(token.encode("utf-8")))
+
+        content = []
+        for token, logprob, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"]):
+            best = sorted(top.items(), key=lambda kv: -kv[1])[:k]
+            content.append(dict(entry(token, logprob), top_logprobs=[entry(t, v) for t, v in best]))
+        return {"content": content}
+
+
 # --- building and running -----------------------------------------------------------------------------------
 
 
@@ -562,9 +730,11 @@ def build_app(
     api_key: str | None = None,
     max_body: int = DEFAULT_MAX_BODY,
     max_stop: int = MAX_STOP,
+    chat_template: str | os.PathLike | None = None,
 ):
-    """The ASGI application for an engine (started and stopped with the app's lifespan)."""
-    return Server(engine, model_name, aliases, api_key, max_body, max_stop).app
+    """The ASGI application for an engine (started and stopped with the app's lifespan). chat_template: a
+    Jinja file or the template itself (default: the tokenizer's own, if it has one)."""
+    return Server(engine, model_name, aliases, api_key, max_body, max_stop, chat_template).app
 
 
 def run(
@@ -576,20 +746,24 @@ def run(
     max_body: int = DEFAULT_MAX_BODY,
     log_level: str = "info",
     max_stop: int = MAX_STOP,
+    chat_template: str | os.PathLike | None = None,
     **engine_options: Any,
 ) -> None:
-    """Load the model and serve it until interrupted (uvicorn). api_key=None reads $GPT2KIT_API_KEY."""
+    """Load the model and serve it until interrupted (uvicorn). api_key=None reads $GPT2KIT_API_KEY;
+    chat_template: --chat-template (a Jinja file), else the tokenizer folder's own."""
     import uvicorn
 
     if api_key is not None and not api_key.strip():
         raise ValueError("--api-key is empty; give a non-empty key, or leave it out to serve without one")
+    if chat_template is not None:
+        load_chat_template(chat_template, None)  # a missing file or a syntax error: before loading the model
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         logger.warning("serving on %s without an API key: anyone who can reach it can use it", host)
     engine = load_engine(model, **engine_options)
     name = served_model_name or str(model)
     aliases = tuple({Path(str(model)).name} - {name})
-    app = build_app(engine, name, aliases, api_key, max_body, max_stop)
+    app = build_app(engine, name, aliases, api_key, max_body, max_stop, chat_template)
     uvicorn.Server(uvicorn_config(app, engine, host=host, port=port, log_level=log_level)).run()
 
 

@@ -59,6 +59,12 @@ def serve_args(p: argparse.ArgumentParser) -> None:
         default=64,
         help="most stop strings per request (default: 64; OpenAI allows 4, vLLM any number)",
     )
+    p.add_argument(
+        "--chat-template",
+        metavar="FILE",
+        help="a Jinja chat template for /v1/chat/completions, as transformers and vLLM use (default: the "
+        "tokenizer folder's own chat_template, if any; GPT-2 has none)",
+    )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -83,6 +89,7 @@ def serve(args: argparse.Namespace) -> int:
         max_body=args.max_body_bytes,
         log_level=args.log_level,
         max_stop=args.max_stop,
+        chat_template=args.chat_template,
         dtype=args.dtype,
         device=args.device,
         weights=args.weights,

@@ -196,11 +196,13 @@ class EngineStats:
     tokens: int = 0  # generated tokens
     prefills: int = 0  # prefill forward passes
     prefilled_prompts: int = 0
+    prompt_tokens: int = 0  # tokens of the prefilled prompts (a prompt with n sequences counts once)
     max_rows: int = 0  # the most sequences decoded together in one step
     cancelled: int = 0  # sequences dropped because their client went away
     rejected: int = 0  # requests refused with QueueFull
     embed_batches: int = 0  # merged embedding runs
     embed_requests: int = 0
+    embed_tokens: int = 0
     errors: int = 0
     started: float = field(default_factory=time.time)
 
@@ -378,6 +380,7 @@ class Engine:
             return
         self.stats.embed_batches += 1
         self.stats.embed_requests += len(jobs)
+        self.stats.embed_tokens += sum(job.tokens for job in jobs)
         start = 0
         for job in jobs:
             job.done(vectors[start : start + len(job.inputs)])
@@ -412,6 +415,7 @@ class Engine:
         logits = self.model.lm_head(h[torch.arange(B, device=self.device), last]).float()  # (B, V)
         self.stats.prefills += 1
         self.stats.prefilled_prompts += B
+        self.stats.prompt_tokens += sum(lens)
         rows: list[int] = []
         source: list[int] = []
         for j, r in enumerate(reqs):

@@ -171,7 +171,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-# --- /v1/completions ----------------------------------------------------------------------------------------
+# --- generation requests ------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -204,6 +204,9 @@ class SamplingParams:
 
 @dataclass
 class CompletionRequest:
+    """A validated /v1/completions or /v1/chat/completions body: the prompts as token ids (a chat request has
+    one, its messages rendered by the chat template) and the sampling settings they share."""
+
     model: str
     prompts: list[list[int]]
     prompt_texts: list[str | None]
@@ -242,8 +245,8 @@ _UNSUPPORTED: dict[str, tuple[Any, str]] = {
 }
 
 
-def _refuse_unsupported(body: dict) -> None:
-    for name, (off, why) in _UNSUPPORTED.items():
+def _refuse_unsupported(body: dict, known: set[str], unsupported: dict[str, tuple[Any, str]]) -> None:
+    for name, (off, why) in unsupported.items():
         value = body.get(name)
         if (
             value is None
@@ -256,7 +259,7 @@ def _refuse_unsupported(body: dict) -> None:
         raise _bad(
             name, f"'{name}' is not supported by this server ({why}); leave it out, got {_short(value)}"
         )
-    unknown = sorted(set(body) - _COMPLETION_FIELDS - set(_UNSUPPORTED))
+    unknown = sorted(set(body) - known - set(unsupported))
     if unknown:  # as vLLM: ignored, but said so in the log
         logger.warning("ignoring fields this server does not know: %s", ", ".join(unknown))
 
@@ -271,6 +274,148 @@ def _token_ids(body: dict, name: str, vocab_size: int) -> list[int]:
     if bad is not None:
         raise _bad(name, f"'{name}' holds token id {bad}, outside the vocabulary [0, {vocab_size})")
     return list(value)
+
+
+# --- shared by /v1/completions and /v1/chat/completions -----------------------------------------------------
+
+
+def _check_context(
+    prompts: list[list[int]], max_tokens: int, n_positions: int, param: str, limit_name: str = "max_tokens"
+) -> None:
+    """Every prompt plus max_tokens must fit the context; the error names the prompt when it alone is too
+    long (no max_tokens >= 1 could help), else max_tokens."""
+    longest = max(len(p) for p in prompts)
+    if longest + max_tokens <= n_positions:
+        return
+    if longest >= n_positions > max_tokens:
+        i = max(range(len(prompts)), key=lambda j: len(prompts[j]))
+        if param != "prompt":
+            which = f"the rendered '{param}'"
+        else:
+            which = "the prompt" if len(prompts) == 1 else f"prompt {i}"
+        raise _bad(
+            param,
+            f"{which} has {longest} tokens, this model's context is {n_positions} and {limit_name} is "
+            f"{max_tokens}: shorten it by {longest + max_tokens - n_positions} tokens (to at most "
+            f"{n_positions - max_tokens})",
+            code="context_length_exceeded",
+        )
+    raise _bad(
+        limit_name,
+        f"this model's context is {n_positions} tokens, but the prompt has {longest} and {limit_name} is "
+        f"{max_tokens} ({longest + max_tokens} in all, {longest + max_tokens - n_positions} too many); "
+        f"lower {limit_name} to at most {n_positions - longest} or shorten the prompt",
+        code="context_length_exceeded",
+    )
+
+
+def _stop_strings(body: dict, max_stop: int) -> list[str]:
+    stop = body.get("stop")
+    if stop is None:
+        stops: list[str] = []
+    elif isinstance(stop, str):
+        stops = [stop]
+    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        stops = list(stop)
+    else:
+        raise _bad(
+            "stop", f"'stop' must be a string or a list of up to {max_stop} strings, got {_short(stop)}"
+        )
+    if len(stops) > max_stop:
+        raise _bad(
+            "stop",
+            f"'stop' holds {len(stops)} strings; this server allows at most {max_stop} "
+            "(start it with a larger --max-stop)",
+        )
+    if any(not s for s in stops):
+        raise _bad("stop", "'stop' strings must not be empty")
+    return stops
+
+
+def _logit_bias(body: dict, vocab_size: int) -> dict[int, float]:
+    bias_raw = body.get("logit_bias") or {}
+    if not isinstance(bias_raw, dict):
+        raise _bad("logit_bias", f"'logit_bias' must map token ids to numbers, got {_short(bias_raw)}")
+    bias: dict[int, float] = {}
+    for key, value in bias_raw.items():
+        try:
+            token = int(key)
+        except (TypeError, ValueError):
+            raise _bad("logit_bias", f"'logit_bias' keys must be token ids, got {key!r}") from None
+        if not 0 <= token < vocab_size:
+            raise _bad(
+                "logit_bias", f"'logit_bias' token id {token} is outside the vocabulary [0, {vocab_size})"
+            )
+        if not _is_finite(value) or not -100 <= value <= 100:
+            raise _bad("logit_bias", f"'logit_bias' values must be numbers in [-100, 100], got {value!r}")
+        bias[token] = float(value)
+    return bias
+
+
+def _sampling(
+    body: dict,
+    vocab_size: int,
+    max_n: int,
+    max_stop: int,
+    max_tokens: int,
+    logprobs: int | None,
+    echo: bool = False,
+    limit_name: str = "max_tokens",
+) -> SamplingParams:
+    """The sampling fields both generation endpoints share, checked; max_tokens, logprobs and echo are read
+    by the caller (their names and meanings differ between the two)."""
+    # GPT-2's decoding never puts spaces between special tokens; vLLM's option only acts on slow tokenizers
+    # with added tokens, so either value gives the same text here: checked, nothing more.
+    _boolean(body, "spaces_between_special_tokens", True)
+    n = _integer(body, "n", 1, 1, max_n)
+    stops = _stop_strings(body, max_stop)
+    min_tokens = _integer(body, "min_tokens", 0, 0)
+    if min_tokens > max_tokens:
+        raise _bad("min_tokens", f"'min_tokens' ({min_tokens}) is more than '{limit_name}' ({max_tokens})")
+    if min_tokens and stops:
+        raise _bad(
+            "min_tokens",
+            "'min_tokens' cannot be combined with 'stop' strings on this server; drop one of them "
+            "('stop_token_ids' do work with min_tokens)",
+        )
+    # torch generators take 64-bit seeds; a larger one was a 500 before it was checked here
+    seed = _integer(body, "seed", None, 0, 2**64 - 1)
+    top_k = _integer(body, "top_k", 0, -1)
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
+        top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
+        top_k=max(top_k, 0),
+        min_p=_number(body, "min_p", 0.0, 0.0, 1.0),
+        presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
+        frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+        repetition_penalty=_number(body, "repetition_penalty", 1.0, 0.0, lo_open=True),
+        seed=seed,
+        stop=stops,
+        stop_token_ids=_token_ids(body, "stop_token_ids", vocab_size),
+        min_tokens=min_tokens,
+        ignore_eos=_boolean(body, "ignore_eos"),
+        skip_special_tokens=_boolean(body, "skip_special_tokens", True),
+        logprobs=logprobs,
+        echo=echo,
+        n=n,
+        logit_bias=_logit_bias(body, vocab_size),
+    )
+
+
+def _streaming(body: dict) -> tuple[bool, bool]:
+    """(stream, stream_options.include_usage)."""
+    stream = _boolean(body, "stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise _bad("stream_options", f"'stream_options' must be an object, got {_short(options)}")
+    include_usage = _boolean(options or {}, "include_usage")
+    if options is not None and not stream:
+        raise _bad("stream_options", "'stream_options' is only allowed when 'stream' is true")
+    return stream, include_usage
+
+
+# --- /v1/completions ----------------------------------------------------------------------------------------
 
 
 def parse_completion(
@@ -304,112 +449,185 @@ def parse_completion(
     best_of = body.get("best_of")
     if best_of is not None and best_of != 1:
         raise _bad("best_of", f"'best_of' is not supported (only 1), got {best_of!r}; use 'n' instead")
-    _refuse_unsupported(body)
-    # GPT-2's decoding never puts spaces between special tokens; vLLM's option only acts on slow tokenizers
-    # with added tokens, so either value gives the same text here: checked, nothing more.
-    _boolean(body, "spaces_between_special_tokens", True)
-    n = _integer(body, "n", 1, 1, max_n)
+    _refuse_unsupported(body, _COMPLETION_FIELDS, _UNSUPPORTED)
+    _integer(body, "n", 1, 1, max_n)  # before max_tokens, so that n's error is the one reported
     max_tokens = _integer(body, "max_tokens", 16, 0)
     echo = _boolean(body, "echo")
     if max_tokens == 0 and not echo:
         raise _bad(
             "max_tokens", "'max_tokens' is 0; ask for at least 1 token (or set echo to score the prompt)"
         )
-    longest = max(len(p) for p in prompts)
-    if longest + max_tokens > n_positions and longest >= n_positions > max_tokens:
-        # No max_tokens >= 1 fits: the prompt is what is too long, so say which one and by how much.
-        i = max(range(len(prompts)), key=lambda j: len(prompts[j]))
-        which = "the prompt" if len(prompts) == 1 else f"prompt {i}"
-        raise _bad(
-            "prompt",
-            f"{which} has {longest} tokens, this model's context is {n_positions} and max_tokens is "
-            f"{max_tokens}: shorten it by {longest + max_tokens - n_positions} tokens (to at most "
-            f"{n_positions - max_tokens})",
-            code="context_length_exceeded",
-        )
-    if longest + max_tokens > n_positions:
-        raise _bad(
-            "max_tokens",
-            f"this model's context is {n_positions} tokens, but the prompt has {longest} and max_tokens is "
-            f"{max_tokens} ({longest + max_tokens} in all, {longest + max_tokens - n_positions} too many); "
-            f"lower max_tokens to at most {n_positions - longest} or shorten the prompt",
-            code="context_length_exceeded",
-        )
-    stop = body.get("stop")
-    if stop is None:
-        stops: list[str] = []
-    elif isinstance(stop, str):
-        stops = [stop]
-    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
-        stops = list(stop)
-    else:
-        raise _bad(
-            "stop", f"'stop' must be a string or a list of up to {max_stop} strings, got {_short(stop)}"
-        )
-    if len(stops) > max_stop:
-        raise _bad(
-            "stop",
-            f"'stop' holds {len(stops)} strings; this server allows at most {max_stop} "
-            "(start it with a larger --max-stop)",
-        )
-    if any(not s for s in stops):
-        raise _bad("stop", "'stop' strings must not be empty")
-    min_tokens = _integer(body, "min_tokens", 0, 0)
-    if min_tokens > max_tokens:
-        raise _bad("min_tokens", f"'min_tokens' ({min_tokens}) is more than 'max_tokens' ({max_tokens})")
-    if min_tokens and stops:
-        raise _bad(
-            "min_tokens",
-            "'min_tokens' cannot be combined with 'stop' strings on this server; drop one of them "
-            "('stop_token_ids' do work with min_tokens)",
-        )
-    # torch generators take 64-bit seeds; a larger one was a 500 before it was checked here
-    seed = _integer(body, "seed", None, 0, 2**64 - 1)
-    top_k = _integer(body, "top_k", 0, -1)
-    bias_raw = body.get("logit_bias") or {}
-    if not isinstance(bias_raw, dict):
-        raise _bad("logit_bias", f"'logit_bias' must map token ids to numbers, got {_short(bias_raw)}")
-    bias: dict[int, float] = {}
-    for key, value in bias_raw.items():
-        try:
-            token = int(key)
-        except (TypeError, ValueError):
-            raise _bad("logit_bias", f"'logit_bias' keys must be token ids, got {key!r}") from None
-        if not 0 <= token < vocab_size:
-            raise _bad(
-                "logit_bias", f"'logit_bias' token id {token} is outside the vocabulary [0, {vocab_size})"
-            )
-        if not _is_finite(value) or not -100 <= value <= 100:
-            raise _bad("logit_bias", f"'logit_bias' values must be numbers in [-100, 100], got {value!r}")
-        bias[token] = float(value)
-    params = SamplingParams(
-        max_tokens=max_tokens,
-        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
-        top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
-        top_k=max(top_k, 0),
-        min_p=_number(body, "min_p", 0.0, 0.0, 1.0),
-        presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
-        frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
-        repetition_penalty=_number(body, "repetition_penalty", 1.0, 0.0, lo_open=True),
-        seed=seed,
-        stop=stops,
-        stop_token_ids=_token_ids(body, "stop_token_ids", vocab_size),
-        min_tokens=min_tokens,
-        ignore_eos=_boolean(body, "ignore_eos"),
-        skip_special_tokens=_boolean(body, "skip_special_tokens", True),
-        logprobs=_integer(body, "logprobs", None, 0, MAX_LOGPROBS),
-        echo=echo,
-        n=n,
-        logit_bias=bias,
-    )
-    stream = _boolean(body, "stream")
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise _bad("stream_options", f"'stream_options' must be an object, got {_short(options)}")
-    include_usage = _boolean(options or {}, "include_usage")
-    if options is not None and not stream:
-        raise _bad("stream_options", "'stream_options' is only allowed when 'stream' is true")
+    _check_context(prompts, max_tokens, n_positions, "prompt")
+    logprobs = _integer(body, "logprobs", None, 0, MAX_LOGPROBS)
+    params = _sampling(body, vocab_size, max_n, max_stop, max_tokens, logprobs, echo)
+    stream, include_usage = _streaming(body)
     return CompletionRequest(model, prompts, texts, params, stream, include_usage)
+
+
+# --- /v1/chat/completions -----------------------------------------------------------------------------------
+
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit for chat's top_logprobs
+CHAT_ROLES = ("system", "developer", "user", "assistant")
+
+# OpenAI's chat fields this server honours, vLLM's sampling extras, and vLLM's chat-template fields.
+_CHAT_FIELDS = (_COMPLETION_FIELDS - {"prompt", "suffix", "best_of", "echo"}) | {
+    "messages", "max_completion_tokens", "top_logprobs", "add_generation_prompt", "continue_final_message",
+    "chat_template_kwargs", "tool_choice", "parallel_tool_calls",
+}  # fmt: skip
+_CHAT_UNSUPPORTED: dict[str, tuple[Any, str]] = {
+    **_UNSUPPORTED,
+    "echo": (False, "the prompt of a chat is the rendered messages; use /v1/completions with echo"),
+    "tools": (None, "this server has no tool calling"),
+    "functions": (None, "this server has no tool calling"),
+    "function_call": (None, "this server has no tool calling"),
+    "documents": (None, "documents are not passed to the chat template"),
+    "chat_template": (
+        None,
+        "the server's template is fixed when it starts: gpt2kit serve --chat-template FILE",
+    ),
+    "add_special_tokens": (False, "the chat template places any special tokens itself"),
+}
+# Names chat.render passes to the template itself: chat_template_kwargs may not replace them.
+_RESERVED_TEMPLATE_VARS = {"messages", "add_generation_prompt", "continue_final_message", "template"}
+
+
+def _content_text(content: Any, where: str) -> str:
+    """A message's content: a string, or a list of text parts (joined by newlines, as vLLM's string format)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and content:
+        texts = []
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text" or not isinstance(part.get("text"), str):
+                raise _bad(
+                    "messages",
+                    f"'{where}.content[{j}]' must be a text part {{'type': 'text', 'text': ...}}, got "
+                    f"{_short(part)}; this model reads text only",
+                )
+            texts.append(part["text"])
+        return "\n".join(texts)
+    raise _bad(
+        "messages",
+        f"'{where}.content' must be a string or a list of text parts, got {_short(content)}",
+    )
+
+
+def _messages(body: dict) -> list[dict[str, str]]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _bad(
+            "messages",
+            "'messages' must be a non-empty list of {'role': ..., 'content': ...} objects, got "
+            f"{_short(messages)}",
+        )
+    out = []
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise _bad("messages", f"'{where}' must be an object with 'role' and 'content', got {_short(m)}")
+        role = m.get("role")
+        if role in ("tool", "function") or m.get("tool_calls") or m.get("function_call"):
+            raise _bad(
+                "messages", f"'{where}': tool calls and tool messages are not supported by this server"
+            )
+        if role not in CHAT_ROLES:
+            raise _bad(
+                "messages", f"'{where}.role' must be one of {', '.join(CHAT_ROLES)}, got {_short(role)}"
+            )
+        msg = {"role": role, "content": _content_text(m.get("content"), where)}
+        name = m.get("name")
+        if name is not None:
+            if not isinstance(name, str):
+                raise _bad("messages", f"'{where}.name' must be a string, got {_short(name)}")
+            msg["name"] = name
+        out.append(msg)
+    return out
+
+
+def chat_prompt(body: dict, render) -> str:
+    """A chat body's messages, checked and rendered by the server's template into the prompt text: the
+    fields /v1/chat/completions and /tokenize share (messages, add_generation_prompt,
+    continue_final_message, chat_template_kwargs). render(messages, add_generation_prompt,
+    continue_final_message, variables) -> text, raising APIError when the template refuses them."""
+    messages = _messages(body)
+    add_generation_prompt = _boolean(body, "add_generation_prompt", True)
+    continue_final = _boolean(body, "continue_final_message")
+    if add_generation_prompt and continue_final:
+        raise _bad(
+            "continue_final_message",
+            "'continue_final_message' continues the last message and 'add_generation_prompt' (true by "
+            "default) starts a new one; send 'add_generation_prompt': false with it",
+        )
+    if continue_final and messages[-1]["role"] != "assistant":
+        raise _bad(
+            "continue_final_message",
+            "'continue_final_message' continues the final message, which must be the assistant's; it is "
+            f"{messages[-1]['role']!r}",
+        )
+    variables = body.get("chat_template_kwargs") or {}
+    if not isinstance(variables, dict) or not all(isinstance(k, str) for k in variables):
+        raise _bad(
+            "chat_template_kwargs",
+            f"'chat_template_kwargs' must map names to values, got {_short(variables)}",
+        )
+    clash = sorted(_RESERVED_TEMPLATE_VARS & set(variables))
+    if clash:
+        raise _bad(
+            "chat_template_kwargs",
+            f"'chat_template_kwargs' may not set {', '.join(clash)}; use the request's own fields",
+        )
+    return render(messages, add_generation_prompt, continue_final, variables)
+
+
+def parse_chat(
+    body: Any,
+    served: set[str],
+    vocab_size: int,
+    n_positions: int,
+    max_n: int,
+    render,
+    encode,
+    max_stop: int = MAX_STOP,
+) -> CompletionRequest:
+    """Validate a /v1/chat/completions body into one prompt: its messages rendered by the chat template
+    (`chat_prompt`; encode: text -> token ids). max_tokens (or OpenAI's newer max_completion_tokens, which
+    wins) defaults to the rest of the context, as OpenAI's and vLLM's; logprobs is true or false, with
+    top_logprobs (0-20) the number of alternatives per token."""
+    if not isinstance(body, dict):
+        raise _bad("body", f"the request body must be a JSON object, got {type(body).__name__}")
+    model = check_model(body, served)
+    _refuse_unsupported(body, _CHAT_FIELDS, _CHAT_UNSUPPORTED)
+    text = chat_prompt(body, render)
+    ids = encode(text)
+    if not ids:
+        raise _bad("messages", "the messages render to an empty prompt; send some content")
+    _integer(body, "n", 1, 1, max_n)
+    # both are checked; OpenAI's newer name wins when both are sent
+    max_tokens = _integer(body, "max_tokens", None, 1)
+    limit_name = "max_tokens"
+    if body.get("max_completion_tokens") is not None:
+        max_tokens = _integer(body, "max_completion_tokens", None, 1)
+        limit_name = "max_completion_tokens"
+    if max_tokens is not None:
+        _check_context([ids], max_tokens, n_positions, "messages", limit_name)
+    elif len(ids) >= n_positions:
+        raise _bad(
+            "messages",
+            f"the rendered 'messages' have {len(ids)} tokens and this model's context is {n_positions}: shorten "
+            f"them by {len(ids) - n_positions + 1} tokens, to leave room for at least one generated token",
+            code="context_length_exceeded",
+        )
+    else:
+        max_tokens = n_positions - len(ids)  # the rest of the context, as OpenAI's and vLLM's
+    want = _boolean(body, "logprobs")
+    top = _integer(body, "top_logprobs", None, 0, MAX_TOP_LOGPROBS)
+    if top is not None and not want:
+        raise _bad("top_logprobs", "'top_logprobs' needs 'logprobs': true")
+    logprobs = (top or 0) if want else None
+    params = _sampling(body, vocab_size, max_n, max_stop, max_tokens, logprobs, limit_name=limit_name)
+    stream, include_usage = _streaming(body)
+    return CompletionRequest(model, [ids], [text], params, stream, include_usage)
 
 
 # --- /v1/embeddings -----------------------------------------------------------------------------------------

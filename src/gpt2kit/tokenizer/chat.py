@@ -71,6 +71,12 @@ def _compile(template: str):
     return env.from_string(template)
 
 
+def compile_template(template: str):
+    """The compiled template (cached), so that a syntax error or a missing jinja2 shows before any
+    conversation is rendered (`gpt2kit serve --chat-template` checks its template at start)."""
+    return _compile(template)
+
+
 _CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
 
 
