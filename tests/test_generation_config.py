@@ -74,8 +74,8 @@ def test_unknown_cache_implementation_raises_like_transformers():
 
 
 def test_unknown_keys_are_kept_and_readable():
-    cfg = GenerationConfig(max_time=3.0, num_beam_groups=1)
-    assert cfg.max_time == 3.0 and cfg.extra == {"max_time": 3.0, "num_beam_groups": 1}
+    cfg = GenerationConfig(max_time=3.0, guidance_scale=1.5)
+    assert cfg.max_time == 3.0 and cfg.extra == {"max_time": 3.0, "guidance_scale": 1.5}
     assert cfg.to_dict()["max_time"] == 3.0
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         _ = cfg.nothing
@@ -104,7 +104,7 @@ SETTINGS = [
     dict(
         min_length=5, min_new_tokens=2, stop_strings=["\n\n"], use_cache=False, typical_p=0.95, do_sample=True
     ),
-    dict(max_time=2.5, epsilon_cutoff=3e-4, do_sample=True),  # keys we do not model
+    dict(max_time=2.5, epsilon_cutoff=3e-4, do_sample=True),  # max_time: a key we do not model
 ]
 
 

@@ -172,6 +172,24 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--length-penalty", type=float)
     p.add_argument("--num-return-sequences", type=int)
     p.add_argument(
+        "--penalty-alpha",
+        type=float,
+        help="contrastive search (greedy, with --top-k > 1; 0.6 and 4 are typical)",
+    )
+    p.add_argument("--num-beam-groups", type=int, help="group (diverse) beam search: beams split into groups")
+    p.add_argument(
+        "--diversity-penalty", type=float, help="with --num-beam-groups: penalty for repeating a group"
+    )
+    p.add_argument(
+        "--force-words",
+        action="append",
+        default=[],
+        help="constrained beam search: this word or phrase must appear (repeatable; encoded with a leading "
+        "space, as inside a sentence; needs --num-beams > 1)",
+    )
+    p.add_argument("--prompt-lookup", type=int, metavar="N", help="prompt lookup decoding: propose N tokens")
+    p.add_argument("--assistant-model", metavar="DIR", help="assisted decoding with this draft model")
+    p.add_argument(
         "--stop", action="append", default=[], help="stop at this string (repeatable; not printed)"
     )
     p.add_argument("--seed", type=int, help="seed for sampling, for reproducible output")
@@ -215,6 +233,7 @@ def _generate(args: argparse.Namespace) -> int:
         for name in (
             "temperature", "top_k", "top_p", "min_p", "typical_p", "repetition_penalty",
             "no_repeat_ngram_size", "num_beams", "length_penalty", "num_return_sequences",
+            "penalty_alpha", "num_beam_groups", "diversity_penalty",
         )
         if getattr(args, name) is not None
     }  # fmt: skip
@@ -237,6 +256,9 @@ def _generate(args: argparse.Namespace) -> int:
     if not prompts:
         raise ValueError("no prompts: the input is empty")
     options.update(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample)
+    _check_strategy_flags(args, options)
+    if args.prompt_lookup is not None:
+        options["prompt_lookup_num_tokens"] = args.prompt_lookup
     if args.truncate_prompt:
         options["truncate_prompt"] = True
     if args.seed is not None:
@@ -256,12 +278,19 @@ def _generate(args: argparse.Namespace) -> int:
         args.model, dtype=load_dtype(args.weights, args.dtype, device)
     )
     model.to(device)
+    if args.force_words:
+        options["force_words_ids"] = [tok.encode(" " + w.strip()) for w in args.force_words]
+    if args.assistant_model:
+        draft = AutoModelForCausalLM.from_pretrained(args.assistant_model, dtype=model.dtype)
+        options["assistant_model"] = draft.to(device).eval()
     # the rows a decode step multiplies: the prompts of one batch (times the sequences each returns)
     rows = min(args.batch_size, len(prompts)) * options.get("num_return_sequences", 1)
     convert_weights(model.eval(), args.weights, batch_size=max(1, rows))
     streaming = args.stream
     if streaming is None:  # stream by default on a terminal, when it makes sense
         streaming = sys.stdout.isatty() and not args.json and options.get("num_beams", 1) == 1
+    if args.prompt_lookup is not None or args.assistant_model:
+        args.batch_size = 1  # speculative decoding verifies one sequence at a time
     if streaming and (
         args.json or options.get("num_beams", 1) > 1 or options.get("num_return_sequences", 1) > 1
     ):
@@ -285,6 +314,36 @@ def _generate(args: argparse.Namespace) -> int:
         else:
             print(c.prompt + c.text)
     return 0
+
+
+def _check_strategy_flags(args: argparse.Namespace, options: dict) -> None:
+    """Refuse flag combinations whose strategy would ignore a flag (the library refuses the rest)."""
+    beams = options.get("num_beams", 1) > 1
+    if args.penalty_alpha is not None and (args.do_sample or beams):
+        raise ValueError(
+            "--penalty-alpha runs contrastive search, a greedy method: drop --do-sample and --num-beams"
+        )
+    if args.penalty_alpha is not None and args.penalty_alpha > 0 and options.get("top_k", 50) <= 1:
+        raise ValueError("--penalty-alpha compares --top-k candidates: pass --top-k 4 (or more than 1)")
+    if (args.num_beam_groups is not None or args.diversity_penalty is not None) and not beams:
+        raise ValueError("--num-beam-groups and --diversity-penalty split beams: pass --num-beams too")
+    if args.num_beam_groups is not None and args.num_beam_groups > 1 and args.diversity_penalty is None:
+        raise ValueError(
+            "--num-beam-groups needs --diversity-penalty > 0 (1.0 is typical), or the groups are the same"
+        )
+    if args.force_words and not beams:
+        raise ValueError("--force-words runs constrained beam search: pass --num-beams 4 (or more than 1)")
+    speculative = [
+        f
+        for f, on in (("--prompt-lookup", args.prompt_lookup), ("--assistant-model", args.assistant_model))
+        if on
+    ]
+    if len(speculative) == 2:
+        raise ValueError("--prompt-lookup and --assistant-model are two ways to propose tokens: choose one")
+    if speculative and (args.do_sample or beams or args.penalty_alpha is not None):
+        raise ValueError(
+            f"{speculative[0]} speeds up greedy search only: drop --do-sample, --num-beams, --penalty-alpha"
+        )
 
 
 # --- embed ------------------------------------------------------------------------------------------------
@@ -385,6 +444,31 @@ def _embed(args: argparse.Namespace) -> int:
     )
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"gpt2kit embed: {report.summary()}", file=sys.stderr)
+    return 0
+
+
+# --- merge ------------------------------------------------------------------------------------------------
+
+
+def _merge_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", help="the base model folder or name (default: the adapter's base_model_name_or_path)"
+    )
+    p.add_argument(
+        "--adapter", required=True, help="a LoRA adapter folder (peft's format, or gpt2kit train --lora)"
+    )
+    p.add_argument("-o", "--output", required=True, help="the folder to write the merged model to")
+    p.add_argument(
+        "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+        help="the merged weights' dtype (auto: the base checkpoint's)",
+    )  # fmt: skip
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from gpt2kit.model.lora import merge_adapter
+
+    out = merge_adapter(args.model, args.adapter, args.output, dtype=args.dtype)
+    print(f"merged {args.adapter} into {args.model or 'its base model'}: {out}")
     return 0
 
 
@@ -512,6 +596,11 @@ def _commands() -> dict[
             training_cli.train_args,
             training_cli.train,
         ),
+        "tune": (
+            "search learning rate, schedule, layers, width, dropout, ... with Optuna (the [tune] extra)",
+            training_cli.tune_args,
+            training_cli.tune,
+        ),
         "eval": (
             "perplexity of a model on a text file, with a sliding window",
             training_cli.eval_args,
@@ -521,6 +610,11 @@ def _commands() -> dict[
             "an OpenAI-compatible HTTP API: /v1/completions, /v1/embeddings (needs the [serve] extra)",
             serve_cli.serve_args,
             serve_cli.serve,
+        ),
+        "merge": (
+            "fold a LoRA adapter into its base model: a full model folder transformers loads",
+            _merge_args,
+            _merge,
         ),
         "info": ("show a model folder's config, parameter count, files and dtype", _info_args, _info),
         "export": (

@@ -10,8 +10,15 @@ from typing import TYPE_CHECKING
 
 __all__ = [
     "GENERATION_CONFIG_NAME",
+    "Constraint",
+    "ConstraintListState",
+    "DisjunctiveConstraint",
+    "EpsilonLogitsWarper",
+    "EtaLogitsWarper",
+    "ExponentialDecayLengthPenalty",
     "ForcedEOSTokenLogitsProcessor",
     "GenerationConfig",
+    "HammingDiversityLogitsProcessor",
     "InfNanRemoveLogitsProcessor",
     "LogitNormalization",
     "LogitsProcessor",
@@ -21,23 +28,34 @@ __all__ = [
     "MinPLogitsWarper",
     "NoBadWordsLogitsProcessor",
     "NoRepeatNGramLogitsProcessor",
+    "PhrasalConstraint",
     "PresenceFrequencyPenaltyLogitsProcessor",
     "RepetitionPenaltyLogitsProcessor",
+    "SequenceBiasLogitsProcessor",
     "SuppressTokensAtBeginLogitsProcessor",
     "SuppressTokensLogitsProcessor",
     "TemperatureLogitsWarper",
     "TopKLogitsWarper",
     "TopPLogitsWarper",
     "TypicalLogitsWarper",
+    "WatermarkLogitsProcessor",
+    "WatermarkingConfig",
     "build_processors",
 ]
-_FROM_CONFIG = {"GENERATION_CONFIG_NAME", "GenerationConfig"}  # everything else is in processors.py
+_FROM_CONFIG = {"GENERATION_CONFIG_NAME", "GenerationConfig", "WatermarkingConfig"}
+_FROM_CONSTRAINTS = {"Constraint", "ConstraintListState", "DisjunctiveConstraint", "PhrasalConstraint"}
+# everything else is in processors.py
 
 
 def __getattr__(name: str):
     if name not in __all__:
         raise AttributeError(f"module 'gpt2kit.generation' has no attribute {name!r}")
-    module = "gpt2kit.generation.config" if name in _FROM_CONFIG else "gpt2kit.generation.processors"
+    if name in _FROM_CONFIG:
+        module = "gpt2kit.generation.config"
+    elif name in _FROM_CONSTRAINTS:
+        module = "gpt2kit.generation.constraints"
+    else:
+        module = "gpt2kit.generation.processors"
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later lookups skip this function
     return value
@@ -48,9 +66,19 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the eager spelling of the lazy lookup above
-    from gpt2kit.generation.config import GENERATION_CONFIG_NAME, GenerationConfig
+    from gpt2kit.generation.config import GENERATION_CONFIG_NAME, GenerationConfig, WatermarkingConfig
+    from gpt2kit.generation.constraints import (
+        Constraint,
+        ConstraintListState,
+        DisjunctiveConstraint,
+        PhrasalConstraint,
+    )
     from gpt2kit.generation.processors import (
+        EpsilonLogitsWarper,
+        EtaLogitsWarper,
+        ExponentialDecayLengthPenalty,
         ForcedEOSTokenLogitsProcessor,
+        HammingDiversityLogitsProcessor,
         InfNanRemoveLogitsProcessor,
         LogitNormalization,
         LogitsProcessor,
@@ -62,11 +90,13 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the eager spelling of the lazy 
         NoRepeatNGramLogitsProcessor,
         PresenceFrequencyPenaltyLogitsProcessor,
         RepetitionPenaltyLogitsProcessor,
+        SequenceBiasLogitsProcessor,
         SuppressTokensAtBeginLogitsProcessor,
         SuppressTokensLogitsProcessor,
         TemperatureLogitsWarper,
         TopKLogitsWarper,
         TopPLogitsWarper,
         TypicalLogitsWarper,
+        WatermarkLogitsProcessor,
         build_processors,
     )

@@ -64,6 +64,11 @@ class GenerationMixin:
         earlier occurrence of the last max_matching_ngram_size (default 2) tokens; assistant_model=draft
         proposes draft.generation_config.num_assistant_tokens (default 20) of the draft's greedy tokens.
         The model checks each proposal in one forward pass and keeps the prefix it agrees with.
+        The strategies transformers 4.56 moved to the Hub run as 4.55 ran them: contrastive search
+        (penalty_alpha > 0 with top_k > 1), group beam search (num_beam_groups > 1 with diversity_penalty > 0),
+        constrained beam search (force_words_ids, constraints=[PhrasalConstraint(...), ...]) and DoLa
+        (dola_layers="low" / "high" / indices); sequence_bias, epsilon_cutoff, eta_cutoff,
+        exponential_decay_length_penalty and watermarking_config are transformers 4.57's processors.
 
         Returns prompt + continuation ids (B * num_return_sequences, L), finished rows padded with
         pad_token_id, or a GenerateDecoderOnlyOutput / GenerateBeamDecoderOnlyOutput when
@@ -77,3 +82,20 @@ class GenerationMixin:
         from gpt2kit.generation.search import generate
 
         return generate(self, input_ids, attention_mask, generation_config, streamer, **kwargs)
+
+    def compute_transition_scores(
+        self,
+        sequences: torch.Tensor,
+        scores: tuple[torch.Tensor, ...],
+        beam_indices: torch.Tensor | None = None,
+        normalize_logits: bool = False,
+    ) -> torch.Tensor:
+        """The score of each generated token (N, steps), from generate(return_dict_in_generate=True,
+        output_scores=True)'s sequences, scores and (beam search) beam_indices; as in transformers.
+
+        >>> out = model.generate(ids, max_new_tokens=5, return_dict_in_generate=True, output_scores=True)  # doctest: +SKIP
+        >>> model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)  # doctest: +SKIP
+        """
+        from gpt2kit.generation.scores import compute_transition_scores
+
+        return compute_transition_scores(sequences, scores, beam_indices, normalize_logits)

@@ -10,14 +10,20 @@ Legend: B batch rows (sequences or beams), T tokens so far, V vocabulary size.
 
 from __future__ import annotations
 
+import inspect
+import logging
 import math
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
 
+from gpt2kit.generation.config import check_exponential_decay, sequence_bias_dict
+
 if TYPE_CHECKING:
     from gpt2kit.generation.config import GenerationConfig
+
+logger = logging.getLogger(__name__)
 
 NEG_INF = -math.inf
 
@@ -60,12 +66,23 @@ class LogitsProcessor:
 
 
 class LogitsProcessorList(list):
-    """A list of processors applied in order; callable like one processor."""
+    """A list of processors applied in order; callable like one processor.
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    Keyword arguments (group beam search's `current_tokens` and `beam_group_idx`) go only to the processors
+    whose __call__ takes more than (input_ids, scores), as in transformers.
+    """
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.FloatTensor:
         for processor in self:
-            scores = processor(input_ids, scores)
+            if kwargs and _takes_extra_inputs(processor):
+                scores = processor(input_ids, scores, **kwargs)
+            else:
+                scores = processor(input_ids, scores)
         return scores
+
+
+def _takes_extra_inputs(processor) -> bool:
+    return len(inspect.signature(processor.__call__).parameters) > 2
 
 
 # --- warpers: reshape the distribution we sample from (used only when do_sample=True) ---------------------
@@ -170,6 +187,57 @@ class TypicalLogitsWarper(LogitsProcessor):
         drop_sorted[..., : self.min_tokens_to_keep] = False
         drop = drop_sorted.scatter(1, sorted_idx, drop_sorted)
         return scores.masked_fill(drop, self.filter_value)
+
+
+class EpsilonLogitsWarper(LogitsProcessor):
+    """Epsilon sampling (Hewitt et al. 2022): drop tokens whose probability is below epsilon, keeping at least
+    min_tokens_to_keep of the best."""
+
+    def __init__(self, epsilon: float, filter_value: float = NEG_INF, min_tokens_to_keep: int = 1):
+        epsilon = float(epsilon)
+        if not 0 < epsilon < 1:
+            raise ValueError(f"epsilon_cutoff must be in (0, 1), got {epsilon!r}; 0.0 turns it off")
+        _check_min_tokens_to_keep(min_tokens_to_keep)
+        self.epsilon = epsilon
+        self.filter_value = filter_value
+        self.min_tokens_to_keep = min_tokens_to_keep
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return _drop_below(
+            scores, scores.softmax(dim=-1) < self.epsilon, self.min_tokens_to_keep, self.filter_value
+        )
+
+
+class EtaLogitsWarper(LogitsProcessor):
+    """Eta sampling (Hewitt et al. 2022): the cutoff is min(eta, sqrt(eta) * exp(-entropy)), so a flat
+    distribution (high entropy) keeps more tokens than a peaked one."""
+
+    def __init__(self, epsilon: float, filter_value: float = NEG_INF, min_tokens_to_keep: int = 1):
+        epsilon = float(epsilon)
+        if not 0 < epsilon < 1:
+            raise ValueError(f"eta_cutoff must be in (0, 1), got {epsilon!r}; 0.0 turns it off")
+        _check_min_tokens_to_keep(min_tokens_to_keep)
+        self.epsilon = epsilon
+        self.filter_value = filter_value
+        self.min_tokens_to_keep = min_tokens_to_keep
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        eta = torch.tensor(self.epsilon, device=scores.device)
+        # The entropy as torch.distributions.Categorical computes it (what transformers calls), operation for
+        # operation, so that a token on the cutoff falls on the same side: normalised logits, clamped to the
+        # dtype's minimum so that -inf * 0 is 0, times the probabilities.
+        logp = scores - scores.logsumexp(dim=-1, keepdim=True)
+        entropy = -(logp.clamp(min=torch.finfo(logp.dtype).min) * logp.softmax(dim=-1)).sum(-1)  # (B,)
+        cutoff = torch.min(eta, eta.sqrt() * torch.exp(-entropy))[..., None]  # (B, 1)
+        return _drop_below(
+            scores, scores.softmax(dim=-1) < cutoff, self.min_tokens_to_keep, self.filter_value
+        )
+
+
+def _drop_below(scores: torch.Tensor, low: torch.Tensor, keep: int, filter_value: float) -> torch.Tensor:
+    """Filter the tokens marked `low` (B, V), except the `keep` best of each row (ties with the keep-th kept)."""
+    kth_best = torch.topk(scores, min(keep, scores.shape[-1])).values[..., -1:]  # (B, 1)
+    return scores.masked_fill(low & (scores < kth_best), filter_value)
 
 
 # --- processors: constrain or penalise tokens (every decoding strategy) -----------------------------------
@@ -383,6 +451,212 @@ class LogitNormalization(LogitsProcessor):
         return scores.log_softmax(dim=-1)
 
 
+class SequenceBiasLogitsProcessor(LogitsProcessor):
+    """Add a bias to a token sequence's last token wherever the row ends with the rest of the sequence.
+
+    sequence_bias: {(ids...): bias} or [[ids, bias], ...] (the JSON-friendly form). A one-token sequence is
+    biased always; a longer one only after its prefix, and never while the row is shorter than it. Positive
+    biases favour a sequence, -inf bans it.
+
+    >>> proc = SequenceBiasLogitsProcessor({(3,): -1.0, (1, 2): 5.0})
+    >>> proc(torch.tensor([[0, 1]]), torch.zeros(1, 4)).tolist()
+    [[0.0, 0.0, 5.0, -1.0]]
+    """
+
+    def __init__(self, sequence_bias: dict[tuple[int, ...], float] | list):
+        self.sequence_bias = sequence_bias_dict(sequence_bias)
+        self._single: torch.Tensor | None = (
+            None  # (V,) biases of the one-token sequences, built on first call
+        )
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        vocab = scores.shape[-1]
+        if self._single is None or self._single.shape[0] != vocab or self._single.device != scores.device:
+            too_big = sorted({t for seq in self.sequence_bias for t in seq if t >= vocab})
+            if too_big:
+                raise ValueError(
+                    f"sequence_bias holds ids {too_big} outside the vocabulary of size {vocab}; drop them"
+                )
+            self._single = torch.zeros(vocab, dtype=torch.float, device=scores.device)
+            for seq, bias in self.sequence_bias.items():
+                if len(seq) == 1:
+                    self._single[seq[0]] = bias
+        # Summed in the order transformers sums them (one-token biases, then each sequence in turn), so the
+        # biased scores are bit-identical.
+        bias = torch.zeros_like(scores) + self._single
+        for seq, value in self.sequence_bias.items():
+            if len(seq) == 1 or len(seq) > input_ids.shape[1]:
+                continue
+            prefix = torch.tensor(seq[:-1], dtype=input_ids.dtype, device=input_ids.device)
+            follows = (input_ids[:, -len(prefix) :] == prefix).all(dim=1)  # (B,)
+            bias[:, seq[-1]] += torch.where(
+                follows, torch.tensor(value, device=scores.device), torch.tensor(0.0, device=scores.device)
+            )
+        return scores + bias
+
+
+class ExponentialDecayLengthPenalty(LogitsProcessor):
+    """After start_index new tokens, raise eos's score by |score| * (decay_factor ** n - 1), n tokens past
+    the start: a growing push towards ending (exponential_decay_length_penalty=(start_index, decay_factor)).
+    """
+
+    def __init__(
+        self,
+        exponential_decay_length_penalty: tuple[int, float],
+        eos_token_id: int | Iterable[int] | torch.Tensor | None,
+        input_ids_seq_length: int,
+    ):
+        start, factor = check_exponential_decay(exponential_decay_length_penalty)
+        if eos_token_id is None:
+            raise ValueError(
+                "exponential_decay_length_penalty pushes eos up, but there is no eos_token_id; pass eos_token_id"
+            )
+        self.eos_token_id = _ids_tensor(eos_token_id)
+        if (self.eos_token_id < 0).any():
+            raise ValueError(f"eos_token_id must be token ids >= 0, got {self.eos_token_id.tolist()}")
+        self.regulation_start = start + input_ids_seq_length
+        self.regulation_factor = factor
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        past = input_ids.shape[-1] - self.regulation_start
+        if past <= 0:
+            return scores
+        eos = self.eos_token_id.to(scores.device)
+        penalties = torch.zeros_like(scores)
+        penalties[:, eos] = scores[:, eos].abs() * (self.regulation_factor**past - 1)
+        return scores + penalties
+
+
+class HammingDiversityLogitsProcessor(LogitsProcessor):
+    """Group (diverse) beam search: lower each token's score by diversity_penalty times the number of beams
+    of the earlier groups that chose it at this step (Vijayakumar et al. 2016), as transformers 4.55.
+
+    Called per group with current_tokens (B * num_beams,) (the tokens the earlier groups chose this step)
+    and beam_group_idx; scores are the group's rows (B * group_size, V).
+    """
+
+    def __init__(self, diversity_penalty: float, num_beams: int, num_beam_groups: int):
+        if isinstance(diversity_penalty, bool) or not isinstance(diversity_penalty, (int, float)):
+            raise ValueError(f"diversity_penalty must be a number > 0, got {diversity_penalty!r}")
+        if not diversity_penalty > 0:
+            raise ValueError(f"diversity_penalty must be > 0, got {diversity_penalty!r}")
+        if not isinstance(num_beams, int) or num_beams < 2:
+            raise ValueError(
+                f"diversity_penalty needs beam search: num_beams must be >= 2, got {num_beams!r}"
+            )
+        if not isinstance(num_beam_groups, int) or not 2 <= num_beam_groups <= num_beams:
+            raise ValueError(
+                f"diversity_penalty needs num_beam_groups in [2, num_beams={num_beams}], got {num_beam_groups!r}"
+            )
+        self.diversity_penalty = float(diversity_penalty)
+        self.num_beams = num_beams
+        self.group_size = num_beams // num_beam_groups
+
+    def __call__(
+        self,
+        input_ids: torch.LongTensor,
+        scores: torch.FloatTensor,
+        current_tokens: torch.LongTensor | None = None,
+        beam_group_idx: int = 0,
+    ) -> torch.FloatTensor:
+        start = beam_group_idx * self.group_size
+        if current_tokens is None or start == 0:
+            return scores
+        B = current_tokens.shape[0] // self.num_beams
+        earlier = current_tokens.view(B, self.num_beams)[:, :start]  # (B, start)
+        counts = torch.zeros((B, scores.shape[-1]), dtype=scores.dtype, device=scores.device)
+        counts.scatter_add_(1, earlier.to(scores.device), torch.ones_like(earlier, dtype=scores.dtype))
+        penalty = (self.diversity_penalty * counts).repeat_interleave(scores.shape[0] // B, dim=0)
+        return scores - penalty
+
+
+# --- watermarking -----------------------------------------------------------------------------------------
+
+
+class WatermarkLogitsProcessor(LogitsProcessor):
+    """Kirchenbauer et al. (2023)'s watermark: add `bias` to a "green list" of greenlist_ratio * V tokens,
+    drawn afresh each step from a generator seeded by the previous token (lefthash) or, for each of the 40
+    best candidates, by the context and the candidate itself (selfhash). A detector that knows the key
+    counts green tokens. Same draws as transformers' processor (torch.randperm under the same seeds).
+    """
+
+    TABLE_SIZE = 1_000_003
+
+    def __init__(
+        self,
+        vocab_size: int | None,
+        device: torch.device | str | None = None,
+        greenlist_ratio: float = 0.25,
+        bias: float = 2.0,
+        hashing_key: int = 15485863,
+        seeding_scheme: str = "lefthash",
+        context_width: int = 1,
+    ):
+        if seeding_scheme not in ("lefthash", "selfhash"):
+            raise ValueError(f"seeding_scheme must be 'lefthash' or 'selfhash', got {seeding_scheme!r}")
+        if not 0.0 < greenlist_ratio < 1.0:
+            raise ValueError(f"greenlist_ratio must be in (0, 1), got {greenlist_ratio!r}")
+        if isinstance(context_width, bool) or not isinstance(context_width, int) or context_width < 1:
+            raise ValueError(f"context_width must be an integer >= 1, got {context_width!r}")
+        self.vocab_size = vocab_size
+        self.greenlist_ratio = greenlist_ratio
+        self.bias = bias
+        self.hashing_key = hashing_key
+        self.seeding_scheme = seeding_scheme
+        self.context_width = context_width
+        self._device = device
+        self._rng: torch.Generator | None = None
+        self._table: torch.Tensor | None = None
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if self._rng is None:
+            self._rng = torch.Generator(device=self._device if self._device is not None else device)
+            if self.seeding_scheme == "selfhash":  # the hash table that scheme reads (a fixed permutation)
+                self._rng.manual_seed(self.hashing_key)
+                self._table = torch.randperm(self.TABLE_SIZE, generator=self._rng, device=self._rng.device)
+        return self._rng
+
+    def _greenlist(self, context: torch.Tensor, vocab: int) -> torch.Tensor:
+        """The green token ids (greenlist_ratio * V,) after `context` (t,), the row's last tokens."""
+        rng = self._generator(context.device)
+        context = context[-self.context_width :]
+        if self.seeding_scheme == "selfhash":
+            a = self._table[context % self.TABLE_SIZE] + 1
+            b = self._table[context[-1] % self.TABLE_SIZE] + 1
+            seed = int((self.hashing_key * a * b).min())
+        else:
+            seed = self.hashing_key * int(context[-1])
+        rng.manual_seed(seed % (2**64 - 1))
+        return torch.randperm(vocab, device=context.device, generator=rng)[
+            : int(vocab * self.greenlist_ratio)
+        ]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if input_ids.shape[-1] < self.context_width:
+            logger.warning(
+                "watermarking needs %d tokens of context but has %d; this step is not watermarked",
+                self.context_width,
+                input_ids.shape[-1],
+            )
+            return scores
+        vocab = self.vocab_size if self.vocab_size is not None else scores.shape[-1]
+        out = scores.clone()
+        for row, seq in enumerate(input_ids):
+            if self.seeding_scheme == "selfhash":
+                # a candidate is green when it is in the green list seeded by itself (40 best candidates)
+                best = scores[row].sort(dim=-1, descending=True)[1]
+                green = [
+                    c
+                    for c in best[:40]
+                    if bool((self._greenlist(torch.cat([seq, c[None]]), vocab) == c).any())
+                ]
+                ids = torch.stack(green) if green else best[:0]
+            else:
+                ids = self._greenlist(seq, vocab)
+            out[row, ids] = out[row, ids] + self.bias
+        return out
+
+
 # --- assembling the list ----------------------------------------------------------------------------------
 
 
@@ -393,6 +667,8 @@ def build_processors(
     presence_penalty: float = 0.0,
     frequency_penalty: float = 0.0,
     logits_processor: Iterable[LogitsProcessor] | None = None,
+    vocab_size: int | None = None,
+    device: torch.device | str | None = None,
 ) -> LogitsProcessorList:
     """The processors generate() applies for `generation_config`, in transformers 4.57's order.
 
@@ -400,7 +676,8 @@ def build_processors(
     presence / frequency penalties count only tokens after it. A max_length that already counts the prompt
     is used as it is. Custom `logits_processor`s replace a built-in one of the same type, else follow the
     built-in processors and precede the sampling warpers (as transformers). Warpers (temperature, top-k,
-    top-p, min-p, typical-p) are added only when do_sample=True.
+    top-p, min-p, typical-p, epsilon, eta) are added only when do_sample=True. vocab_size (the model's) sizes
+    the watermark's green list; None reads it from the scores.
 
     >>> from gpt2kit.generation import GenerationConfig
     >>> cfg = GenerationConfig(do_sample=True, temperature=0.7, top_p=0.9, eos_token_id=50256)
@@ -414,6 +691,13 @@ def build_processors(
     min_length = cfg.min_length if cfg.min_new_tokens is None else prompt_length + cfg.min_new_tokens
 
     procs = LogitsProcessorList()
+    if cfg.sequence_bias is not None:
+        procs.append(SequenceBiasLogitsProcessor(cfg.sequence_bias))
+    if cfg.diversity_penalty is not None and cfg.diversity_penalty > 0.0:
+        # group beam search, at transformers 4.55's place (4.56+ moved that strategy to the Hub)
+        procs.append(
+            HammingDiversityLogitsProcessor(cfg.diversity_penalty, cfg.num_beams, cfg.num_beam_groups)
+        )
     if cfg.repetition_penalty is not None and cfg.repetition_penalty != 1.0:
         procs.append(RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty))
     if presence_penalty or frequency_penalty:  # not in transformers: OpenAI's API, next to the other penalty
@@ -432,6 +716,8 @@ def build_processors(
         procs.append(ForcedEOSTokenLogitsProcessor(max_length, cfg.forced_eos_token_id))
     if cfg.remove_invalid_values is True:
         procs.append(InfNanRemoveLogitsProcessor())
+    if cfg.exponential_decay_length_penalty is not None:
+        procs.append(ExponentialDecayLengthPenalty(cfg.exponential_decay_length_penalty, eos, prompt_length))
     if cfg.suppress_tokens is not None:
         procs.append(SuppressTokensLogitsProcessor(cfg.suppress_tokens))
     if cfg.begin_suppress_tokens is not None:
@@ -451,6 +737,12 @@ def build_processors(
             procs.append(MinPLogitsWarper(cfg.min_p, min_tokens_to_keep=keep))
         if cfg.typical_p is not None and cfg.typical_p < 1.0:
             procs.append(TypicalLogitsWarper(cfg.typical_p, min_tokens_to_keep=keep))
+        if cfg.epsilon_cutoff is not None and 0.0 < cfg.epsilon_cutoff < 1.0:
+            procs.append(EpsilonLogitsWarper(cfg.epsilon_cutoff, min_tokens_to_keep=keep))
+        if cfg.eta_cutoff is not None and 0.0 < cfg.eta_cutoff < 1.0:
+            procs.append(EtaLogitsWarper(cfg.eta_cutoff, min_tokens_to_keep=keep))
+    if cfg.watermarking_config is not None:  # after every other change to the scores (transformers #34630)
+        procs.append(cfg.watermarking_config.construct_processor(vocab_size, device))
     if cfg.renormalize_logits is True:
         procs.append(LogitNormalization())  # last, so what comes out are log-probabilities
     return procs

@@ -87,13 +87,24 @@ class _Record:
 
 
 def _logits(
-    model, input_ids, attention_mask, position_ids, cache, record: _Record | None = None, **model_inputs
+    model,
+    input_ids,
+    attention_mask,
+    position_ids,
+    cache,
+    record: _Record | None = None,
+    head=None,
+    **model_inputs,
 ) -> torch.Tensor:
     """Run the trunk over input_ids (B, T) and return the last position's logits as float32 (B, V).
 
     cache: the cache to read and extend, or None to run without one. record: where this pass's attentions
-    and hidden states go, when generate() returns them. model_inputs: the other forward inputs generate()
-    was given (token_type_ids, head_mask, ...)."""
+    and hidden states go, when generate() returns them. head: None for the LM head, or a callable
+    (model, trunk output with hidden_states) -> logits (B, V) that reads other layers too (DoLa).
+    model_inputs: the other forward inputs generate() was given (token_type_ids, head_mask, ...)."""
+    flags = record.flags() if record is not None else {}
+    if head is not None:
+        flags["output_hidden_states"] = True
     out = model.transformer(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -101,26 +112,28 @@ def _logits(
         past_key_values=cache,
         use_cache=cache is not None,
         return_dict=True,
-        **(record.flags() if record is not None else {}),
+        **flags,
         **model_inputs,
     )
     if record is not None:
         record.add(out)
+    if head is not None:
+        return head(model, out)
     return model.lm_head(out.last_hidden_state[:, -1, :]).float()
 
 
 def prefill(
-    model, input_ids, attention_mask, position_ids, cache, record=None, **model_inputs
+    model, input_ids, attention_mask, position_ids, cache, record=None, head=None, **model_inputs
 ) -> torch.Tensor:
     """The whole prompt in one forward pass; fills the cache. -> logits (B, V) of the last position."""
-    return _logits(model, input_ids, attention_mask, position_ids, cache, record, **model_inputs)
+    return _logits(model, input_ids, attention_mask, position_ids, cache, record, head, **model_inputs)
 
 
 def decode_one_token(
-    model, tokens, attention_mask, position_ids, cache, record=None, **model_inputs
+    model, tokens, attention_mask, position_ids, cache, record=None, head=None, **model_inputs
 ) -> torch.Tensor:
     """One new position per sequence, tokens (B, 1), against the cache. -> logits (B, V)."""
-    return _logits(model, tokens, attention_mask, position_ids, cache, record, **model_inputs)
+    return _logits(model, tokens, attention_mask, position_ids, cache, record, head, **model_inputs)
 
 
 class _SlotCache(Cache):
@@ -254,6 +267,12 @@ class _Plan:
     inputs_embeds: torch.Tensor | None = None
     # generate(assistant_model=...): the draft model whose greedy tokens the model verifies, or None.
     assistant: Any = None
+    # The decoding strategy: "greedy", "sample", "beam", "group_beam", "constrained_beam", "contrastive",
+    # "dola" or "assisted" (prompt lookup or a draft model).
+    mode: str = "greedy"
+    # What turns a forward pass into next-token logits when not the LM head alone (DoLa's contrast of
+    # layers); see _logits.
+    head: Any = None
 
 
 # Forward inputs generate() passes on to the model, as transformers' generate() does with **model_kwargs.
@@ -477,8 +496,13 @@ def plan_generation(
             if name in model_inputs:
                 model_inputs[name] = model_inputs[name].repeat_interleave(expand, dim=0)
 
-    if cfg.prompt_lookup_num_tokens is not None or assistant_model is not None:
+    from gpt2kit.generation import strategies
+
+    mode = strategies.resolve_mode(cfg, assistant_model)
+    speculative = cfg.prompt_lookup_num_tokens is not None or assistant_model is not None
+    if speculative and (mode == "assisted" or cfg.num_beams > 1):
         _check_speculation(cfg, input_ids, position_ids, compile_opts, assistant_model, model)
+    strategies.check_plan(mode, cfg, model, compile_opts, past, inputs_embeds)
 
     stop_strings = cfg.stop_strings
     stop_checker = None
@@ -497,6 +521,8 @@ def plan_generation(
         presence_penalty=presence_penalty,
         frequency_penalty=frequency_penalty,
         logits_processor=logits_processor,
+        vocab_size=model.config.vocab_size,
+        device=input_ids.device,
     )
     eos_tensor = torch.tensor(eos_list, device=input_ids.device) if eos_list else None
     return _Plan(
@@ -513,7 +539,9 @@ def plan_generation(
         model_inputs,
         past,
         inputs_embeds,
-        assistant_model if cfg.num_beams == 1 else None,
+        assistant_model if mode == "assisted" else None,
+        mode,
+        strategies.dola_head(cfg, model) if mode == "dola" else None,
     )
 
 
@@ -614,7 +642,7 @@ def _start(model, plan: _Plan, position_ids: torch.Tensor, cache: StaticCache | 
     ids = plan.input_ids[:, n:]
     if plan.inputs_embeds is not None:  # the caller's embeddings stand in for the ids' lookup
         ids, inputs = None, {**inputs, "inputs_embeds": plan.inputs_embeds[:, n:]}
-    return prefill(model, ids, plan.attention_mask, position_ids[:, n:], cache, record, **inputs)
+    return prefill(model, ids, plan.attention_mask, position_ids[:, n:], cache, record, plan.head, **inputs)
 
 
 class _StopStrings:
@@ -720,7 +748,14 @@ def _recompute_step(model, plan: _Plan, mask: torch.Tensor | None, record: _Reco
         if types is not None:  # as transformers: each new token takes the type of the prompt's last column
             inputs["token_type_ids"] = torch.cat([types, types[:, -1:].expand(-1, new)], dim=1)
         return _logits(
-            model, history, mask[:, :cur] if mask is not None else None, pos, None, record, **inputs
+            model,
+            history,
+            mask[:, :cur] if mask is not None else None,
+            pos,
+            None,
+            record,
+            plan.head,
+            **inputs,
         )
 
     return step
@@ -745,6 +780,7 @@ def _step_function(
                 position_ids,
                 cache,
                 record,
+                plan.head,
                 **inputs,
             )
 
@@ -831,8 +867,8 @@ def decode(
         scores = plan.processors(tokens[:, :cur], logits)
         if scores_out is not None:
             scores_out.append(scores)
-        if logits_out is not None:
-            logits_out.append(logits)
+        if logits_out is not None:  # DoLa's head keeps the final layer's logits, which are what it returns
+            logits_out.append(plan.head.raw if plan.head is not None else logits)
         nxt = choose(scores, cfg.do_sample, generator)
         if plan.eos is not None:
             nxt = torch.where(unfinished, nxt, torch.full_like(nxt, plan.pad_token_id))
@@ -1224,7 +1260,14 @@ def generate(
     if cfg.num_beams > 1:
         if streamer is not None:
             raise ValueError("streaming is not supported with beam search (num_beams > 1); use num_beams=1")
-        sequences, seq_scores, beam_indices = beam_search(model, plan, generator, scores, raw, record, state)
+        if plan.mode in ("group_beam", "constrained_beam"):
+            from gpt2kit.generation.strategies import legacy_beam_search
+
+            sequences, seq_scores, beam_indices = legacy_beam_search(model, plan, scores, raw, record, state)
+        else:
+            sequences, seq_scores, beam_indices = beam_search(
+                model, plan, generator, scores, raw, record, state
+            )
         if not want_dict:
             return sequences
         return GenerateBeamDecoderOnlyOutput(
@@ -1241,8 +1284,12 @@ def generate(
     if streamer is not None:
         streamer.put(plan.input_ids.cpu())
     steps = []
-    if cfg.num_beams == 1 and (cfg.prompt_lookup_num_tokens is not None or plan.assistant is not None):
+    if plan.mode == "assisted":
         loop = speculative_decode(model, plan, scores, raw, record, state)
+    elif plan.mode == "contrastive":
+        from gpt2kit.generation.strategies import contrastive_decode
+
+        loop = contrastive_decode(model, plan, scores, raw, state)
     else:
         loop = decode(model, plan, generator, scores, raw, record, state)
     for nxt in loop:
