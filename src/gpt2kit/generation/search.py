@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from gpt2kit.generation import traced
 from gpt2kit.generation.config import GenerationConfig
 from gpt2kit.generation.processors import LogitsProcessorList, build_processors
 from gpt2kit.model.attention import AttentionMask
@@ -762,14 +763,22 @@ def _recompute_step(model, plan: _Plan, mask: torch.Tensor | None, record: _Reco
 
 
 def _step_function(
-    model, plan: _Plan, cache: StaticCache | None, mask: torch.Tensor | None, record: _Record | None = None
+    model,
+    plan: _Plan,
+    cache: StaticCache | None,
+    mask: torch.Tensor | None,
+    record: _Record | None = None,
+    trace: bool = False,
 ):
     """-> step(tokens (B, 1), cur, position_ids (B, 1), history (B, cur)) -> logits (B, V) for the token at
     position cur - 1: the eager decode_one_token, the compiled fixed-shape decode_one_token_static, or
-    without a cache a forward pass over the whole history."""
+    without a cache a forward pass over the whole history. trace: the eager step may be recorded and
+    replayed without Python (traced.py; the same logits), for loops that feed it one position after another."""
     if cache is None:
         return _recompute_step(model, plan, mask, record)
     inputs = _step_inputs(plan)
+    if plan.compile is None and trace and plan.head is None and traced.traceable(model, record, inputs):
+        return _traced_step(model, plan, cache, mask)
     if plan.compile is None:
 
         def step(tokens, cur, position_ids, history=None):
@@ -822,6 +831,21 @@ def _step_function(
     return step
 
 
+def _traced_step(model, plan: _Plan, cache: StaticCache, mask: torch.Tensor | None):
+    """_step_function's eager step, recorded by traced.TracedDecode once the call is long enough."""
+    B, T = plan.input_ids.shape
+    padded = mask is not None and not bool(mask[:, :T].all())  # an all-ones mask is no mask (GPT2Model)
+    run = traced.TracedDecode(model, B, padded, steps=plan.max_length - T)
+    probe = torch.empty(cache.max_length, device=plan.input_ids.device)
+
+    def step(tokens, cur, position_ids, history=None):
+        logits = run(tokens, position_ids, cache.k, cache.v, probe[:cur], mask[:, :cur] if padded else None)
+        cache.lengths = [cur] * len(cache.lengths)
+        return logits
+
+    return step
+
+
 # --- greedy and sampling --------------------------------------------------------------------------------
 
 
@@ -855,7 +879,7 @@ def decode(
     cache = _new_cache(model, plan, B) if cfg.use_cache else None
     if state is not None:
         state["cache"] = cache
-    step = _step_function(model, plan, cache, mask, record)
+    step = _step_function(model, plan, cache, mask, record, trace=True)
     unfinished = torch.ones(B, dtype=torch.bool, device=device)
 
     position_ids, advance = _positions(plan, B, T)
@@ -1142,7 +1166,7 @@ def beam_search(
     cache = _new_cache(model, plan, BK) if cfg.use_cache else None
     if state is not None:
         state["cache"] = cache
-    step_fn = _step_function(model, plan, cache, mask, record)
+    step_fn = _step_function(model, plan, cache, mask, record, trace=True)
     position_ids, advance = _positions(plan, BK, T)
     with torch.inference_mode():
         logits = _start(model, plan, position_ids, cache, record)

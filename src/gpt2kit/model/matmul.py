@@ -20,8 +20,10 @@ AD, and for double backward's second pass.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import warnings
 
 import torch
 from torch import nn
@@ -32,6 +34,23 @@ CHOICES = ("auto", "onednn", "torch")
 _choice: str | None = None  # one of CHOICES, once read
 # (layout, K, N, row bucket) -> kernel name: the hot path's copy of kernels.TABLE's decisions.
 _fast: dict[tuple[str, int, int, str], str] = {}
+# True while generation/traced.py records a decode step to replay in this process, on this machine.
+_recording_decode = False
+
+
+@contextlib.contextmanager
+def recording_decode():
+    """While this is active, a torch.jit trace records this machine's measured kernel choices.
+
+    A trace made for export or TorchScript (torch.jit.trace of a model) keeps torch's own kernels, which run
+    anywhere; the decode step generate() records is replayed in this process only, for the batch size it was
+    recorded at, so it keeps the kernels chosen here."""
+    global _recording_decode
+    before, _recording_decode = _recording_decode, True
+    try:
+        yield
+    finally:
+        _recording_decode = before
 
 
 def onednn_linear_available() -> bool:
@@ -148,7 +167,8 @@ def fp32_linear(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     """
     if (
         is_compiling()
-        or torch.jit.is_tracing()  # a trace records tensor ops only: the kernel choice would not replay
+        # an exported trace must run anywhere: torch's kernels (see recording_decode for the exception)
+        or (torch.jit.is_tracing() and not _recording_decode)
         or x2.dtype is not torch.float32
         or weight.dtype is not torch.float32
         or x2.device.type != "cpu"
@@ -163,6 +183,8 @@ def fp32_linear(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         return None
     if kernel == "splitk":
         return splitk_linear(x2, weight, bias)
+    if torch.jit.is_tracing():  # the tracer records the op itself, not the autograd.Function around it
+        return _lp(x2, weight, None if bias is None else bias.contiguous())
     return _OneDNNLinear.apply(x2, weight, None if bias is None else bias.contiguous())
 
 
@@ -186,7 +208,29 @@ def is_compiling() -> bool:
 
 
 def _lp(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """oneDNN's x @ w.T + b (w plain or packed), also inside a torch.jit trace."""
+    if torch.jit.is_tracing():
+        return _traceable_lp()(x, w, b)
     return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+
+
+# The tracer cannot record the op's empty list of optional scalars; a TorchScript function can hold it,
+# and a trace records a call to one as its graph.
+_LP_SOURCE = """
+def lp(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
+    scalars: List[Optional[Union[int, float, complex]]] = []
+    return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", scalars, "")
+"""
+_lp_script = None
+
+
+def _traceable_lp():
+    global _lp_script
+    if _lp_script is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit's deprecation notice
+            _lp_script = torch.jit.CompilationUnit(_LP_SOURCE).lp
+    return _lp_script
 
 
 class LMHead(nn.Linear):

@@ -35,7 +35,7 @@ from torch import nn
 
 from gpt2kit.model import kernels
 from gpt2kit.model.linear import layout, out_in_weight, replace_projections
-from gpt2kit.model.matmul import onednn_linear_available
+from gpt2kit.model.matmul import _lp, onednn_linear_available
 
 
 def packing_available(dtype: torch.dtype = torch.float32) -> bool:
@@ -73,7 +73,7 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
-        y = torch.ops.mkldnn._linear_pointwise(x2, self.packed_weight, self.bias, "none", [], "")
+        y = _lp(x2, self.packed_weight, self.bias)
         return y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

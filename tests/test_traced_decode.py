@@ -1,0 +1,232 @@
+"""The recorded decode step (generation/traced.py): generate() replays a torch.jit trace of its eager step.
+
+The replay must be invisible: the same logits bit for bit, for every weight format and with left padding,
+and it must step aside for what it cannot replay. Each test also checks that a recording was really made
+(or really not), so a silent fallback to the eager step cannot pass for the replay.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gpt2kit
+from gpt2kit.generation import traced
+from gpt2kit.model import matmul
+from gpt2kit.model.packed import pack_weights, packing_available
+from gpt2kit.model.quant import dynamic_engines, quantize_int8
+from hf_oracle import hf_model
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("traced")
+    hf_model("GPT2LMHeadModel", seed=3).save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def record_now(monkeypatch):
+    """Record at the first decode step of a call instead of after TRACE_AFTER_STEPS steps."""
+    monkeypatch.setattr(traced, "TRACE_AFTER_STEPS", 1)
+    monkeypatch.delenv("GPT2KIT_TRACE_DECODE", raising=False)
+
+
+def prompts(padded: bool, B: int = 3, T: int = 6):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(1, 99, (B, T), generator=g)
+    mask = torch.ones_like(x)
+    if padded:
+        mask[0, :2] = 0
+        mask[2, :4] = 0
+    return x.masked_fill(mask == 0, 0), mask
+
+
+def run(model, x, mask, monkeypatch, trace: bool, **kw):
+    monkeypatch.setenv("GPT2KIT_TRACE_DECODE", "1" if trace else "0")
+    torch.manual_seed(5)
+    out = model.generate(
+        x,
+        attention_mask=mask,
+        max_new_tokens=12,
+        pad_token_id=0,
+        return_dict_in_generate=True,
+        output_logits=True,
+        **kw,
+    )
+    return out.sequences, torch.stack(out.logits)
+
+
+def recordings(model) -> int:
+    return len(traced._recordings.get(model, {}))
+
+
+def code(script_module) -> str:
+    """The TorchScript code of a traced module and all its submodules."""
+    return "\n".join(m.code for m in script_module.modules() if hasattr(m, "code"))
+
+
+def formats():
+    out = ["float", "onednn"]
+    if packing_available():
+        out.append("packed")
+    if dynamic_engines():
+        out.append("int8")
+    return out
+
+
+@pytest.mark.parametrize("fmt", formats())
+@pytest.mark.parametrize("padded", [False, True])
+def test_replay_gives_the_eager_logits_bit_for_bit(folder, fmt, padded, record_now, monkeypatch):
+    model = gpt2kit.GPT2LMHeadModel.from_pretrained(folder).eval()
+    if fmt == "onednn":  # the measured float32 choice, forced to oneDNN's op so the trace must hold it
+        if not matmul.onednn_linear_available():
+            pytest.skip("no oneDNN linear op in this torch build")
+        monkeypatch.setattr(matmul, "_choice", "onednn")
+        monkeypatch.setattr(matmul, "_fast", {})
+    elif fmt == "packed":
+        pack_weights(model, batch_size=3, measure=False)
+    elif fmt == "int8":
+        quantize_int8(model, method="dynamic")
+    x, mask = prompts(padded)
+    want_ids, want_logits = run(model, x, mask, monkeypatch, trace=False)
+    assert recordings(model) == 0
+    got_ids, got_logits = run(model, x, mask, monkeypatch, trace=True)
+    assert recordings(model) == 1, "generate() did not record its decode step"
+    assert torch.equal(got_ids, want_ids)
+    assert torch.equal(got_logits, want_logits)
+    # sampling replays the same recording (same shape), and draws the same tokens
+    got = run(model, x, mask, monkeypatch, trace=True, do_sample=True, top_k=20)
+    want = run(model, x, mask, monkeypatch, trace=False, do_sample=True, top_k=20)
+    assert recordings(model) == 1
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_beam_search_replays_too(folder, record_now, monkeypatch):
+    """Beam search reorders the cache rows between steps; the replay reads the reordered buffers."""
+    model = gpt2kit.GPT2LMHeadModel.from_pretrained(folder).eval()
+    x, mask = prompts(True)
+    kw = dict(num_beams=3, num_return_sequences=2, output_scores=True)
+    monkeypatch.setenv("GPT2KIT_TRACE_DECODE", "0")
+    want = model.generate(
+        x, attention_mask=mask, max_new_tokens=10, pad_token_id=0, return_dict_in_generate=True, **kw
+    )
+    monkeypatch.setenv("GPT2KIT_TRACE_DECODE", "1")
+    got = model.generate(
+        x, attention_mask=mask, max_new_tokens=10, pad_token_id=0, return_dict_in_generate=True, **kw
+    )
+    assert recordings(model) == 1
+    assert torch.equal(got.sequences, want.sequences)
+    assert torch.equal(got.sequences_scores, want.sequences_scores)
+    assert all(torch.equal(a, b) for a, b in zip(got.scores, want.scores))
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")
+def test_the_trace_holds_this_machines_kernel_choice(folder, record_now, monkeypatch):
+    """A decode recording keeps the measured float32 kernels (here oneDNN's op, forced); a plain
+    torch.jit.trace of the model (for export) keeps torch's own, which run anywhere."""
+    if not matmul.onednn_linear_available():
+        pytest.skip("no oneDNN linear op in this torch build")
+    model = gpt2kit.GPT2LMHeadModel.from_pretrained(folder).eval()
+    monkeypatch.setattr(matmul, "_choice", "onednn")
+    monkeypatch.setattr(matmul, "_fast", {})
+    monkeypatch.setattr(matmul.kernels, "MIN_MACS", 0)
+    x, mask = prompts(False)
+    run(model, x, mask, monkeypatch, trace=True)
+    (recording,) = traced._recordings[model].values()
+    # matmul._lp's TorchScript function holds oneDNN's op (the tracer cannot record it directly)
+    assert " = lp(" in code(recording) and "torch.addmm(" not in code(recording)
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, ids):
+            return self.model(ids, return_dict=False)[0]
+
+    exported = torch.jit.trace(Logits(), (x,), check_trace=False)
+    assert " = lp(" not in code(exported) and "torch.addmm(" in code(exported)
+
+
+def test_a_recording_is_reused_and_renewed_when_the_model_changes(folder, record_now, monkeypatch):
+    model = gpt2kit.GPT2LMHeadModel.from_pretrained(folder).eval()
+    made = []
+    real_trace = torch.jit.trace
+    monkeypatch.setattr(torch.jit, "trace", lambda *a, **k: made.append(1) or real_trace(*a, **k))
+    x, mask = prompts(False)
+    run(model, x, mask, monkeypatch, trace=True)
+    run(model, x, mask, monkeypatch, trace=True)
+    assert len(made) == 1  # the second call replays the first one's recording
+    run(model, x[:2], mask[:2], monkeypatch, trace=True)
+    assert len(made) == 2  # another batch size: another recording
+    if dynamic_engines():
+        quantize_int8(model, method="dynamic")  # new layers: the old recordings hold the float weights
+        want = run(model, x, mask, monkeypatch, trace=False)
+        got = run(model, x, mask, monkeypatch, trace=True)
+        assert len(made) == 3
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_recording_waits_until_decoding_has_run_long_enough(folder, monkeypatch):
+    monkeypatch.delenv("GPT2KIT_TRACE_DECODE", raising=False)
+    monkeypatch.setattr(traced, "TRACE_AFTER_STEPS", 30)
+    model = gpt2kit.GPT2LMHeadModel.from_pretrained(folder).eval()
+    x = torch.tensor([[5, 6, 7]])
+    model.generate(x, max_new_tokens=12, min_new_tokens=12, pad_token_id=0)
+    model.generate(x, max_new_tokens=12, min_new_tokens=12, pad_token_id=0)
+    assert recordings(model) == 0  # 24 steps so far: a one-off short call never pays for a recording
+    model.generate(x, max_new_tokens=12, min_new_tokens=12, pad_token_id=0)
+    assert recordings(model) == 1
+
+
+def test_a_replay_that_differs_is_dropped_for_the_eager_step(folder, record_now, monkeypatch):
+    model = gpt2kit.GPT2LMHeadModel.from_pretrained(folder).eval()
+    x, mask = prompts(True)
+    want = run(model, x, mask, monkeypatch, trace=False)
+    real_trace = torch.jit.trace
+
+    def wrong(*a, **k):
+        good = real_trace(*a, **k)
+        return lambda *inputs: good(*inputs) + 1e-3
+
+    monkeypatch.setattr(torch.jit, "trace", wrong)
+    got = run(model, x, mask, monkeypatch, trace=True)
+    assert recordings(model) == 0
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_a_step_the_tracer_cannot_record_decodes_eagerly(folder, record_now, monkeypatch):
+    model = gpt2kit.GPT2LMHeadModel.from_pretrained(folder).eval()
+    x, mask = prompts(False)
+    want = run(model, x, mask, monkeypatch, trace=False)
+
+    def fails(*a, **k):
+        raise RuntimeError("unsupported input list type")
+
+    monkeypatch.setattr(torch.jit, "trace", fails)
+    got = run(model, x, mask, monkeypatch, trace=True)
+    assert recordings(model) == 0
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_what_the_replay_cannot_hold_runs_eagerly(folder, record_now, monkeypatch):
+    model = gpt2kit.GPT2LMHeadModel.from_pretrained(folder).eval()
+    x, mask = prompts(False)
+    kw = dict(max_new_tokens=4, pad_token_id=0)
+    # per-step attentions and hidden states, extra model inputs
+    model.generate(x, return_dict_in_generate=True, output_hidden_states=True, **kw)
+    model.generate(x, token_type_ids=torch.zeros_like(x), **kw)
+    # a forward hook (Python that a replay would skip)
+    seen = []
+    handle = model.transformer.h[0].register_forward_hook(lambda *a: seen.append(1))
+    model.generate(x, **kw)
+    assert len(seen) == 4  # the prompt and three decode steps, all eager
+    handle.remove()
+    # the off switch
+    monkeypatch.setenv("GPT2KIT_TRACE_DECODE", "0")
+    model.generate(x, **kw)
+    assert recordings(model) == 0
+    monkeypatch.setenv("GPT2KIT_TRACE_DECODE", "1")
+    model.generate(x, **kw)
+    assert recordings(model) == 1
