@@ -10,6 +10,8 @@ intra_threads), next to two quality figures against transformers fp32.
     gpt2kit-packed   the same after gpt2kit.pack_weights(model)
     gpt2kit-int8     the fp32 model after gpt2kit.quantize_int8(model)
     gpt2kit-fp32-torch-kernels   gpt2kit-fp32 under GPT2KIT_CPU_MATMUL=torch (the floor the default must beat)
+    gpt2kit-int8-eager   (opt-in) gpt2kit-int8 with GPT2KIT_TRACE_DECODE=0: no recorded decode step
+    gpt2kit-int8-compiled   (opt-in) gpt2kit-int8 with generate(compile=True)
     ort-fp32         ONNX Runtime (ORT_ENABLE_ALL) on gpt2kit's ONNX export (gpt2kit.export.onnx, the decoder
                      with past key/values: one graph for prefill and decode), greedy loop in numpy
     ort-int8         the same export after onnxruntime.quantization.quantize_dynamic (QInt8 weights,
@@ -257,10 +259,22 @@ GPT2KIT_SIDES = {
     "gpt2kit-int8": lambda: gpt2kit.quantize_int8(gpt2kit_model()),
 }
 
+# Sides run only when named in --sides (compiling adds minutes; the eager one is a comparison).
+OPT_IN = ("gpt2kit-int8-eager", "gpt2kit-int8-compiled")
+
+
+def _eager_decode(model):
+    """The model, decoded by the eager step in this worker process (GPT2KIT_TRACE_DECODE=0)."""
+    os.environ["GPT2KIT_TRACE_DECODE"] = "0"
+    return model
+
+
 SIDES = {
     "hf-fp32": load_hf,
     **{name: (lambda threads, load=load: TorchSide(load())) for name, load in GPT2KIT_SIDES.items()},
     "gpt2kit-fp32-torch-kernels": lambda threads: TorchKernelsSide(gpt2kit_model()),
+    # opt-in: int8 without the recorded decode step (generation/traced.py), to show what the replay saves
+    "gpt2kit-int8-eager": lambda threads: TorchSide(_eager_decode(gpt2kit.quantize_int8(gpt2kit_model()))),
     # opt-in: the decode step under torch.compile (the warm-up call compiles, ~20 s per batch size)
     "gpt2kit-int8-compiled": lambda threads: TorchSide(gpt2kit.quantize_int8(gpt2kit_model()), compile=True),
     "ort-fp32": lambda threads: OrtSide(onnx_export(), threads),
@@ -472,7 +486,7 @@ def table(rows: list[dict], batch: int, args) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default = ",".join(n for n in SIDES if "compiled" not in n)  # compiling adds minutes: ask for it
+    default = ",".join(n for n in SIDES if n not in OPT_IN)
     ap.add_argument("--sides", default=default, help=f"comma-separated, of: {', '.join(SIDES)}")
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--reps", type=int, default=3)
