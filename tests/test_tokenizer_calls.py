@@ -518,13 +518,10 @@ def test_unknown_call_keywords_warn_and_are_ignored(make, method, args):
         assert messages(records, "Keyword arguments {'truncate': True} not recognized.")
 
 
-def test_unsupported_values_still_fail_loudly(cls):
+def test_is_split_into_words_and_split_special_tokens_at_their_defaults(cls):
     tok = cls.from_pretrained("gpt2")
-    with pytest.raises(ValueError, match="is_split_into_words=True is not supported"):
-        tok(A, is_split_into_words=True)
-    with pytest.raises(ValueError, match="split_special_tokens=True is not supported"):
-        tok(A, split_special_tokens=True)
     assert tok(A, is_split_into_words=False, split_special_tokens=False) == tok(A)
+    # (their other values: tests/test_tokenizer_words.py)
 
 
 # --- tensors -----------------------------------------------------------------------------------------------

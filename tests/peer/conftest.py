@@ -68,16 +68,6 @@ KNOWN_GAPS: dict[str, str] = {
     "test_generate_from_inputs_embeds_with_static_cache": (
         "generate(inputs_embeds=...) needs the prompt's input_ids too (no embeddings-only prompt)"
     ),
-    # tokenizers
-    "test_alignement_methods": "BatchEncoding has sequence_ids() only: no words(), word_ids(), token_to_chars() ...",
-    "test_compare_pretokenized_inputs": "is_split_into_words=True is not supported",
-    "test_training_new_tokenizer": "no train_new_from_iterator()",
-    "test_training_new_tokenizer_with_special_tokens_change": "no train_new_from_iterator()",
-    "test_split_special_tokens": "split_special_tokens=True is not supported",
-    "test_save_pretrained": (
-        "save_pretrained ignores legacy_format=, and GPT2Tokenizer writes tokenizer.json too (transformers' slow "
-        "one does not)"
-    ),
 }
 
 

@@ -2,9 +2,12 @@
 
 An engine turns ordinary text into ids (bpe.BytePairEncoder in Python, fast.TiktokenEngine natively).
 Everything around it lives here, written once for both: cutting special and added tokens (`<|endoftext|>`)
-out of the text, add_prefix_space, text pairs, BOS, padding, attention masks, offsets, tensors, decoding,
-special-token bookkeeping, and from_pretrained / save_pretrained. What a call's keyword arguments mean
-(defaults, legacy spellings, warnings) is options.py; where truncation cuts a text or a pair is truncation.py.
+out of the text (or not: split_special_tokens), add_prefix_space, text pairs, pre-tokenized words
+(is_split_into_words), BOS, padding, attention masks, offsets, tensors, decoding, special-token bookkeeping,
+from_pretrained / save_pretrained and train_new_from_iterator. What a call's keyword arguments mean (defaults,
+legacy spellings, warnings) is options.py; where truncation cuts a text or a pair is truncation.py; what a call
+returns is batch_encoding.py, and where its tokens came from (word_ids, offsets...) alignment.py, worked out
+here on the first question; the BPE trainer is bpe_trainer.py.
 
 Where transformers' own slow and fast GPT-2 tokenizers behave differently, each of ours follows its
 namesake: the class attributes and comments marked "slow/fast difference" below say where, and each
@@ -13,10 +16,12 @@ class's `_assemble` (slow.py, fast.py) truncates, adds special tokens and return
 
 from __future__ import annotations
 
+import bisect
 import codecs
 import functools
 import gc
 import inspect
+import itertools
 import json
 import logging
 import os
@@ -25,7 +30,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from gpt2kit.tokenizer import chat, files, options, truncation
+from gpt2kit.tokenizer import alignment, bpe, bpe_trainer, chat, files, options, truncation
+from gpt2kit.tokenizer.batch_encoding import BatchEncoding
 from gpt2kit.tokenizer.bpe import bytes_to_unicode
 from gpt2kit.tokenizer.files import SPECIAL_TOKEN_NAMES, AddedToken, Vocabulary
 from gpt2kit.tokenizer.options import CallOptions
@@ -37,66 +43,18 @@ Span = tuple[int, int]  # (start, end) characters of a token in its text
 Sample = tuple[list[int], list[int] | None, list[Span] | None, list[Span] | None]
 
 
+class _NeedsPrefixSpace(ValueError, AssertionError):
+    """Pre-tokenized input to GPT2TokenizerFast without add_prefix_space: a ValueError, and the AssertionError
+    transformers raises there (its check is an assert)."""
+
+
 class _NotAList(TypeError, AssertionError):
     """A single token where add_special_tokens wants a list: a TypeError, and the AssertionError transformers
     raises there (its check is an assert), so code written against either catches it."""
 
 
-# The key under which a fast tokenizer's _assemble hands over each row's (special, first, second) token counts.
-SEQUENCE_PARTS = "_sequence_parts"
-
-
-class BatchEncoding(dict):
-    """What `tok(...)` returns: a dict of input_ids, attention_mask, ... that also reads as attributes.
-
-    >>> from gpt2kit import GPT2TokenizerFast
-    >>> enc = GPT2TokenizerFast.from_pretrained("gpt2")(["Hello world"])
-    >>> enc.input_ids, enc["attention_mask"]
-    ([[15496, 995]], [[1, 1]])
-    """
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(f"BatchEncoding has no key {name!r} (it has {', '.join(self)})") from None
-
-    @property
-    def data(self) -> dict[str, Any]:
-        return dict(self)
-
-    def sequence_ids(self, batch_index: int = 0) -> list[int | None]:
-        """Per token of row `batch_index`: 0 for the first text, 1 for the second (text_pair), None for special
-        and padding tokens. Fast tokenizers only, as in transformers.
-
-        >>> from gpt2kit import GPT2TokenizerFast
-        >>> GPT2TokenizerFast.from_pretrained("gpt2")("Hello", " world").sequence_ids()
-        [0, 1]
-        """
-        parts = self.__dict__.get("_sequence_parts")
-        if parts is None:
-            raise ValueError(
-                "sequence_ids() is only available on what a fast tokenizer returns (GPT2TokenizerFast), as in "
-                "transformers; use token_type_ids (return_token_type_ids=True) with GPT2Tokenizer"
-            )
-        n_special, n_first, n_second, side = parts[batch_index]
-        ids = self["input_ids"]
-        if hasattr(ids, "shape"):  # a tensor or array: every row has its full (padded) length
-            length = ids.shape[-1]
-        elif ids and isinstance(ids[0], (list, tuple)):
-            length = len(ids[batch_index])
-        else:
-            length = len(ids)
-        tokens = [None] * n_special + [0] * n_first + [1] * n_second
-        pad = [None] * (length - len(tokens))
-        return pad + tokens if side == "left" else tokens + pad
-
-    def to(self, device: Any) -> BatchEncoding:
-        """Move every torch tensor to `device` (for return_tensors="pt"); returns self, as transformers does."""
-        for key, value in self.items():
-            if hasattr(value, "to") and hasattr(value, "device"):
-                self[key] = value.to(device)
-        return self
+# The key under which a fast tokenizer's _assemble hands over each row's alignment.RowPlan.
+ROW_PLANS = "_row_plans"
 
 
 @functools.lru_cache(maxsize=8)
@@ -197,6 +155,10 @@ class TokenizerBase:
     # slow/fast difference 4: which characters lstrip/rstrip added tokens swallow. Slow: str.strip();
     # fast: Unicode White_Space, which excludes the separators U+001C..U+001F that str.strip() removes.
     _strip_chars: str | None = None
+    # slow/fast difference 7: split_special_tokens=True encodes special tokens as text. transformers' slow
+    # tokenizer then matches no added token at all; the fast one (tokenizers' encode_special_tokens) still
+    # matches the added tokens that are not special.
+    _split_special_keeps_added = False
 
     bos_token = _SpecialToken()
     eos_token = _SpecialToken()
@@ -245,6 +207,7 @@ class TokenizerBase:
         added_tokens_decoder: dict[int, Any] | None = None,
         name_or_path: str = "",
         chat_template: str | dict[str, str] | list | None = None,
+        split_special_tokens: bool = False,
         **unknown: Any,
     ) -> None:
         if unknown:
@@ -257,6 +220,7 @@ class TokenizerBase:
         self._added: dict[int, AddedToken] = {}  # id -> token: transformers' added_tokens_decoder
         self._added_ids: dict[str, int] = {}  # content -> id
         self._added_re: re.Pattern | None = None
+        self._added_re_kept: re.Pattern | None = None  # the tokens split_special_tokens=True still matches
         self._added_re_stale = True
         # transformers' name for the record of warnings already given once; `tok.deprecation_warnings = {}`
         # re-arms them, as in transformers.
@@ -278,6 +242,8 @@ class TokenizerBase:
         self.padding_side = padding_side
         self.truncation_side = truncation_side
         self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
+        # The default of every call's split_special_tokens: encode special tokens in the text as plain text.
+        self.split_special_tokens = bool(split_special_tokens)
         self.name_or_path = str(name_or_path)
         self.chat_template = chat.from_config(chat_template)
 
@@ -350,18 +316,34 @@ class TokenizerBase:
         tok._engine = tok._make_engine()
         return tok
 
-    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> tuple[str, ...]:
-        """Write vocab.json, merges.txt, tokenizer.json and the config files: a folder transformers loads.
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, legacy_format: bool | None = None, **kwargs: Any
+    ) -> tuple[str, ...]:
+        """Write the tokenizer's files, a folder transformers loads; returns their paths.
+
+        The files are transformers 4.57's: tokenizer_config.json and special_tokens_map.json always, then
+        GPT2Tokenizer writes vocab.json + merges.txt (and added_tokens.json for tokens beyond vocab.json), and
+        GPT2TokenizerFast those and tokenizer.json; with legacy_format=True only the former, with
+        legacy_format=False only tokenizer.json (fast only, as in transformers).
 
         >>> import tempfile
-        >>> from gpt2kit import GPT2Tokenizer
-        >>> paths = GPT2Tokenizer.from_pretrained("gpt2").save_pretrained(tempfile.mkdtemp())
+        >>> from gpt2kit import GPT2Tokenizer, GPT2TokenizerFast
+        >>> [p.rsplit("/", 1)[1] for p in GPT2Tokenizer.from_pretrained("gpt2").save_pretrained(tempfile.mkdtemp())]
+        ['tokenizer_config.json', 'special_tokens_map.json', 'vocab.json', 'merges.txt']
+        >>> fast = GPT2TokenizerFast.from_pretrained("gpt2")
+        >>> [p.rsplit("/", 1)[1] for p in fast.save_pretrained(tempfile.mkdtemp(), legacy_format=False)]
+        ['tokenizer_config.json', 'special_tokens_map.json', 'tokenizer.json']
         """
-        for ignored in ("legacy_format", "push_to_hub", "safe_serialization"):
+        for ignored in ("push_to_hub", "safe_serialization"):
             kwargs.pop(ignored, None)
         if kwargs:
             raise TypeError(
                 f"save_pretrained got unexpected keyword argument(s) {', '.join(map(repr, kwargs))}"
+            )
+        if legacy_format is False and not self.is_fast:
+            raise ValueError(
+                f"legacy_format=False (tokenizer.json alone) needs a fast tokenizer, as in transformers: {type(self).__name__} "
+                "writes vocab.json and merges.txt; leave legacy_format unset, or save with GPT2TokenizerFast"
             )
         config: dict[str, Any] = {
             **self._unused_settings(),
@@ -391,16 +373,26 @@ class TokenizerBase:
             special_map["additional_special_tokens"] = [
                 self._special_token_dict(t) for t in self._additional_special
             ]
-        bos = self.bos_token if self.add_bos_token else None
-        tokenizer_json = files.tokenizer_json(
+        if self.split_special_tokens or "split_special_tokens" in self.init_kwargs:
+            config["split_special_tokens"] = self.split_special_tokens
+        tokenizer_json = None
+        if self.is_fast and legacy_format is not True:
+            bos = self.bos_token if self.add_bos_token else None
+            tokenizer_json = files.tokenizer_json(
+                self._vocab,
+                self._added,
+                add_prefix_space=self.add_prefix_space,
+                bos_token=bos,
+                bos_id=None if bos is None else self.bos_token_id,
+            )
+        return files.write_folder(
+            save_directory,
             self._vocab,
             self._added,
-            add_prefix_space=self.add_prefix_space,
-            bos_token=bos,
-            bos_id=None if bos is None else self.bos_token_id,
-        )
-        return files.write_folder(
-            save_directory, self._vocab, self._added, config, special_map, tokenizer_json
+            config,
+            special_map,
+            tokenizer_json,
+            vocab_files=legacy_format is not False,
         )
 
     def _unused_settings(self) -> dict[str, Any]:
@@ -424,6 +416,81 @@ class TokenizerBase:
         d = token.to_dict()
         del d["special"]
         return d
+
+    # --- training a new vocabulary ---------------------------------------------------------------------------
+
+    def train_new_from_iterator(
+        self,
+        text_iterator: Iterable[str | list[str]],
+        vocab_size: int,
+        length: int | None = None,
+        new_special_tokens: Sequence[str | AddedToken] | None = None,
+        special_tokens_map: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> TokenizerBase:
+        """A tokenizer of this class and settings with a byte-level BPE vocabulary learned from `text_iterator`
+        (texts, or lists of texts), as transformers' train_new_from_iterator learns it (bpe_trainer.py).
+
+        The new vocabulary holds this tokenizer's special tokens first (renamed by `special_tokens_map`, old
+        name -> new), then `new_special_tokens`, then the 256 byte tokens, then the merges, `vocab_size` tokens
+        in all at most. Added tokens that are not special are not carried over. Keyword arguments go to the
+        trainer: min_frequency, limit_alphabet, initial_alphabet (characters), max_token_length, show_progress.
+        (transformers leaves additional_special_tokens under their old names; they are renamed here too.)
+
+        >>> from gpt2kit import GPT2TokenizerFast
+        >>> old = GPT2TokenizerFast.from_pretrained("gpt2")
+        >>> new = old.train_new_from_iterator(["low lower lowest"] * 10, vocab_size=262, show_progress=False)
+        >>> len(new), new.tokenize(" lowest"), new.eos_token_id
+        (262, ['Ġlowe', 'st'], 0)
+        """
+        for name in ("continuing_subword_prefix", "end_of_word_suffix"):
+            if kwargs.get(name):
+                raise ValueError(
+                    f"{name} is not supported: GPT-2's byte-level BPE marks no subwords; leave it unset"
+                )
+        trainer_keys = {
+            "min_frequency",
+            "limit_alphabet",
+            "initial_alphabet",
+            "max_token_length",
+            "show_progress",
+        }
+        unknown = sorted(kwargs.keys() - trainer_keys - {"continuing_subword_prefix", "end_of_word_suffix"})
+        if unknown:
+            raise TypeError(
+                f"train_new_from_iterator got unexpected keyword argument(s) {', '.join(unknown)}; the trainer takes "
+                f"{', '.join(sorted(trainer_keys))}"
+            )
+        options_ = {k: v for k, v in kwargs.items() if k in trainer_keys}
+        mapping = dict(special_tokens_map or {})
+
+        def renamed(content: str) -> str:
+            return mapping.get(content, content)
+
+        specials = [
+            replace(t, content=renamed(t.content)) for _, t in sorted(self._added.items()) if t.special
+        ]
+        specials += [AddedToken.coerce(t, special=True) for t in new_special_tokens or []]
+        words = bpe_trainer.count_words(bpe_trainer.iterate_texts(text_iterator), self.add_prefix_space)
+        alphabet = [*bytes_to_unicode().values(), *options_.pop("initial_alphabet", [])]
+        encoder, merges = bpe_trainer.train_bpe(
+            words, vocab_size, [t.content for t in specials], initial_alphabet=alphabet, **options_
+        )
+        added: dict[int, AddedToken] = {}
+        for token in specials:
+            added.setdefault(encoder[token.content], token)
+
+        settings = {k: v for k, v in self.init_kwargs.items() if k not in _FILE_KEYS}
+        for name, content in self._special.items():
+            settings[name] = None if content is None else renamed(content)
+        extra = [renamed(t) for t in self._additional_special]
+        extra += [AddedToken.coerce(t, special=True).content for t in new_special_tokens or []]
+        if extra:
+            settings["additional_special_tokens"] = list(dict.fromkeys(extra))
+        tok = type(self).__new__(type(self))
+        tok._setup(Vocabulary(encoder, merges), added_tokens_decoder=added, **settings)
+        tok._engine = tok._make_engine()
+        return tok
 
     # --- settings with checks -----------------------------------------------------------------------------
 
@@ -524,6 +591,14 @@ class TokenizerBase:
         return list(dict.fromkeys(tokens))
 
     @property
+    def all_special_tokens_extended(self) -> list[AddedToken]:
+        """all_special_tokens as AddedToken objects, with their lstrip/rstrip/normalized flags."""
+        return [
+            self._added.get(self._added_ids.get(t, -1)) or AddedToken(t, special=True)
+            for t in self.all_special_tokens
+        ]
+
+    @property
     def all_special_ids(self) -> list[int]:
         return self.convert_tokens_to_ids(self.all_special_tokens)
 
@@ -537,6 +612,7 @@ class TokenizerBase:
         if idx is not None:
             if replace:
                 self._added[idx] = token
+                self._added_re_stale = True
             return False
         idx = self._vocab.encoder.get(token.content)
         is_new = idx is None
@@ -662,21 +738,25 @@ class TokenizerBase:
 
     # --- text -> ids --------------------------------------------------------------------------------------
 
-    def _added_pattern(self) -> re.Pattern | None:
-        """One regex for all added tokens, longest first, so the leftmost-longest token wins (as in both
-        of transformers' tokenizers)."""
+    def _added_pattern(self, split_special: bool = False) -> re.Pattern | None:
+        """One regex for the added tokens to cut out of text, longest first, so the leftmost-longest token wins
+        (as in both of transformers' tokenizers). With split_special, the ones split_special_tokens leaves."""
         if self._added_re_stale:
             contents = sorted(self._added_ids, key=len, reverse=True)
+            kept = [t for t in contents if not self._added[self._added_ids[t]].special]
             self._added_re = re.compile("|".join(map(re.escape, contents))) if contents else None
+            self._added_re_kept = re.compile("|".join(map(re.escape, kept))) if kept else None
             self._added_re_stale = False
-        return self._added_re
+        if not split_special:
+            return self._added_re
+        return self._added_re_kept if self._split_special_keeps_added else None
 
-    def _split(self, text: str) -> list[tuple[int | None, int, int]]:
-        """Cut text into (None, start, end) stretches of ordinary text and (id, start, end) added tokens.
+    def _split(self, text: str, pattern: re.Pattern | None) -> list[tuple[int | None, int, int]]:
+        """Cut text into (None, start, end) stretches of ordinary text and (id, start, end) added tokens, the
+        ones `pattern` matches (see _added_pattern).
 
         An added token with lstrip/rstrip takes the whitespace next to it into its own span.
         """
-        pattern = self._added_pattern()
         parts: list[tuple[int | None, int, int]] = []
         pos = 0
         while pattern is not None:
@@ -699,13 +779,17 @@ class TokenizerBase:
         return parts
 
     def _encode_texts(
-        self, texts: list[str], add_prefix_space: bool, with_offsets: bool = False
+        self,
+        texts: list[str],
+        add_prefix_space: bool,
+        with_offsets: bool = False,
+        split_special: bool = False,
     ) -> tuple[list[list[int]], list[list[tuple[int, int]]] | None]:
         """Ids (no BOS) of every text, and their character offsets when asked."""
         joined = "\n".join(texts)
         if not joined.isascii():
             _check_utf8(texts, joined)
-        pattern = self._added_pattern()
+        pattern = self._added_pattern(split_special)
         if not with_offsets and (pattern is None or pattern.search(joined) is None):
             # The common case: no added token anywhere, one engine call for the whole batch.
             if add_prefix_space:
@@ -715,23 +799,9 @@ class TokenizerBase:
             return self._engine.encode_ordinary_batch(texts), None
 
         # General case: plan each text as ordinary stretches and added tokens, encode all stretches in one
-        # engine call, then stitch. The slow tokenizer's prefix space goes in front of the whole text.
-        per_segment = add_prefix_space and self._prefix_space_per_segment
-        plans = []
-        for text in texts:
-            shift = 0
-            if add_prefix_space and not per_segment:
-                text, shift = " " + text, 1
-            plan = []
-            for idx, start, end in self._split(text):
-                piece = text[start:end]
-                if idx is None and piece == "":
-                    continue
-                prefixed = idx is None and per_segment and piece[0] != " "
-                plan.append((idx, " " + piece if prefixed else piece, start, prefixed))
-            plans.append((text, shift, plan))
-        pieces = [piece for _, _, plan in plans for idx, piece, _, _ in plan if idx is None]
-        encoded = iter(self._engine.encode_ordinary_batch(pieces))
+        # engine call, then stitch.
+        plans = self._plan_texts(texts, add_prefix_space, pattern)
+        encoded = self._encode_plans(plans)
         all_ids, all_offsets = [], []
         for text, shift, plan in plans:
             ids: list[int] = []
@@ -751,6 +821,90 @@ class TokenizerBase:
             all_offsets.append(offsets)
         return all_ids, (all_offsets if with_offsets else None)
 
+    def _plan_texts(
+        self, texts: list[str], add_prefix_space: bool, pattern: re.Pattern | None
+    ) -> list[tuple[str, int, list[tuple[int | None, str, int, bool]]]]:
+        """Each text as (text, shift, plan): the plan lists (added token id or None, piece, start, prefixed),
+        the text's ordinary stretches and added tokens in order. The slow tokenizer's prefix space goes in front
+        of the whole text (shift 1: positions in the plan count it), the fast one's in front of each stretch
+        that does not start with a space (`prefixed`)."""
+        per_segment = add_prefix_space and self._prefix_space_per_segment
+        plans = []
+        for text in texts:
+            shift = 0
+            if add_prefix_space and not per_segment:
+                text, shift = " " + text, 1
+            plan = []
+            for idx, start, end in self._split(text, pattern):
+                piece = text[start:end]
+                if idx is None and piece == "":
+                    continue
+                prefixed = idx is None and per_segment and piece[0] != " "
+                plan.append((idx, " " + piece if prefixed else piece, start, prefixed))
+            plans.append((text, shift, plan))
+        return plans
+
+    def _encode_plans(self, plans: list) -> Iterator[list[int]]:
+        """The ids of every ordinary stretch of the plans, in order, from one engine call."""
+        pieces = [piece for _, _, plan in plans for idx, piece, _, _ in plan if idx is None]
+        return iter(self._engine.encode_ordinary_batch(pieces))
+
+    def _align_texts(
+        self, texts: list[str], add_prefix_space: bool, split_special: bool
+    ) -> list[alignment.Aligned]:
+        """Every text tokenized with each token's characters, word and token string (see alignment.py): each
+        piece the pre-tokenizer regex cuts from an ordinary stretch is a word, and so is each added token."""
+        if texts:
+            _check_utf8(texts, "\n".join(texts))
+        plans = self._plan_texts(texts, add_prefix_space, self._added_pattern(split_special))
+        encoded = self._encode_plans(plans)
+        out = []
+        for text, shift, plan in plans:
+            aligned = alignment.Aligned([], [], [], [])
+            n = len(text) - shift
+            word = 0
+            for idx, piece, start, prefixed in plan:
+                if idx is not None:
+                    span = (max(start - shift, 0), min(start - shift + len(piece), n))
+                    aligned.ids.append(idx)
+                    aligned.offsets.append(span)
+                    aligned.words.append(word)
+                    # the text it matched, whitespace it strips included, as `tokenizers` names it
+                    aligned.tokens.append(text[start : start + len(piece)])
+                    word += 1
+                    continue
+                piece_ids = next(encoded)
+                aligned.ids += piece_ids
+                aligned.offsets += self._piece_offsets(piece, start - shift, piece_ids, prefixed, n)
+                words, n_words = self._piece_words(piece, piece_ids)
+                aligned.words += [word + w for w in words]
+                word += n_words
+                aligned.tokens += [self._id_to_token.get(i, "") for i in piece_ids]
+            out.append(aligned)
+        return out
+
+    def _word_pattern(self, text: str) -> Any:
+        """The pre-tokenizer regex that cuts `text` into the pieces the engine encodes (GPT2TokenizerFast's
+        tiktoken differs from Python's `regex` on the newest Unicode letters)."""
+        return bpe.PATTERN_RE
+
+    def _piece_words(self, piece: str, ids: list[int]) -> tuple[list[int], int]:
+        """Which regex piece of an ordinary stretch each of its tokens belongs to, and how many pieces there are.
+
+        A token belongs to the piece holding its first byte.
+        """
+        pieces = self._word_pattern(piece).findall(piece)
+        sizes = map(len, pieces) if piece.isascii() else (len(p.encode("utf-8")) for p in pieces)
+        ends = list(itertools.accumulate(sizes))
+        last = len(ends) - 1
+        words = [min(bisect.bisect_right(ends, b), last) for b in self._token_starts(ids)[:-1]]
+        return words, len(ends)
+
+    def _token_starts(self, ids: list[int]) -> list[int]:
+        """The byte each token starts at in the bytes of its stretch, and (last) the end of the stretch."""
+        id_to_bytes = self._id_to_bytes
+        return list(itertools.accumulate((len(id_to_bytes.get(i, b"?")) for i in ids), initial=0))
+
     def _piece_offsets(
         self, piece: str, start: int, ids: list[int], prefixed: bool, n: int
     ) -> list[tuple[int, int]]:
@@ -759,18 +913,25 @@ class TokenizerBase:
         A token that holds part of a character (an emoji split over three tokens) spans the whole
         character, and an inserted prefix space belongs to the character after it, as in `tokenizers`.
         """
-        owner: list[int] = []  # owner[b] = index in the original text of the character byte b belongs to
+        starts = self._token_starts(ids)
         chars = piece[1:] if prefixed else piece
-        if prefixed:
-            owner.append(start)
+        p = int(prefixed)
+        size = p + len(chars)
+        out = []
+        if chars.isascii():  # one byte per character: byte b is character b - p (the prefix space: the first)
+            for b, e in zip(starts, starts[1:]):
+                first = start + max(min(b, size - 1) - p, 0)
+                last = start + max(min(e, size) - 1 - p, 0)
+                out.append((max(first, 0), min(max(last, 0) + 1, n)))
+            return out
+        owner: list[int] = [
+            start
+        ] * p  # owner[b] = index in the original text of the character byte b belongs to
         for i, ch in enumerate(chars):
             owner += [max(start + i, 0)] * _utf8_len(ch)
-        out, b = [], 0
-        for token_id in ids:
-            width = len(self._id_to_bytes.get(token_id, b"?"))
-            first, last = owner[min(b, len(owner) - 1)], owner[min(b + width, len(owner)) - 1]
-            out.append((first, min(last + 1, n)))
-            b += width
+        size = len(owner)
+        for b, e in zip(starts, starts[1:]):
+            out.append((owner[min(b, size - 1)], min(owner[min(e, size) - 1] + 1, n)))
         return out
 
     def _check_text(self, text: Any, what: str = "text") -> tuple[list[str], bool]:
@@ -781,7 +942,7 @@ class TokenizerBase:
                 return list(text), True
             bad = next(t for t in text if not isinstance(t, str))
             hint = (
-                " (pre-tokenized input is not supported: join the words into one str)"
+                " (for pre-tokenized input, lists of words, pass is_split_into_words=True)"
                 if isinstance(bad, (list, tuple))
                 else ""
             )
@@ -872,6 +1033,13 @@ class TokenizerBase:
         [15496, 995]
         """
         o = options.resolve(self, **kwargs)  # first, as transformers checks the options before the text
+        if o.is_split_into_words:
+            if isinstance(text, (list, tuple)) and text and isinstance(text[0], (list, tuple)):
+                raise TypeError(
+                    "encode_plus takes one list of words (and an optional text_pair list); for a batch of them use "
+                    "batch_encode_plus or call the tokenizer on the batch"
+                )
+            return self._call_one(text, text_pair, o)
         if not isinstance(text, str):
             raise TypeError(
                 f"encode_plus takes one str (and an optional text_pair str), got {type(text).__name__}; "
@@ -898,22 +1066,118 @@ class TokenizerBase:
 
     def _encode_pairs(self, batch: Sequence[Any], o: CallOptions) -> BatchEncoding:
         """A batch whose items are texts or (text, text_pair) pairs."""
-        firsts: list[str] = []
-        seconds: list[str | None] = []
+        firsts: list[Any] = []
+        seconds: list[Any] = []
+        if o.is_split_into_words:
+            self._check_words_allowed(o)
         for n, item in enumerate(batch):
-            first, second = (item, None) if isinstance(item, str) else _unpack_pair(item, n)
+            if o.is_split_into_words:
+                first, second = self._unpack_words(item, n)
+            else:
+                first, second = (item, None) if isinstance(item, str) else _unpack_pair(item, n)
             firsts.append(first)
             seconds.append(second)
         return self._encode_items(firsts, seconds if any(s is not None for s in seconds) else None, True, o)
 
+    # --- pre-tokenized input (is_split_into_words=True) ------------------------------------------------------
+
+    def _check_words_allowed(self, o: CallOptions) -> None:
+        # slow/fast difference 8: transformers' slow tokenizer puts a space before every word whatever
+        # add_prefix_space says; the fast one (tokenizers' ByteLevel) only does with add_prefix_space=True, and
+        # GPT2TokenizerFast refuses words without it.
+        if self.is_fast and not o.add_prefix_space:
+            raise _NeedsPrefixSpace(
+                f"You need to instantiate {type(self).__name__} with add_prefix_space=True to use it with "
+                "pretokenized inputs (is_split_into_words=True): GPT-2 encodes each word as if a space came before "
+                "it. Load it with from_pretrained(..., add_prefix_space=True), or pass add_prefix_space=True to the call"
+            )
+
+    def _check_words(self, words: Any, what: str) -> list[str]:
+        """One pre-tokenized text: a list (or tuple) of words."""
+        if isinstance(words, (list, tuple)) and all(isinstance(w, str) for w in words):
+            return list(words)
+        raise TypeError(
+            f"with is_split_into_words=True, {what} must be a list of words (str), or a batch of such lists; got "
+            f"{type(words).__name__}: {words!r:.80}"
+            + (" (split the text into words first: text.split())" if isinstance(words, str) else "")
+        )
+
+    def _unpack_words(self, item: Any, n: int) -> tuple[list[str], list[str] | None]:
+        """An item of a batch of pre-tokenized texts: a list of words, or a pair (words, pair_words)."""
+        if isinstance(item, (list, tuple)) and item and isinstance(item[0], (list, tuple)):
+            if len(item) != 2:
+                raise TypeError(
+                    f"item {n} of the batch holds {len(item)} lists of words; a pair is (words, pair_words)"
+                )
+            return self._check_words(item[0], f"item {n}"), self._check_words(item[1], f"item {n}'s pair")
+        return self._check_words(item, f"item {n}"), None
+
+    def _call_words(self, text: Any, text_pair: Any, o: CallOptions) -> BatchEncoding:
+        """Pre-tokenized input: a list of words (and a text_pair list), or a batch of such lists."""
+        self._check_words_allowed(o)
+        if isinstance(text, str):
+            if self.is_fast:
+                self._check_words(text, "text")
+            # transformers' slow tokenizer encodes a str as usual, is_split_into_words or not
+            return self._call_one(text, text_pair, replace(o, is_split_into_words=False))
+        batched = isinstance(text, (list, tuple)) and len(text) > 0 and isinstance(text[0], (list, tuple))
+        if not batched:
+            firsts = [self._check_words(text, "text")]
+            pairs = None if text_pair is None else [self._check_words(text_pair, "text_pair")]
+            return self._encode_items(firsts, pairs, False, o)
+        firsts = [self._check_words(words, "text") for words in text]
+        pairs = None
+        if text_pair is not None:
+            if not isinstance(text_pair, (list, tuple)) or len(text_pair) != len(text):
+                raise ValueError(
+                    f"batch length of `text`: {len(text)} does not match batch length of `text_pair` "
+                    f"({len(text_pair) if isinstance(text_pair, (list, tuple)) else type(text_pair).__name__})"
+                )
+            pairs = [self._check_words(words, "text_pair") for words in text_pair]
+        return self._encode_items(firsts, pairs, True, o)
+
+    def _encode_word_lists(
+        self, lists: list[list[str]], with_offsets: bool, split_special: bool
+    ) -> tuple[list[list[int]], list[list[Span]] | None]:
+        """Ids (and offsets, each word's from 0) of pre-tokenized texts: every word encoded on its own, with
+        the prefix space each class puts before a word, then joined."""
+        flat = [word for words in lists for word in words]
+        ids, offsets = self._encode_texts(flat, True, with_offsets, split_special)
+        out_ids: list[list[int]] = []
+        out_offsets: list[list[Span]] = []
+        start = 0
+        for words in lists:
+            stop = start + len(words)
+            out_ids.append([i for row in ids[start:stop] for i in row])
+            if offsets is not None:
+                out_offsets.append([span for row in offsets[start:stop] for span in row])
+            start = stop
+        return out_ids, (out_offsets if offsets is not None else None)
+
+    def _align_word_lists(self, lists: list[list[str]], split_special: bool) -> list[alignment.Aligned]:
+        """_align_texts for pre-tokenized texts: the words are the given ones."""
+        aligned = iter(self._align_texts([w for words in lists for w in words], True, split_special))
+        out = []
+        for words in lists:
+            row = alignment.Aligned([], [], [], [])
+            for w, a in zip(range(len(words)), aligned):
+                row.ids += a.ids
+                row.offsets += a.offsets
+                row.words += [w] * len(a.ids)
+                row.tokens += a.tokens
+            out.append(row)
+        return out
+
     def _call_one(self, text: Any, text_pair: Any, o: CallOptions) -> BatchEncoding:
+        if o.is_split_into_words:
+            return self._call_words(text, text_pair, o)
         if (
             text_pair is None
             and isinstance(text, (list, tuple))
             and any(isinstance(item, tuple) for item in text)
         ):
             # As transformers: a batch of (text, text_pair) tuples is a batch of pairs. (A list of lists stays
-            # an error: it is more often pre-tokenized words, which gpt2kit does not take.)
+            # an error: it is more often pre-tokenized words, which need is_split_into_words=True.)
             return self._encode_pairs(text, o)
         texts, batched = self._check_text(text)
         if text_pair is None:
@@ -941,13 +1205,19 @@ class TokenizerBase:
 
     @_gc_paused
     def _encode_items(
-        self, firsts: list[str], seconds: list[str | None] | None, batched: bool, o: CallOptions
+        self, firsts: list[Any], seconds: list[Any] | None, batched: bool, o: CallOptions
     ) -> BatchEncoding:
-        """Encode texts (and second texts, None where a text has none) and assemble, pad and finish them."""
+        """Encode texts (and second texts, None where a text has none) and assemble, pad and finish them.
+        With is_split_into_words, each text is a list of words."""
         n = len(firsts)
         texts = firsts if seconds is None else firsts + [s for s in seconds if s is not None]
         # One engine call for every text, both sides of the pairs included.
-        ids, offsets = self._encode_texts(texts, o.add_prefix_space, with_offsets=o.return_offsets_mapping)
+        if o.is_split_into_words:
+            ids, offsets = self._encode_word_lists(texts, o.return_offsets_mapping, o.split_special_tokens)
+        else:
+            ids, offsets = self._encode_texts(
+                texts, o.add_prefix_space, o.return_offsets_mapping, o.split_special_tokens
+            )
         pair_ids: list[list[int] | None] = [None] * n
         pair_offsets: list[list[Span] | None] = [None] * n
         if seconds is not None:
@@ -962,7 +1232,9 @@ class TokenizerBase:
         )
         out, main_rows = self._assemble(samples, o)
         # slow/fast difference 6: the slow tokenizer pads one text through pad(), which skips an empty one.
-        return self._finish_rows(out, main_rows, batched, o, pad_empty=self.is_fast)
+        return self._finish_rows(
+            out, main_rows, batched, o, pad_empty=self.is_fast, source=(firsts, seconds, samples)
+        )
 
     def _assemble(self, samples: list[Sample], o: CallOptions) -> tuple[dict[str, list], list[int]]:
         """Truncate each (ids, pair_ids, offsets, pair_offsets) sample and add special tokens: the unpadded
@@ -1054,12 +1326,15 @@ class TokenizerBase:
         batched: bool,
         o: CallOptions,
         pad_empty: bool = True,
+        source: tuple[list[Any], list[Any] | None, list[Sample]] | None = None,
     ) -> BatchEncoding:
         """Warn about over-long rows, pad, add lengths, make tensors; `main_rows` are the rows that are samples.
 
-        transformers' pad() leaves one empty text unpadded: pad_empty=False does the same.
+        transformers' pad() leaves one empty text unpadded: pad_empty=False does the same. A fast tokenizer's
+        rows come with their plans (ROW_PLANS); with `source` (the texts and samples they came from), the
+        BatchEncoding can then work out its alignment when asked.
         """
-        parts = out.pop(SEQUENCE_PARTS, None)
+        plans = out.pop(ROW_PLANS, None)
         rows = out["input_ids"]
         if o.max_length is None and rows and max(map(len, rows)) > self.model_max_length:
             self._warn_once(
@@ -1085,9 +1360,61 @@ class TokenizerBase:
             out["overflow_to_sample_mapping"] = out.pop("overflow_to_sample_mapping")
             batched = True
         encoding = self._finish(out, batched, o.return_tensors)
-        if parts is not None:  # for sequence_ids(): which text each token of each row came from
-            encoding._sequence_parts = [(*p, o.padding_side or self.padding_side) for p in parts]
+        if plans is not None and source is not None:
+            # Only what the alignment needs later, kept cheaply: it is worked out on the first question.
+            encoding._n_sequences = (2 if plans[0][3] is not None else 1) if plans else None
+            # BOS and padding as they are now: the rows were made with these
+            special = (
+                self._special["bos_token"],
+                self._special["pad_token"],
+                o.padding_side or self.padding_side,
+            )
+            encoding._build_encodings = functools.partial(
+                self._build_encodings, source, plans, batched, special, o
+            )
         return encoding
+
+    def _build_encodings(
+        self,
+        source: tuple[list[Any], list[Any] | None, list[Sample]],
+        plans: list[alignment.RowPlan],
+        batched: bool,
+        special: tuple[str | None, str | None, str],
+        o: CallOptions,
+        input_ids: Any,
+    ) -> list[alignment.Encoding]:
+        """The Encoding of each row of a call: its texts tokenized again, now with words, offsets and token
+        strings (alignment.py), cut as the rows were and padded to the length of their `input_ids`."""
+        if hasattr(input_ids, "shape"):  # a tensor or array: every row has its full (padded) length
+            lengths = [input_ids.shape[-1]] * len(plans)
+        else:
+            lengths = [len(row) for row in input_ids] if batched else [len(input_ids)]
+        bos, pad, side = special
+        specials = alignment.Specials(
+            bos_id=None if bos is None else self.convert_tokens_to_ids(bos),
+            bos_token=bos,
+            pad_id=None if pad is None else self.convert_tokens_to_ids(pad),
+            pad_token=pad,
+            padding_side=side,
+        )
+        firsts, seconds, samples = source
+        texts = firsts if seconds is None else firsts + [s for s in seconds if s is not None]
+        if o.is_split_into_words:
+            aligned = self._align_word_lists(texts, o.split_special_tokens)
+        else:
+            aligned = self._align_texts(texts, o.add_prefix_space, o.split_special_tokens)
+        n = len(firsts)
+        second_of: list[alignment.Aligned | None] = [None] * n
+        rest = iter(aligned[n:])
+        for i, (ids, pair_ids, _, _) in enumerate(samples):
+            if pair_ids is not None:
+                second_of[i] = next(rest)
+            if aligned[i].ids != ids or (pair_ids is not None and second_of[i].ids != pair_ids):
+                raise ValueError(
+                    "this tokenizer no longer encodes the texts as it did when it made this BatchEncoding (tokens "
+                    "added or settings changed since?), so the alignment cannot be worked out; call it again"
+                )
+        return alignment.build_rows(plans, aligned[:n], second_of, lengths, specials)
 
     def _pad_in_place(self, out: dict[str, Any], target: int, multiple: int | None, side: str) -> None:
         """Pad each row of the padded columns to `target` (rounded up to `multiple`), by as much as its
@@ -1167,11 +1494,12 @@ class TokenizerBase:
         >>> GPT2Tokenizer.from_pretrained("gpt2").encode(" Hello world")
         [18435, 995]
         """
-        if not isinstance(text, str):
+        if not isinstance(text, str) and not kwargs.get("is_split_into_words"):
             # the options first, as transformers checks them before the text (padding without a pad token)
             options.resolve(self, padding=padding, truncation=truncation, max_length=max_length, **kwargs)
             raise TypeError(
-                f"encode takes one str, got {type(text).__name__}; call the tokenizer on a list for a batch"
+                f"encode takes one str, got {type(text).__name__}; call the tokenizer on a list for a batch "
+                "(or pass is_split_into_words=True for a list of words)"
             )
         kwargs.setdefault("return_attention_mask", False)  # only input_ids are returned: skip the mask
         return self.encode_plus(
@@ -1194,13 +1522,33 @@ class TokenizerBase:
         >>> GPT2Tokenizer.from_pretrained("gpt2").tokenize("Hello world")
         ['Hello', 'Ġworld']
         """
-        if not isinstance(text, str):
-            raise TypeError(f"tokenize takes one str, got {type(text).__name__}")
         prefix = kwargs.pop("add_prefix_space", None)
+        words = bool(kwargs.pop("is_split_into_words", False))
+        split_special = kwargs.pop("split_special_tokens", None)
+        split_special = self.split_special_tokens if split_special is None else bool(split_special)
         kwargs.pop("add_special_tokens", None)  # tokenize never adds BOS, in transformers either
         if kwargs:
             options.warn_unknown(self, kwargs)
-        ids, _ = self._encode_texts([text], self.add_prefix_space if prefix is None else bool(prefix))
+        if words and self.is_fast:
+            # transformers' fast tokenizer takes a list of words here, and names the tokens of its encoding
+            o = options.resolve(
+                self,
+                add_special_tokens=False,
+                is_split_into_words=True,
+                add_prefix_space=prefix,
+                split_special_tokens=split_special,
+            )
+            return self._call_one(text, None, o).tokens()
+        if not isinstance(text, str):
+            raise TypeError(f"tokenize takes one str, got {type(text).__name__}")
+        # the slow one puts a space before the text when told it is a word, as add_prefix_space does
+        prefix = self.add_prefix_space if prefix is None else bool(prefix)
+        pattern = self._added_pattern(split_special)
+        if self.is_fast and pattern is not None and pattern.search(text):
+            # transformers' fast tokenizer names a matched added token by the text it took (" <tool>" for an
+            # lstrip token after a space)
+            return self._align_texts([text], prefix, split_special)[0].tokens
+        ids, _ = self._encode_texts([text], prefix or words, split_special=split_special)
         return self.convert_ids_to_tokens(ids[0])
 
     def iter_encode(self, chunks: Iterable[str]) -> Iterator[list[int]]:
@@ -1560,7 +1908,7 @@ def _unpack_pair(item: Any, n: int) -> tuple[str, str | None]:
         return item[0], item[1]
     raise TypeError(
         f"a batch takes texts or (text, text_pair) tuples of two str; item {n} is {item!r:.80}"
-        " (pre-tokenized input is not supported: join the words into one str)"
+        " (for pre-tokenized input, lists of words, pass is_split_into_words=True)"
     )
 
 

@@ -28,6 +28,7 @@ import regex
 # GPT-2's pre-tokenizer, exactly as OpenAI's encoder.py (and transformers, and tokenizers) spell it.
 # `\s+(?!\S)` keeps the last space of a run for the word after it, so "a  b" splits as "a", " ", " b".
 PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+PATTERN_RE = regex.compile(PATTERN)
 
 # Pre-tokens repeat a lot (" the", "\n"); beyond this many distinct ones the memo is dropped and rebuilt,
 # so that encoding an endless stream cannot grow memory without bound.
@@ -82,7 +83,7 @@ class BytePairEncoder:
         self.encoder = encoder
         self.ranks = {pair: rank for rank, pair in enumerate(merges)}
         self.unk_id = unk_id
-        self.pattern = regex.compile(PATTERN)
+        self.pattern = PATTERN_RE
         # str.translate table: after `piece.encode("utf-8").decode("latin-1")` each character's code point
         # is one byte, and this maps it to the vocabulary's character for that byte in a single C call.
         self.byte_to_char = str.maketrans(bytes_to_unicode())

@@ -20,11 +20,13 @@ import logging
 import os
 from typing import Any
 
+import regex
 import tiktoken
 
-from gpt2kit.tokenizer import truncation
-from gpt2kit.tokenizer.base import SEQUENCE_PARTS, Sample, Span, TokenizerBase
-from gpt2kit.tokenizer.bpe import PATTERN, BytePairEncoder, bytes_to_unicode
+from gpt2kit.tokenizer import pretokenize, truncation
+from gpt2kit.tokenizer.alignment import RowPlan
+from gpt2kit.tokenizer.base import ROW_PLANS, Sample, Span, TokenizerBase
+from gpt2kit.tokenizer.bpe import PATTERN, PATTERN_RE, BytePairEncoder, bytes_to_unicode
 from gpt2kit.tokenizer.files import AddedToken, Vocabulary
 from gpt2kit.tokenizer.options import CallOptions
 from gpt2kit.tokenizer.slow import _vocabulary_from_files, python_engine
@@ -175,6 +177,7 @@ class GPT2TokenizerFast(TokenizerBase):
     _prefix_space_per_segment = True
     _spaces_between_added_tokens = False
     _length_after_padding = True
+    _split_special_keeps_added = True
     # Unicode White_Space (what tokenizers strips): str.strip()'s whitespace less U+001C..U+001F.
     _strip_chars = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 
@@ -210,6 +213,10 @@ class GPT2TokenizerFast(TokenizerBase):
             return python_engine(self._vocab, None if unk is None else self.convert_tokens_to_ids(unk))
         return engine
 
+    def _word_pattern(self, text: str) -> regex.Pattern:
+        """The pre-tokenizer regex as tiktoken applies it to `text` (pretokenize.py)."""
+        return pretokenize.rust_pattern(text) if isinstance(self._engine, TiktokenEngine) else PATTERN_RE
+
     # --- transformers' fast tokenizer's way of truncating and adding special tokens -----------------------
 
     def _assemble(self, samples: list[Sample], o: CallOptions) -> tuple[dict[str, list], list[int]]:
@@ -229,7 +236,7 @@ class GPT2TokenizerFast(TokenizerBase):
         rows: list[list[int]] = []
         types: list[list[int]] = []
         spans: list[list[Span]] = []
-        parts: list[tuple[int, int, int]] = []  # per row: how many special, first-text, second-text tokens
+        plans: list[RowPlan] = []  # per row: its sample, BOS count and token spans (for the alignment)
         mapping: list[int] = []
         main_rows: list[int] = []
         room = None if o.truncation is None else o.max_length - k
@@ -240,7 +247,7 @@ class GPT2TokenizerFast(TokenizerBase):
                 mapping.append(n)
                 row = bos + ids if k else ids
                 rows.append(row)
-                parts.append((k, len(ids), 0))
+                plans.append((n, k, (0, len(ids)), None))
                 if o.return_token_type_ids:
                     types.append([0] * len(row))
                 if o.return_offsets_mapping:
@@ -260,7 +267,7 @@ class GPT2TokenizerFast(TokenizerBase):
                 if second is not None:
                     row = row + _part(pair_ids, second)
                 rows.append(row)
-                parts.append((k, n_first - k, len(row) - n_first))
+                plans.append((n, k, first, second))
                 mapping.append(n)
                 if o.return_token_type_ids:
                     types.append([0] * n_first + [1] * (len(row) - n_first))
@@ -281,7 +288,7 @@ class GPT2TokenizerFast(TokenizerBase):
             out["offset_mapping"] = spans
         if o.return_overflowing_tokens:
             out["overflow_to_sample_mapping"] = mapping
-        out[SEQUENCE_PARTS] = parts  # not an output column: _finish_rows moves it onto the BatchEncoding
+        out[ROW_PLANS] = plans  # not an output column: _finish_rows moves it onto the BatchEncoding
         return out, main_rows
 
     # transformers' GPT2TokenizerFast answers these three from the `tokenizers` backend or its base class, not

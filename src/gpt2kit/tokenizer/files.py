@@ -427,27 +427,32 @@ def write_folder(
     added: dict[int, AddedToken],
     config: dict[str, Any],
     special_tokens_map: dict[str, Any],
-    tokenizer_json_data: dict[str, Any],
+    tokenizer_json_data: dict[str, Any] | None,
+    vocab_files: bool = True,
 ) -> tuple[str, ...]:
-    """Write every tokenizer file (each one atomically); returns their paths, as transformers does."""
+    """Write the tokenizer files (each one atomically); returns their paths in transformers' order.
+
+    The config files always; vocab.json, merges.txt and added_tokens.json (tokens beyond vocab.json, if any)
+    with `vocab_files`; tokenizer.json when its data is given.
+    """
     folder = Path(folder).expanduser()
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"save_pretrained needs a folder, but {folder} is a file; pass a folder path")
     folder.mkdir(parents=True, exist_ok=True)
-    merges = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in vocab.merges)
     outputs = {
         CONFIG_FILE: _dump(
             {**config, "added_tokens_decoder": {str(i): added[i].to_dict() for i in sorted(added)}}
         ),
         SPECIAL_TOKENS_MAP_FILE: _dump(special_tokens_map),
-        VOCAB_FILE: _dump(vocab.encoder),
-        MERGES_FILE: merges,
-        TOKENIZER_FILE: json.dumps(tokenizer_json_data, ensure_ascii=False, indent=2) + "\n",
     }
-    # added_tokens.json only lists tokens beyond vocab.json, as transformers writes it.
-    beyond = {t.content: i for i, t in added.items() if t.content not in vocab.encoder}
-    if beyond:
-        outputs[ADDED_TOKENS_FILE] = _dump(beyond)
+    if vocab_files:
+        outputs[VOCAB_FILE] = _dump(vocab.encoder)
+        outputs[MERGES_FILE] = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in vocab.merges)
+        beyond = {t.content: i for i, t in added.items() if t.content not in vocab.encoder}
+        if beyond:
+            outputs[ADDED_TOKENS_FILE] = _dump(beyond)
+    if tokenizer_json_data is not None:
+        outputs[TOKENIZER_FILE] = json.dumps(tokenizer_json_data, ensure_ascii=False, indent=2) + "\n"
     paths = []
     for name, text in outputs.items():
         atomic_write_text(folder / name, text)

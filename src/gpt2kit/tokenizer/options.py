@@ -32,15 +32,13 @@ PADDING_STRATEGIES = ("longest", "max_length", "do_not_pad")
 TENSOR_TYPES = ("pt", "np")
 # transformers' threshold above which model_max_length means "no limit".
 LARGE_INTEGER = int(1e20)
-# Arguments transformers' calls take that we accept only at their default value.
-UNSUPPORTED_AT_DEFAULT = {"is_split_into_words": False, "split_special_tokens": False}
 # Every keyword a 4.x encoding call knows (for telling a typo from an unsupported feature).
 KNOWN_CALL_KWARGS = frozenset(
     ["text", "text_pair", "text_target", "text_pair_target", "add_special_tokens", "padding", "truncation",
      "max_length", "stride", "pad_to_multiple_of", "padding_side", "return_tensors", "return_token_type_ids",
      "return_attention_mask", "return_overflowing_tokens", "return_special_tokens_mask", "return_offsets_mapping",
      "return_length", "verbose", "add_prefix_space", "pad_to_max_length", "truncation_strategy",
-     "prepend_batch_axis", *UNSUPPORTED_AT_DEFAULT]
+     "prepend_batch_axis", "is_split_into_words", "split_special_tokens"]
 )  # fmt: skip
 
 PAD_TOKEN_MISSING = (
@@ -80,6 +78,8 @@ class CallOptions:
     return_length: bool = False
     verbose: bool = True
     add_prefix_space: bool = False
+    is_split_into_words: bool = False  # text is a list of words (pre-tokenized), a batch a list of such lists
+    split_special_tokens: bool = False  # special tokens in the text are encoded as text, not as their ids
 
 
 def strategy_value(value: Any) -> Any:
@@ -123,20 +123,15 @@ def resolve(
     return_length: bool = False,
     verbose: bool = True,
     add_prefix_space: bool | None = None,
+    is_split_into_words: bool = False,
+    split_special_tokens: bool | None = None,
     pad_to_max_length: bool = False,
     truncation_strategy: Any = None,
     **kwargs: Any,
 ) -> CallOptions:
     """Check and resolve the keyword arguments of an encoding call, warning as transformers warns."""
-    unknown = {}
-    for key, value in kwargs.items():
-        if key in UNSUPPORTED_AT_DEFAULT:
-            if value != UNSUPPORTED_AT_DEFAULT[key]:
-                raise ValueError(f"{key}={value!r} is not supported by gpt2kit's tokenizers")
-        else:
-            unknown[key] = value
-    if unknown:
-        warn_unknown(tok, unknown, verbose)
+    if kwargs:
+        warn_unknown(tok, kwargs, verbose)
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 0:
         raise ValueError(
             f"stride must be an int >= 0 (tokens shared by consecutive overflow windows), got {stride!r}"
@@ -168,6 +163,10 @@ def resolve(
         return_length=bool(return_length),
         verbose=verbose,
         add_prefix_space=tok.add_prefix_space if add_prefix_space is None else bool(add_prefix_space),
+        is_split_into_words=bool(is_split_into_words),
+        split_special_tokens=tok.split_special_tokens
+        if split_special_tokens is None
+        else bool(split_special_tokens),
     )
 
 
