@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import threading
 import warnings
 
 import torch
@@ -34,8 +35,8 @@ CHOICES = ("auto", "onednn", "torch")
 _choice: str | None = None  # one of CHOICES, once read
 # (layout, K, N, row bucket) -> kernel name: the hot path's copy of kernels.TABLE's decisions.
 _fast: dict[tuple[str, int, int, str], str] = {}
-# True while generation/traced.py records a decode step to replay in this process, on this machine.
-_recording_decode = False
+# .on is True while generation/traced.py records a decode step (in this thread) to replay in this process.
+_recording = threading.local()
 
 
 @contextlib.contextmanager
@@ -45,12 +46,12 @@ def recording_decode():
     A trace made for export or TorchScript (torch.jit.trace of a model) keeps torch's own kernels, which run
     anywhere; the decode step generate() records is replayed in this process only, for the batch size it was
     recorded at, so it keeps the kernels chosen here."""
-    global _recording_decode
-    before, _recording_decode = _recording_decode, True
+    before = getattr(_recording, "on", False)
+    _recording.on = True
     try:
         yield
     finally:
-        _recording_decode = before
+        _recording.on = before
 
 
 def onednn_linear_available() -> bool:
@@ -168,7 +169,7 @@ def fp32_linear(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     if (
         is_compiling()
         # an exported trace must run anywhere: torch's kernels (see recording_decode for the exception)
-        or (torch.jit.is_tracing() and not _recording_decode)
+        or (torch.jit.is_tracing() and not getattr(_recording, "on", False))
         or x2.dtype is not torch.float32
         or weight.dtype is not torch.float32
         or x2.device.type != "cpu"
