@@ -31,6 +31,9 @@ _EXPORTS = {
     "DynamicCache": "gpt2kit.model",
     "StaticCache": "gpt2kit.model",
     "GenerationConfig": "gpt2kit.generation",
+    "WatermarkingConfig": "gpt2kit.generation",
+    "PhrasalConstraint": "gpt2kit.generation",
+    "DisjunctiveConstraint": "gpt2kit.generation",
     "stream": "gpt2kit.generation.streaming",
     "TextStreamer": "gpt2kit.generation.streaming",
     "TextIteratorStreamer": "gpt2kit.generation.streaming",
@@ -40,6 +43,10 @@ _EXPORTS = {
     "evaluate_perplexity": "gpt2kit.training",
     "pack_weights": "gpt2kit.model.packed",
     "quantize_int8": "gpt2kit.model.quant",
+    "LoraConfig": "gpt2kit.model.lora",
+    "load_adapter": "gpt2kit.model.lora",
+    "merge_adapter": "gpt2kit.model.lora",
+    "merge_and_unload": "gpt2kit.model.lora",
 }
 
 __all__ = [
@@ -49,6 +56,7 @@ __all__ = [
     "AutoModelForSequenceClassification",
     "AutoModelForTokenClassification",
     "AutoTokenizer",
+    "DisjunctiveConstraint",
     "DynamicCache",
     "Embedder",
     "GPT2Config",
@@ -62,12 +70,18 @@ __all__ = [
     "GPT2Tokenizer",
     "GPT2TokenizerFast",
     "GenerationConfig",
+    "LoraConfig",
+    "PhrasalConstraint",
     "StaticCache",
     "TextIteratorStreamer",
     "TextStreamer",
     "Trainer",
     "TrainingConfig",
+    "WatermarkingConfig",
     "evaluate_perplexity",
+    "load_adapter",
+    "merge_adapter",
+    "merge_and_unload",
     "pack_weights",
     "quantize_int8",
     "stream",
@@ -91,7 +105,12 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs: the eager spelling of the lazy table above
     from gpt2kit.config import GPT2Config
     from gpt2kit.embeddings import Embedder
-    from gpt2kit.generation import GenerationConfig
+    from gpt2kit.generation import (
+        DisjunctiveConstraint,
+        GenerationConfig,
+        PhrasalConstraint,
+        WatermarkingConfig,
+    )
     from gpt2kit.generation.streaming import TextIteratorStreamer, TextStreamer, stream
     from gpt2kit.model import (
         AutoModel,
@@ -109,6 +128,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the eager spelling of the lazy 
         GPT2PreTrainedModel,
         StaticCache,
     )
+    from gpt2kit.model.lora import LoraConfig, load_adapter, merge_adapter, merge_and_unload
     from gpt2kit.model.packed import pack_weights
     from gpt2kit.model.quant import quantize_int8
     from gpt2kit.tokenizer import AutoTokenizer, GPT2Tokenizer, GPT2TokenizerFast

@@ -270,13 +270,15 @@ class GPT2PreTrainedModel(nn.Module):
         transformers: state_dict= (with config=, the path may be None) loads those tensors instead of the
         folder's; ignore_mismatched_sizes=True initialises the weights whose shapes differ from the config's
         (a new num_labels) instead of raising; output_loading_info=True returns (model, info) with the
-        missing, unexpected and mismatched keys.
+        missing, unexpected and mismatched keys. A LoRA adapter folder (adapter_config.json, no config.json)
+        loads its base model (base_model_name_or_path) with the adapter on it, as transformers does.
 
         >>> model = GPT2LMHeadModel.from_pretrained("path/to/gpt2")  # doctest: +SKIP
         >>> clf = GPT2ForSequenceClassification.from_pretrained("path/to/gpt2", num_labels=3)  # doctest: +SKIP
         """
         if args:
             raise TypeError("from_pretrained takes the path positionally and everything else by keyword")
+        given_kwargs = dict(kwargs)
         load = {k: kwargs.pop(k) for k in list(kwargs) if k in _LOAD_KWARGS}
         attn_implementation = kwargs.pop("attn_implementation", None)
         check_attn_implementation(attn_implementation)  # before any file is read
@@ -304,6 +306,14 @@ class GPT2PreTrainedModel(nn.Module):
                 revision=load.get("revision"),
                 files=("config.json", W.SAFE_WEIGHTS),
             )
+        if folder is not None and given_state is None and _is_adapter_folder(folder):
+            # As transformers does with peft installed: the adapter's base model, with the adapter on it.
+            from gpt2kit.model import lora
+
+            loaded = cls.from_pretrained(lora.base_model_of(folder), **given_kwargs)
+            model = loaded[0] if isinstance(loaded, tuple) else loaded
+            model.load_adapter(folder)
+            return loaded
         source = str(folder) if folder is not None else "the given state_dict"
         config = load.get("config")
         if config is None:
@@ -427,6 +437,31 @@ class GPT2PreTrainedModel(nn.Module):
         getattr(self, self.base_model_prefix, self).attn_implementation = name
         self.config._attn_implementation = name
 
+    # --- LoRA adapters in peft's format (model/lora.py), under transformers' PeftAdapterMixin names ----------
+
+    def add_adapter(self, adapter_config: Any, adapter_name: str | None = None) -> None:
+        """Add a trainable LoRA adapter (a gpt2kit.LoraConfig) and freeze everything else."""
+        from gpt2kit.model import lora
+
+        lora.add_adapter(self, adapter_config, adapter_name)
+
+    def load_adapter(
+        self,
+        peft_model_id: str | os.PathLike,
+        adapter_name: str | None = None,
+        revision: str | None = None,
+        is_trainable: bool = False,
+    ) -> None:
+        """Load a LoRA adapter folder written by peft or gpt2kit (adapter_config.json and
+        adapter_model.safetensors) onto this model.
+
+        >>> model = GPT2LMHeadModel.from_pretrained("path/to/gpt2")  # doctest: +SKIP
+        >>> model.load_adapter("path/to/adapter")                    # doctest: +SKIP
+        """
+        from gpt2kit.model import lora
+
+        lora.load_adapter(self, peft_model_id, adapter_name, revision=revision, is_trainable=is_trainable)
+
     def save_pretrained(
         self,
         save_directory: str | os.PathLike,
@@ -434,10 +469,18 @@ class GPT2PreTrainedModel(nn.Module):
         max_shard_size: int | str = "5GB",
         state_dict: dict[str, torch.Tensor] | None = None,
     ) -> Path:
-        """Write config.json and model.safetensors (sharded above max_shard_size); transformers loads it."""
+        """Write config.json and model.safetensors (sharded above max_shard_size); transformers loads it.
+
+        While the model holds a LoRA adapter, only the adapter is written (adapter_config.json and
+        adapter_model.safetensors, peft's format), as transformers does; merge_and_unload first for a full
+        checkpoint."""
         folder = Path(save_directory)
         if folder.is_file():
             raise ValueError(f"save_pretrained needs a folder, but {folder} is a file")
+        if getattr(self, "peft_config", None):
+            from gpt2kit.model import lora
+
+            return lora.save_adapter(self, folder)
         folder.mkdir(parents=True, exist_ok=True)
         state = dict(state_dict if state_dict is not None else self.state_dict())
         if self._tied_lm_head and self.config.tie_word_embeddings:
@@ -466,6 +509,11 @@ class GPT2PreTrainedModel(nn.Module):
         else:
             config.save_pretrained(folder)
         return folder
+
+
+def _is_adapter_folder(folder: Path) -> bool:
+    """A LoRA adapter folder (peft's adapter_config.json, no model config): from_pretrained loads its base."""
+    return (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file()
 
 
 def _is_config_key(key: str) -> bool:

@@ -56,6 +56,67 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+# --lora keys -> LoraConfig fields (peft's names accepted too)
+_LORA_KEYS = {
+    "r": "r", "alpha": "alpha", "lora_alpha": "alpha", "dropout": "dropout", "lora_dropout": "dropout",
+    "targets": "target_modules", "target_modules": "target_modules", "bias": "bias", "rslora": "use_rslora",
+}  # fmt: skip
+_LORA_EXAMPLE = "e.g. --lora r=8,alpha=16,dropout=0.05,targets=c_attn,c_proj"
+
+
+def lora_config_from_spec(spec: str):
+    """A LoraConfig from `--lora r=8,alpha=16,dropout=0.05,targets=c_attn,c_proj,bias=none,rslora=false`;
+    names after targets= continue its list; an empty spec is LoraConfig's defaults (r=8, alpha=16, c_attn)."""
+    from gpt2kit.model.lora import LoraConfig
+
+    raw: dict[str, Any] = {}
+    key = None
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        if "=" not in part:
+            if key != "target_modules":
+                raise ValueError(f"--lora: {part!r} is not key=value; {_LORA_EXAMPLE}")
+            raw[key].append(part)  # targets=c_attn,c_proj: the list goes on
+            continue
+        name, value = (x.strip() for x in part.split("=", 1))
+        key = _LORA_KEYS.get(name)
+        if key is None:
+            raise ValueError(
+                f"--lora: unknown key {name!r}; the keys are r, alpha, dropout, targets, bias, rslora "
+                f"({_LORA_EXAMPLE})"
+            )
+        if key in raw:
+            raise ValueError(f"--lora: {name} is given twice; give each key once ({_LORA_EXAMPLE})")
+        raw[key] = [value] if key == "target_modules" else value
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "target_modules":
+            kwargs[key] = value[0] if value == ["all-linear"] else value
+            continue
+        if key == "bias":
+            kwargs[key] = value
+            continue
+        if key == "use_rslora":
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"--lora rslora={value!r} is not true or false; e.g. rslora=true")
+            kwargs[key] = value.lower() in ("true", "1", "yes")
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if key == "r" and (number is None or not number.is_integer()):
+            raise ValueError(f"--lora r={value!r} is not a whole number; the rank is e.g. r=8")
+        if number is None:
+            raise ValueError(f"--lora {key}={value!r} is not a number; {_LORA_EXAMPLE}")
+        kwargs[key] = int(number) if key == "r" or (key == "alpha" and number.is_integer()) else number
+    try:
+        return LoraConfig(**kwargs)
+    except ValueError as e:
+        raise ValueError(f"--lora {spec!r}: {e}") from None
+
+
 # --- train -------------------------------------------------------------------------------------------------
 
 
@@ -73,6 +134,15 @@ def train_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--dropout", type=float, help="set resid/embd/attn dropout (default: the config's)")
     src.add_argument("--tokenizer", help="tokenizer folder or name (default: the model's, else gpt2)")
     src.add_argument("--task", choices=["lm", "classify"], default="lm")
+    src.add_argument(
+        "--lora",
+        nargs="?",
+        const="",
+        metavar="r=8,alpha=16,...",
+        help="train a LoRA adapter of --model instead of all its weights (keys: r, alpha, dropout, "
+        "targets=c_attn,c_proj,..., bias, rslora; --lora alone: r=8, alpha=16 on c_attn). The output is an "
+        "adapter in peft's format; LoRA usually wants a higher --lr, e.g. 2e-4",
+    )
     d = p.add_argument_group("data")
     d.add_argument("--field", "--text-column", dest="column", default="text", help="text field / column")
     d.add_argument("--label-column", default="label", help="label field / column (classify)")
@@ -122,6 +192,13 @@ def train_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--save-every", type=int, help="checkpoint every N steps (resumable)")
     t.add_argument("--keep-checkpoints", type=int, default=2)
     t.add_argument("--log-every", type=int, default=10)
+    t.add_argument(
+        "--report-to",
+        default="jsonl",
+        help="where the numbers go, comma-separated: jsonl (output/metrics.jsonl), tensorboard (output/runs), "
+        "wandb, mlflow (each an extra: pip install 'gpt2kit[tensorboard]'), all, none (default: jsonl)",
+    )
+    t.add_argument("--run-name", help="the W&B / MLflow run's name (default: the output folder's name)")
     t.add_argument("--seed", type=int, default=42)
     t.add_argument("--no-resume", action="store_true", help="start over even if output/checkpoints exists")
     t.add_argument("--threads", type=int, help="torch CPU threads")
@@ -150,6 +227,11 @@ def train(args: argparse.Namespace) -> int:
         raise ValueError(f"--eval-split {args.eval_split} must be in [0, 1), e.g. 0.05")
     if args.eval_files and args.eval_split:
         raise ValueError("give either --eval FILES or --eval-split, not both")
+    lora = lora_config_from_spec(args.lora) if args.lora is not None else None
+    if lora is not None and scratch:
+        raise ValueError("--lora adapts a pretrained model: pass --model DIR (not --init scratch)")
+    if lora is not None and args.task != "lm":
+        raise ValueError("--lora trains language models (--task lm); fine-tune a classifier without --lora")
 
     _check_output_folder(Path(args.output))
 
@@ -173,9 +255,11 @@ def train(args: argparse.Namespace) -> int:
         eval_max_batches=args.eval_max_batches, early_stopping_patience=args.early_stopping,
         metric_for_best=args.metric or "loss", save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints, log_every=args.log_every, seed=args.seed,
-        resume=not args.no_resume, num_workers=args.num_workers,
+        resume=not args.no_resume, num_workers=args.num_workers, lora=lora,
+        report_to=args.report_to, run_name=args.run_name,
         extra={"data": args.data, "eval": args.eval_files, "task": args.task, "block_size": length},
     )  # fmt: skip
+    _check_report_backends(cfg.report_to)
     dist = _setup_dist(args.device)  # under torchrun: rank 0 tokenizes first, the others then read its cache
     from gpt2kit import AutoTokenizer
 
@@ -236,15 +320,24 @@ def train(args: argparse.Namespace) -> int:
     if args.eval_split:
         train_ds, eval_ds = tdata.split_eval(train_ds, args.eval_split, args.seed)
 
+    trainer = Trainer(model, train_ds, eval_ds, cfg, tokenizer=tok, device=args.device)
     if dist.main:
         n_params = sum(p.numel() for p in model.parameters())
+        n_trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        what = f"{n_params / 1e6:.1f} M parameters"
+        if lora is not None:
+            what = (
+                f"a LoRA adapter of {n_trained / 1e6:.2f} M parameters ({n_trained / n_params:.2%} of {what})"
+            )
         print(
-            f"training {n_params / 1e6:.1f} M parameters on {len(train_ds)} examples"
+            f"training {what} on {len(train_ds)} examples"
             + (f", evaluating on {len(eval_ds)}" if eval_ds is not None else "")
             + f"; output: {args.output}",
             file=sys.stderr,
         )
-    result = Trainer(model, train_ds, eval_ds, cfg, tokenizer=tok, device=args.device).fit()
+    if getattr(args, "space", None) is not None:  # gpt2kit tune: train's setup, then a search
+        return _tune(args, trainer)
+    result = trainer.fit()
     if dist.main:
         summary = {"steps": result.steps, "epochs": round(result.epochs, 3), "train_loss": result.train_loss}
         summary.update(result.eval_metrics)
@@ -257,6 +350,16 @@ def train(args: argparse.Namespace) -> int:
 
         torch.distributed.destroy_process_group()
     return 0
+
+
+def _check_report_backends(report_to: list[str]) -> None:
+    """A --report-to backend whose package is missing: one line naming the extra, before any tokenizing."""
+    from gpt2kit.training.reporting import check_installed, resolve
+
+    try:
+        check_installed(resolve(report_to))
+    except ImportError as e:
+        raise ValueError(str(e)) from None
 
 
 def _check_output_folder(out: Path) -> None:
@@ -304,6 +407,69 @@ def _build_model(args, config, names: list[str] | None, tok):
     from gpt2kit import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, **extra)
+
+
+# --- tune --------------------------------------------------------------------------------------------------
+
+
+def tune_args(p: argparse.ArgumentParser) -> None:
+    train_args(p)
+    s = p.add_argument_group("search (Optuna: pip install 'gpt2kit[tune]')")
+    s.add_argument(
+        "--space",
+        required=True,
+        help="what to search, comma-separated: name=LOW:HIGH (int or float range), name=LOW:HIGH:log, "
+        "name=A|B|C (a choice), name=VALUE; names are TrainingConfig's (lr, warmup_ratio, schedule, "
+        "weight_decay, ...) and the model config's (n_layer, n_embd, n_head, dropout, ...), e.g. "
+        '"lr=1e-5:1e-3:log,warmup_ratio=0:0.2,n_layer=2|4" (quoted: | is the shell\'s pipe)',
+    )
+    s.add_argument("--trials", type=int, default=10, help="how many trainings (default: 10)")
+    s.add_argument(
+        "--direction",
+        choices=["minimize", "maximize"],
+        help="default: minimize for --metric loss, maximize for accuracy / f1",
+    )
+    s.add_argument("--timeout", type=float, help="start no trial after this many seconds")
+    s.add_argument(
+        "--no-prune", action="store_true", help="run every trial to the end (default: Optuna's MedianPruner)"
+    )
+
+
+def tune(args: argparse.Namespace) -> int:
+    """train's setup (data, model, TrainingConfig), then Trainer.hyperparameter_search instead of fit."""
+    import importlib.util
+
+    from gpt2kit.training.tune import INSTALL_HINT, parse_space
+
+    if importlib.util.find_spec("optuna") is None:
+        raise ValueError(f"gpt2kit tune needs optuna: {INSTALL_HINT}")
+    if args.trials < 1:
+        raise ValueError(f"--trials {args.trials} must be at least 1")
+    args.space = parse_space(args.space)  # a bad --space fails before any tokenizing
+    if not (args.eval_files or args.eval_split):
+        raise ValueError(
+            "gpt2kit tune scores trials on evaluation data: give --eval FILES or --eval-split 0.1"
+        )
+    return train(args)
+
+
+def _tune(args: argparse.Namespace, trainer) -> int:
+    from gpt2kit.training.tune import format_table
+
+    metric = trainer.config.metric_for_best.removeprefix("eval_")
+    direction = args.direction or ("minimize" if metric in ("loss", "perplexity") else "maximize")
+    best = trainer.hyperparameter_search(
+        args.space,
+        n_trials=args.trials,
+        direction=direction,
+        pruner=None if args.no_prune else "median",
+        timeout=args.timeout,
+    )
+    print(format_table(best.run_summary or []))
+    summary = {"best_trial": int(best.run_id), "objective": best.objective}
+    summary.update(hyperparameters=best.hyperparameters, output=best.output_dir)
+    print(json.dumps(summary))
+    return 0
 
 
 # --- eval --------------------------------------------------------------------------------------------------

@@ -6,7 +6,10 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gpt2kit.model.lora import LoraConfig
 
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16")
@@ -44,6 +47,9 @@ class TrainingConfig:
     # step in separate runs): compiled code uses torch's MKL products, not gpt2kit's oneDNN route
     # (model/matmul.py). Evaluation stays eager.
     compile: bool = False
+    # Train a LoRA adapter instead of the whole model: a gpt2kit.LoraConfig (or its dict). Only the adapter is
+    # trained, held in AdamW's state and written (checkpoints and output_dir: peft's adapter format).
+    lora: LoraConfig | None = None
     eval_every: int | None = None  # None: at the end of each epoch (and at the end)
     eval_max_batches: int | None = None
     eval_batch_size: int | None = None  # default: batch_size
@@ -56,7 +62,12 @@ class TrainingConfig:
     seed: int = 42
     resume: bool = True  # continue from the newest checkpoint in output_dir/checkpoints, if any
     progress: bool = True
-    plot: bool = True  # write output_dir/loss.png
+    plot: bool = True  # write output_dir/loss.png (needs matplotlib: the `plot` extra)
+    # Where the logged numbers go, as transformers' report_to: "jsonl" (output_dir/metrics.jsonl),
+    # "tensorboard", "wandb", "mlflow" (optional extras), "all" (jsonl + the installed ones) or "none"; a
+    # list or a comma-separated string. training/reporting.py.
+    report_to: list[str] = field(default_factory=lambda: ["jsonl"])
+    run_name: str | None = None  # the W&B / MLflow run's name (default: output_dir's folder name)
     num_workers: int = 0  # DataLoader worker processes
     extra: dict[str, Any] = field(default_factory=dict)  # recorded with the run, unused by the Trainer
 
@@ -87,10 +98,23 @@ class TrainingConfig:
             raise ValueError(
                 f"TrainingConfig.schedule={self.schedule!r} is unknown; choose one of {SCHEDULES}"
             )
+        from gpt2kit.training.reporting import normalize_report_to
+
+        self.report_to = normalize_report_to(self.report_to)
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"TrainingConfig.precision={self.precision!r} is unknown; choose one of {PRECISIONS}"
             )
+        if self.lora is not None:
+            from gpt2kit.model.lora import LoraConfig
+
+            if isinstance(self.lora, dict):  # from JSON
+                self.lora = LoraConfig.from_dict(self.lora)
+            elif not isinstance(self.lora, LoraConfig):
+                raise TypeError(
+                    f"TrainingConfig.lora must be a gpt2kit.LoraConfig, its dict, or None; got "
+                    f"{type(self.lora).__name__}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -4,7 +4,8 @@ One optimizer step, top to bottom: each process takes `grad_accum` micro-batches
 forward + backward under optional bf16 autocast (DDP syncs gradients on the last one), clips the global
 gradient norm, steps AdamW and the learning-rate schedule. Around it: evaluation every N steps (loss,
 perplexity, token accuracy; accuracy and F1 for classification), early stopping, checkpoints that resume
-exactly, and logs (a progress bar, output_dir/metrics.jsonl, output_dir/loss.png).
+exactly, and logs (a progress bar, output_dir/loss.png, and the report_to backends: output_dir/metrics.jsonl,
+TensorBoard, W&B, MLflow; training/reporting.py).
 
 Exact resume: the data order of epoch e is a permutation seeded by (seed, e), so a step number alone says
 which examples come next; a checkpoint stores the model, AdamW's state, the schedule position and every RNG
@@ -285,6 +286,19 @@ class Trainer:
                 f"the model's weights are {', '.join(sorted(wrong))}; train with float32 weights "
                 "(load with dtype=torch.float32) and precision='bf16' for bf16 autocast"
             )
+        if cfg.lora is not None:  # only the adapter trains; save_pretrained then writes it alone
+            from gpt2kit.model import lora
+
+            if lora.task_type(model) != "CAUSAL_LM":
+                raise ValueError(
+                    f"TrainingConfig.lora adapts a language model (GPT2LMHeadModel); a {type(model).__name__}'s "
+                    "head would stay untrained under LoRA. Fine-tune it without lora"
+                )
+            at = next(model.parameters()).device
+            # The adapter's initial A follows from the seed, as the data order does.
+            with torch.random.fork_rng(devices=[at] if at.type == "cuda" else []):
+                torch.manual_seed(cfg.seed)
+                lora.add_adapter(model, cfg.lora)
         self.dist = _setup_dist(device)
         if cfg.precision == "bf16" and self.dist.device.type == "cpu":
             from gpt2kit.model.kernels import warn_if_slow_bf16
@@ -324,6 +338,12 @@ class Trainer:
         self._step_rng: dict[str, Any] | None = None
         self._in_step = False
         self._last_saved_step = -1
+        from gpt2kit.training.reporting import Reporters, run_params
+
+        # Where the logs go (report_to); a missing backend package is named here, before any training.
+        self.reports = Reporters(
+            cfg.report_to, self.out, run_name=cfg.run_name, params=run_params(cfg, model)
+        )
 
     # --- public --------------------------------------------------------------------------------------------
 
@@ -336,8 +356,9 @@ class Trainer:
         if d.main:
             self.out.mkdir(parents=True, exist_ok=True)
         d.barrier()
-        if not (cfg.resume and self._resume_latest()) and d.main:
-            atomic_write_text(self.out / "metrics.jsonl", "")  # a fresh run starts a fresh log
+        resumed = bool(cfg.resume and self._resume_latest())
+        if d.main:  # a fresh run starts fresh logs; a resumed one is logged from the checkpoint's step on
+            self.reports.start(self.step if resumed else None, self.history)
         self._emit("train_begin", {"total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch})
         bar = self._progress_bar()
         window_loss, window_steps, window_tokens, t_window = 0.0, 0, 0, time.perf_counter()
@@ -345,6 +366,7 @@ class Trainer:
         last_loss: float | None = None
         stopped_early = False
         eval_metrics: dict[str, float] = {}
+        failed = True
         try:
             for micro_batches in self._steps():
                 self._step_rng = _rng_state()
@@ -395,6 +417,7 @@ class Trainer:
                 self._emit("step_end", {"step": self.step, "loss": loss})
                 if stopped_early:
                     break
+            failed = False
         except KeyboardInterrupt:
             # Never lose finished work: a checkpoint of the last completed step, then stop.
             if self.step > 0 and self.step != self._last_saved_step:
@@ -402,8 +425,12 @@ class Trainer:
             if bar is not None:
                 bar.close()
             raise
-        if bar is not None:
-            bar.close()
+        finally:
+            # Also when a callback stops the run (a pruned trial of hyperparameter_search).
+            if bar is not None:
+                bar.close()
+            if d.main:
+                self.reports.close(failed=failed)
         self.save_final()
         self._emit("train_end", {"step": self.step})
         elapsed = time.perf_counter() - t_start
@@ -493,6 +520,29 @@ class Trainer:
                 self.config.save(self.out / "training_config.json")
             self._plot()
         self.dist.barrier()
+
+    def hyperparameter_search(
+        self,
+        hp_space: Callable[[Any], dict[str, Any]],
+        n_trials: int = 20,
+        direction: str = "minimize",
+        backend: str = "optuna",
+        compute_objective: Callable[[dict[str, float]], float] | None = None,
+        **kwargs: Any,
+    ):
+        """Optuna search over TrainingConfig and model config fields, as transformers' method: each trial
+        trains a copy of this Trainer's model in output_dir/trials/N (this model stays untouched), bad trials
+        are pruned from their eval loss, and the best trial is copied to output_dir/best-trial. Returns a
+        `BestRun`; training/tune.py says the rest.
+
+        >>> best = trainer.hyperparameter_search(lambda t: {"lr": t.suggest_float("lr", 1e-5, 1e-3, log=True)},
+        ...                                      n_trials=10)  # doctest: +SKIP
+        """
+        from gpt2kit.training.tune import hyperparameter_search
+
+        return hyperparameter_search(
+            self, hp_space, n_trials, direction, backend, compute_objective, **kwargs
+        )
 
     # --- the step ------------------------------------------------------------------------------------------
 
@@ -635,10 +685,16 @@ class Trainer:
                 f"checkpoint {path} was written by {state['world_size']} processes but this run has "
                 f"{self.dist.world}; resume with the same number, or pass resume=False / --no-resume"
             )
+        from gpt2kit.model import lora
         from gpt2kit.model.weights import find_weight_files, read_state_dict
 
+        adapter = lora.has_adapter(self.model)  # its checkpoints hold the adapter alone
         try:
-            sd = read_state_dict(find_weight_files(path))
+            if adapter:
+                sd = lora.read_adapter(path)[1]
+                lora.check_adapter_state(self.model, sd, str(path))
+            else:
+                sd = read_state_dict(find_weight_files(path))
         except (ValueError, FileNotFoundError) as e:
             # The reader's advice is for downloaded models; a checkpoint is remade by training.
             why = str(e).removesuffix(" — re-download or re-save it")
@@ -658,8 +714,8 @@ class Trainer:
             ) from None
 
         missing, unexpected = self.model.load_state_dict(sd, strict=False)
-        # A tied LM head is saved once, as transformers does.
-        missing = [k for k in missing if k != "lm_head.weight"]
+        # A tied LM head is saved once, as transformers does; an adapter checkpoint holds the adapter alone.
+        missing = [] if adapter else [k for k in missing if k != "lm_head.weight"]
         if missing or unexpected:
             raise ValueError(
                 f"checkpoint {path} does not fit this model: missing {missing}, unexpected {unexpected}"
@@ -678,10 +734,7 @@ class Trainer:
         self.bad_evals = state["bad_evals"]
         self.history = [h for h in state["history"] if h.get("step", 0) <= self.step]
         self._last_saved_step = self.step
-        if self.dist.main:
-            # Lines logged after the checkpoint will be logged again by the replayed steps.
-            lines = "".join(json.dumps(h) + "\n" for h in self.history)
-            atomic_write_text(self.out / "metrics.jsonl", lines)
+        # The logs are cut back to self.history by Reporters.start: the replayed steps log again.
         logger.info("resumed from %s (step %d of %d)", path, self.step, self.total_steps)
         self._emit("resume", {"step": self.step, "path": str(path)})
         return True
@@ -704,8 +757,7 @@ class Trainer:
         self._emit("log", record)
         if not self.dist.main:
             return
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self.reports.log(record)
         if "eval_loss" in record:
             self._plot()
         if self.config.progress:
@@ -716,18 +768,10 @@ class Trainer:
             )
 
     def _plot(self) -> None:
-        if not self.config.plot:
-            return
-        try:
-            from gpt2kit.training.plot import plot_curves
-        except ImportError:  # pragma: no cover
-            return
-        train = [(h["step"], h["loss"]) for h in self.history if "loss" in h]
-        ev = [(h["step"], h["eval_loss"]) for h in self.history if "eval_loss" in h]
-        series = {"train loss": train}
-        if ev:
-            series["eval loss"] = ev
-        plot_curves(self.out / "loss.png", series, title="loss", xlabel="step")
+        if self.config.plot:
+            from gpt2kit.training.plot import plot_history
+
+            plot_history(self.out / "loss.png", self.history)  # without matplotlib: one line, no picture
 
     def _progress_bar(self):
         if not (self.config.progress and self.dist.main):
