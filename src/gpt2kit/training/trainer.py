@@ -316,8 +316,12 @@ class Trainer:
 
             ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(model, device_ids=ids)
-        # What a training step calls: the (DDP-wrapped) model, compiled when asked.
-        self._step_model: Any = torch.compile(self.ddp) if cfg.compile else self.ddp
+        # What a training step calls: the (DDP-wrapped) model, compiled when asked. dynamic=False: a batch of
+        # another shape (an epoch's last) gets its own static graph. By default dynamo would recompile the
+        # model's code for any shape after that one as a dynamic-shape graph, whose kernels round differently:
+        # a run and its resume in a new process (or after other compiled models in this one) would then
+        # compute the same step with different graphs, and the resume would no longer be exact.
+        self._step_model: Any = torch.compile(self.ddp, dynamic=False) if cfg.compile else self.ddp
         self._vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
         d = self.dist
         self.micro_per_epoch = len(
