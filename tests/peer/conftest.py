@@ -57,18 +57,7 @@ def backend(request) -> SimpleNamespace:
 # that gets fixed fails the run until its line is removed here.
 
 
-KNOWN_GAPS: dict[str, str] = {
-    # modeling
-    "test_head_pruning": "no prune_heads(): attention.py assumes n_head * head_dim == n_embd",
-    "test_head_pruning_save_load_from_pretrained": "no prune_heads(): attention.py assumes n_head * head_dim == n_embd",
-    "test_head_pruning_save_load_from_config_init": "config.pruned_heads is not applied when a model is built",
-    "test_head_pruning_integration": "config.pruned_heads is not applied when a model is built",
-    # generation
-    "test_assisted_decoding_sample": "no speculative sampling (assistant_model= with do_sample=True)",
-    "test_generate_from_inputs_embeds_with_static_cache": (
-        "generate(inputs_embeds=...) needs the prompt's input_ids too (no embeddings-only prompt)"
-    ),
-}
+KNOWN_GAPS: dict[str, str] = {}  # none open (issue 13 closed the last rows)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -274,6 +274,21 @@ class _Plan:
     # What turns a forward pass into next-token logits when not the LM head alone (DoLa's contrast of
     # layers); see _logits.
     head: Any = None
+    # Columns at the start of input_ids that only stand in for an embeddings-only prompt (generate(
+    # inputs_embeds=...) without input_ids): the prefill reads the embeddings, processors and stop strings
+    # never see these columns, and the returned sequences leave them out, as transformers returns only the
+    # new tokens then.
+    hidden_prompt: int = 0
+
+
+class _SkipPrompt:
+    """A processor list or stop checker that sees the token ids without the first n columns."""
+
+    def __init__(self, fn, n: int) -> None:
+        self.fn, self.n = fn, n
+
+    def __call__(self, input_ids: torch.Tensor, *args, **kwargs):
+        return self.fn(input_ids[..., self.n :], *args, **kwargs)
 
 
 # Forward inputs generate() passes on to the model, as transformers' generate() does with **model_kwargs.
@@ -395,11 +410,18 @@ def plan_generation(
         )
     n_positions = model.config.n_positions
 
+    hidden_prompt = 0
     if input_ids is None and inputs_embeds is not None:
-        raise ValueError(
-            "generate(inputs_embeds=...) needs the prompt's input_ids too in gpt2kit (the returned sequences "
-            "start with them); pass input_ids=ids, inputs_embeds=embeds, or the ids alone"
-        )
+        # An embeddings-only prompt. As transformers: the ids start empty (placeholder columns here, which
+        # nothing reads), max_length counts the embedded prompt, and the cache is needed to step past it.
+        if not isinstance(inputs_embeds, torch.Tensor) or inputs_embeds.dim() != 3:
+            raise ValueError(
+                "inputs_embeds must be a (batch, length, n_embd) tensor, got "
+                f"{getattr(inputs_embeds, 'shape', type(inputs_embeds))}"
+            )
+        hidden_prompt = inputs_embeds.shape[1]
+        input_ids = torch.zeros(inputs_embeds.shape[:2], dtype=torch.long, device=model.device)
+        cfg.use_cache = True
     if input_ids is None:
         bos = cfg.bos_token_id if cfg.bos_token_id is not None else model.config.bos_token_id
         if bos is None:
@@ -423,8 +445,8 @@ def plan_generation(
         logger.info("Setting pad_token_id to eos_token_id %s for open-end generation.", eos_list[0])
         pad = eos_list[0]
     if attention_mask is None:
-        # As transformers: infer the mask from pad tokens only when pad differs from eos.
-        if pad is not None and pad not in eos_list and bool((input_ids == pad).any()):
+        # As transformers: infer the mask from pad tokens only when pad differs from eos (and from ids only).
+        if not hidden_prompt and pad is not None and pad not in eos_list and bool((input_ids == pad).any()):
             attention_mask = (input_ids != pad).long()
     else:
         attention_mask = attention_mask.to(input_ids.device)
@@ -444,6 +466,8 @@ def plan_generation(
     T = input_ids.shape[1]
     if cfg.max_new_tokens is not None:
         max_length = T + cfg.max_new_tokens
+    elif hidden_prompt:  # transformers takes the embedded prompt out of max_length: it counts the prompt
+        max_length = cfg.max_length
     elif not user_set_max_length and cfg.max_length == _DEFAULT_MAX_LENGTH:
         max_length = min(T + _DEFAULT_MAX_LENGTH, n_positions)
     else:
@@ -504,6 +528,12 @@ def plan_generation(
     if speculative and (mode == "assisted" or cfg.num_beams > 1):
         _check_speculation(cfg, input_ids, position_ids, compile_opts, assistant_model, model)
     strategies.check_plan(mode, cfg, model, compile_opts, past, inputs_embeds)
+    if hidden_prompt and (speculative or past is not None):
+        raise ValueError(
+            "an embeddings-only prompt (inputs_embeds without input_ids) runs without "
+            f"{'past_key_values' if past is not None else 'prompt lookup or an assistant model'} in gpt2kit; "
+            "pass the prompt's input_ids too"
+        )
 
     stop_strings = cfg.stop_strings
     stop_checker = None
@@ -516,15 +546,23 @@ def plan_generation(
             [stop_strings] if isinstance(stop_strings, str) else list(stop_strings), tokenizer
         )
 
+    procs_cfg = cfg
+    if hidden_prompt:  # the processors count only new tokens, as transformers' empty input_ids have them
+        procs_cfg = copy.copy(cfg)
+        procs_cfg.max_length = max_length - T
+        procs_cfg.min_length = max((cfg.min_length or 0) - T, 0)
     procs = build_processors(
-        cfg,
-        prompt_length=T,
+        procs_cfg,
+        prompt_length=T - hidden_prompt,
         presence_penalty=presence_penalty,
         frequency_penalty=frequency_penalty,
         logits_processor=logits_processor,
         vocab_size=model.config.vocab_size,
         device=input_ids.device,
     )
+    if hidden_prompt:
+        procs = _SkipPrompt(procs, hidden_prompt)
+        stop_checker = _SkipPrompt(stop_checker, hidden_prompt) if stop_checker is not None else None
     eos_tensor = torch.tensor(eos_list, device=input_ids.device) if eos_list else None
     return _Plan(
         input_ids,
@@ -543,12 +581,13 @@ def plan_generation(
         assistant_model if mode == "assisted" else None,
         mode,
         strategies.dola_head(cfg, model) if mode == "dola" else None,
+        hidden_prompt,
     )
 
 
 def _check_speculation(cfg, input_ids, position_ids, compile_opts, assistant, model) -> None:
     """Refuse what prompt lookup and assisted decoding do not run. Beam search ignores them with a warning,
-    as transformers does; sampling (transformers' speculative sampling) is not implemented here."""
+    as transformers does."""
     name = "prompt_lookup_num_tokens" if cfg.prompt_lookup_num_tokens is not None else "assistant_model"
     mode = "prompt lookup decoding" if name == "prompt_lookup_num_tokens" else "assisted decoding"
     if cfg.num_beams > 1:
@@ -560,11 +599,6 @@ def _check_speculation(cfg, input_ids, position_ids, compile_opts, assistant, mo
         raise ValueError(
             f"{name}= asks for {mode}, which gpt2kit does not implement for a batch ({input_ids.shape[0]} "
             "prompts), as transformers; pass one prompt at a time"
-        )
-    if cfg.do_sample:
-        raise ValueError(
-            f"{name}= runs with greedy search only in gpt2kit (no speculative sampling); pass do_sample=False, "
-            f"or drop {name} to sample"
         )
     if not cfg.use_cache:
         raise ValueError(f"{name}= verifies proposals against the cache; pass use_cache=True")
@@ -971,14 +1005,25 @@ def _record_row(record: _Record, out, j: int, keys: int) -> None:
 
 
 class _DraftProposer:
-    """Assisted decoding's proposals: the draft model's own greedy continuation of the tokens so far.
+    """Assisted decoding's proposals: the draft model's own continuation of the tokens so far, greedy, or
+    sampled from the draft's processed scores when the call samples (those scores are kept in `q` for
+    speculative sampling's acceptance test).
 
     The draft keeps a static cache of the tokens it has run (`fed`); each round it drops the positions
     that no longer match the sequence (rejected proposals), runs the new tokens in one pass, then proposes
     up to `num` tokens one at a time. The last proposal is never run, as it may be rejected."""
 
-    def __init__(self, draft, plan: _Plan, positions: torch.Tensor, mask: torch.Tensor | None) -> None:
+    def __init__(
+        self,
+        draft,
+        plan: _Plan,
+        positions: torch.Tensor,
+        mask: torch.Tensor | None,
+        generator: torch.Generator | None = None,
+    ) -> None:
         self.draft, self.positions, self.mask = draft, positions, mask
+        self.sample, self.processors, self.generator = plan.config.do_sample, plan.processors, generator
+        self.q: list[torch.Tensor] = []  # per proposal, the draft's processed scores (1, V) it was drawn from
         self.num = draft.generation_config.num_assistant_tokens  # the assistant's setting, as transformers
         self.eos = plan.eos
         device = plan.input_ids.device
@@ -1008,11 +1053,21 @@ class _DraftProposer:
         same = self.fed[: cur - 1] == tokens[0, : cur - 1]
         valid = cur - 1 if bool(same.all()) else int(same.int().argmin())
         self.cache.crop(valid)
-        cand = []
+        cand: list[torch.Tensor] = []
+        self.q = []
         with torch.inference_mode():
             logits = self._run(tokens[:, valid:cur], valid)
             for i in range(k):
-                nxt = torch.argmax(logits, dim=-1, keepdim=True)  # (1,)
+                if self.sample:  # the draft's distribution q: the call's processors over the draft's logits
+                    ids = (
+                        torch.cat([tokens[:, :cur], torch.cat(cand)[None]], dim=1)
+                        if cand
+                        else tokens[:, :cur]
+                    )
+                    self.q.append(self.processors(ids, logits.float()[None]))
+                    nxt = choose(self.q[-1], True, self.generator)  # (1,)
+                else:
+                    nxt = torch.argmax(logits, dim=-1, keepdim=True)  # (1,)
                 cand.append(nxt)
                 if i == k - 1 or (self.eos is not None and bool(torch.isin(nxt, self.eos))):
                     break
@@ -1027,9 +1082,11 @@ def speculative_decode(
     logits_out: list | None = None,
     record: _Record | None = None,
     state: dict | None = None,
+    generator: torch.Generator | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Greedy decoding with proposals (prompt lookup or a draft model); yields the tokens (1,) one at a
-    time, exactly greedy's.
+    """Greedy decoding or sampling with proposals (prompt lookup or a draft model); yields the tokens (1,)
+    one at a time: exactly greedy's, or (do_sample) draws from the model's processed distribution by
+    speculative sampling (`_speculative_pick`).
 
     Each round proposes k tokens and runs them with the last accepted token in one forward pass; the
     model's argmax keeps the longest prefix of the proposal it agrees with, then adds its own next token,
@@ -1063,20 +1120,27 @@ def speculative_decode(
             return lookup_candidates(tokens[0, :cur], num, ngram, room, plan.eos)
 
     else:
-        propose = _DraftProposer(plan.assistant, plan, positions, mask)
+        propose = _DraftProposer(plan.assistant, plan, positions, mask, generator)
     with torch.inference_mode():
         rows = _start(model, plan, prompt_pos, cache, record)  # (1, V): the first new token's logits
     inputs = _step_inputs(plan)
     cur, cand, out = T, tokens[0, :0], None
     proposed = accepted = 0
     while True:
+        if cfg.do_sample:
+            picks, picked_scores = _speculative_pick(
+                plan, tokens, cur, cand, rows, getattr(propose, "q", None), generator
+            )
         for j in range(cand.shape[0] + 1):
-            scores = plan.processors(tokens[:, :cur], rows[j : j + 1])
+            if cfg.do_sample:
+                scores, nxt = picked_scores[j : j + 1], picks[j : j + 1]
+            else:
+                scores = plan.processors(tokens[:, :cur], rows[j : j + 1])
+                nxt = torch.argmax(scores, dim=-1)
             if scores_out is not None:
                 scores_out.append(scores)
             if logits_out is not None:
                 logits_out.append(rows[j : j + 1])
-            nxt = torch.argmax(scores, dim=-1)
             if record is not None and out is not None:
                 _record_row(record, out, j, cur)
             tokens[:, cur] = nxt
@@ -1085,6 +1149,9 @@ def speculative_decode(
             done = cur >= plan.max_length or (plan.eos is not None and bool(torch.isin(nxt, plan.eos)))
             if not done and plan.stop_checker is not None:
                 done = bool(plan.stop_checker(tokens[:, :cur])[0])
+            if cfg.do_sample and (done or j == picks.shape[0] - 1):
+                accepted += j  # the picks before the last are accepted candidates
+                break
             if done or j == cand.shape[0] or int(nxt) != int(cand[j]):
                 break
             accepted += 1
@@ -1104,6 +1171,54 @@ def speculative_decode(
     if state is not None:
         state["speculation"] = {"proposed": proposed, "accepted": accepted}
     cache.crop(cur - 1)
+
+
+def _speculative_pick(
+    plan: _Plan,
+    tokens: torch.Tensor,
+    cur: int,
+    cand: torch.Tensor,
+    rows: torch.Tensor,
+    q_scores: list[torch.Tensor] | None,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One round of speculative sampling, by transformers 4.57's rules. -> (the tokens to add (m,), the
+    processed scores of their rows (m, V)).
+
+    rows (k + 1, V): the model's logits after each of the k candidates cand (tokens[:, cur : cur + k]) and
+    before the first. With a draft's scores q (Leviathan et al. 2023, algorithm 1): candidate j is kept with
+    probability min(1, p_j / q_j) until the first rejection, then one token is drawn from max(p - q, 0)
+    (from p after all k), so every token is distributed as plain sampling's. Without q (prompt lookup):
+    each row is sampled from p and the candidates are kept while they equal the draws. A last candidate that
+    ends the sequence (eos, a stop string) is taken without a further draw, as transformers does."""
+    k = cand.shape[0]
+    scores = torch.cat([plan.processors(tokens[:, : cur + j], rows[j : j + 1]) for j in range(k + 1)])
+    if k == 0:
+        return choose(scores, True, generator), scores
+    p = scores.softmax(dim=-1)  # (k + 1, V)
+    ends = plan.eos is not None and bool(torch.isin(cand[-1:], plan.eos).any())
+    if not ends and plan.stop_checker is not None:
+        ends = bool(plan.stop_checker(tokens[:, : cur + k])[0])
+    steps = torch.arange(k, device=p.device)
+    if q_scores is None:
+        drawn = torch.multinomial(p, num_samples=1, generator=generator)[:, 0]  # (k + 1,)
+        n = int((cand != drawn[:k]).int().cumsum(0).eq(0).sum())
+        if ends and n == k:
+            return cand, scores[:k]
+        return drawn[: n + 1], scores[: n + 1]
+    q = torch.cat(q_scores).softmax(dim=-1)  # (k, V)
+    ratio = p[steps, cand] / q[steps, cand]
+    keep = torch.rand(ratio.shape, generator=generator, device=ratio.device, dtype=ratio.dtype) <= ratio
+    n = int((~keep).int().cumsum(0).eq(0).sum())
+    if ends and n == k:
+        return cand, scores[:k]
+    residual = p[n]
+    if n < k:
+        residual = (p[n] - q[n]).clamp(min=0)
+        # p == q (a draft as good as the model) leaves nothing to draw from: p itself is the right choice
+        residual = residual / residual.sum() if bool(residual.sum() > 0) else p[n]
+    t = torch.multinomial(residual[None], num_samples=1, generator=generator)[0]
+    return torch.cat([cand[:n], t]), scores[: n + 1]
 
 
 # --- beam search ----------------------------------------------------------------------------------------
@@ -1292,6 +1407,7 @@ def generate(
             sequences, seq_scores, beam_indices = beam_search(
                 model, plan, generator, scores, raw, record, state
             )
+        sequences = sequences[:, plan.hidden_prompt :]
         if not want_dict:
             return sequences
         return GenerateBeamDecoderOnlyOutput(
@@ -1306,10 +1422,10 @@ def generate(
         )
 
     if streamer is not None:
-        streamer.put(plan.input_ids.cpu())
+        streamer.put(plan.input_ids[:, plan.hidden_prompt :].cpu())
     steps = []
     if plan.mode == "assisted":
-        loop = speculative_decode(model, plan, scores, raw, record, state)
+        loop = speculative_decode(model, plan, scores, raw, record, state, generator)
     elif plan.mode == "contrastive":
         from gpt2kit.generation.strategies import contrastive_decode
 
@@ -1323,6 +1439,7 @@ def generate(
     if streamer is not None:
         streamer.end()
     sequences = torch.cat([plan.input_ids, torch.stack(steps, dim=1)], dim=1) if steps else plan.input_ids
+    sequences = sequences[:, plan.hidden_prompt :]  # an embeddings-only prompt: the new tokens alone
     if not want_dict:
         return sequences
     return GenerateDecoderOnlyOutput(

@@ -1,7 +1,8 @@
 """Causal self-attention and cross-attention.
 
 Shape legend used in this package: B batch, T new positions (queries), S all key positions (cache + new),
-C n_embd, nh n_head, hs head_dim = C // nh.
+C n_embd, nh n_head, hs head_dim = C // nh. After head pruning a layer keeps nh' <= nh heads of the same hs,
+so its queries, keys and values are nh' * hs wide, which is then no longer C.
 
 Two paths compute the same thing:
 - fast (the default): torch's scaled_dot_product_attention, with `is_causal` or a boolean mask;
@@ -118,8 +119,39 @@ class Attention(nn.Module):
         else:
             self.c_attn = Linear(C, 3 * C)  # queries, keys, values in one matmul
         self.c_proj = Linear(C, C)
+        self.pruned_heads: set[int] = set()  # original head numbers removed by prune_heads
         self.attn_dropout = nn.Dropout(config.attn_pdrop)
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
+
+    @property
+    def inner_dim(self) -> int:
+        """Width of the queries (and keys, values) of the heads kept: nh' * hs."""
+        return self.n_head * self.head_dim
+
+    def prune_heads(self, heads) -> None:
+        """Remove these heads (numbered as in the unpruned layer) for good, as transformers' prune_heads does:
+        their columns of c_attn's q, k and v blocks and their rows of c_proj are cut out. Heads already gone
+        are skipped, so the call is idempotent."""
+        if self.is_cross_attention:
+            raise ValueError(
+                "prune_heads prunes self-attention heads; cross-attention heads cannot be pruned"
+            )
+        original = self.n_head + len(self.pruned_heads)
+        bad = [h for h in heads if not 0 <= int(h) < original]
+        if bad:
+            raise ValueError(f"cannot prune heads {bad}: this layer has heads 0 .. {original - 1}")
+        drop = {int(h) for h in heads} - self.pruned_heads
+        if not drop:
+            return
+        survivors = [h for h in range(original) if h not in self.pruned_heads]  # current position -> original
+        keep_heads = [i for i, h in enumerate(survivors) if h not in drop]
+        hs, width = self.head_dim, self.inner_dim
+        keep = torch.tensor([i * hs + j for i in keep_heads for j in range(hs)], dtype=torch.long)
+        # c_attn's output is [q | k | v], each `width` wide: keep the same columns in all three blocks.
+        self.c_attn = _slice_linear(self.c_attn, torch.cat([keep, keep + width, keep + 2 * width]), dim=1)
+        self.c_proj = _slice_linear(self.c_proj, keep, dim=0)
+        self.n_head = len(keep_heads)
+        self.pruned_heads |= drop
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -134,14 +166,14 @@ class Attention(nn.Module):
         output_attentions: bool = False,
         encoder_hidden_states: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: (B, T, C) -> (B, T, C), and the attention probabilities (B, nh, T, S) when asked for."""
+        """x: (B, T, C) -> (B, T, C), and the attention probabilities (B, nh', T, S) when asked for."""
         B, T, C = x.shape
         if self.is_cross_attention:
             q = self._heads(self.q_attn(x))
             k, v = self.c_attn(encoder_hidden_states).split(C, dim=2)
             k, v = self._heads(k), self._heads(v)
         else:
-            q, k, v = self.c_attn(x).split(C, dim=2)
+            q, k, v = self.c_attn(x).split(self.inner_dim, dim=2)
             q, k, v = self._heads(q), self._heads(k), self._heads(v)
             if cache is not None:
                 k, v = cache.update(self.layer_idx, k, v)  # (B, nh, S, hs)
@@ -151,7 +183,7 @@ class Attention(nn.Module):
         else:
             y, probs = self._fast(q, k, v, mask), None
 
-        y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble heads side by side
+        y = y.transpose(1, 2).reshape(B, T, self.inner_dim)  # re-assemble heads side by side
         return self.resid_dropout(self.c_proj(y)), probs
 
     def _fast(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask) -> torch.Tensor:
@@ -198,3 +230,16 @@ class Attention(nn.Module):
         if head_mask is not None:
             probs = probs * head_mask
         return torch.matmul(probs, v), probs
+
+
+def _slice_linear(layer: Linear, index: torch.Tensor, dim: int) -> Linear:
+    """A new Linear keeping entries `index` of the weight's dim (0: inputs, 1: outputs, with their biases),
+    trainable copies on the layer's device and dtype (transformers' prune_conv1d_layer)."""
+    index = index.to(layer.weight.device)
+    weight = layer.weight.detach().index_select(dim, index).clone()
+    bias = layer.bias.detach()
+    bias = (bias.index_select(0, index) if dim == 1 else bias).clone()
+    new = Linear(weight.shape[0], weight.shape[1])
+    new.weight = nn.Parameter(weight)
+    new.bias = nn.Parameter(bias)
+    return new

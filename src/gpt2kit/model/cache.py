@@ -114,24 +114,28 @@ class StaticCache(Cache):
         self,
         n_layer: int,
         batch_size: int,
-        n_head: int,
+        n_head: int | Sequence[int],
         head_dim: int,
         max_length: int,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> None:
-        shape = (batch_size, n_head, max_length, head_dim)
+        # n_head per layer where head pruning left layers with different head counts
+        heads = [n_head] * n_layer if isinstance(n_head, int) else list(n_head)
+        assert len(heads) == n_layer, (heads, n_layer)
         self.max_length = max_length
         # empty, not zeros: nothing beyond the filled length is ever read, and zeroing costs a full pass
-        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layer)]
-        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        self.k = [torch.empty(batch_size, h, max_length, head_dim, dtype=dtype, device=device) for h in heads]
+        self.v = [torch.empty(batch_size, h, max_length, head_dim, dtype=dtype, device=device) for h in heads]
         self.lengths = [0] * n_layer  # positions filled, per layer (layers update one after another)
 
     @classmethod
     def for_model(
         cls, config, batch_size: int, max_length: int, dtype=torch.float32, device=None
     ) -> StaticCache:
-        return cls(config.n_layer, batch_size, config.n_head, config.head_dim, max_length, dtype, device)
+        return cls(
+            config.n_layer, batch_size, heads_per_layer(config), config.head_dim, max_length, dtype, device
+        )
 
     def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         start = self.lengths[layer_idx]
@@ -180,3 +184,12 @@ def as_cache(past_key_values) -> Cache | None:
         f"past_key_values must be a gpt2kit Cache or a tuple of per-layer (key, value) pairs, "
         f"got {type(past_key_values).__name__}"
     )
+
+
+def heads_per_layer(config) -> list[int]:
+    """The attention heads each layer keeps after config.pruned_heads (negative layer numbers count from the
+    end, as the model applies them)."""
+    pruned: list[set[int]] = [set() for _ in range(config.n_layer)]
+    for layer, heads in (config.pruned_heads or {}).items():
+        pruned[int(layer)] |= {int(h) for h in heads}
+    return [config.n_head - len(p) for p in pruned]

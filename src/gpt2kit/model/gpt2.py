@@ -124,7 +124,10 @@ class GPT2PreTrainedModel(nn.Module):
     # --- weights ---------------------------------------------------------------------------------------
 
     def post_init(self) -> None:
-        """Random init as GPT-2 does it, then tie the LM head. Skipped on the meta device (nothing to fill)."""
+        """Prune the heads config.pruned_heads names, random init as GPT-2 does it (skipped on the meta device:
+        nothing to fill), then tie the LM head."""
+        if self.config.pruned_heads:  # before init, as transformers, so a pruned checkpoint's shapes load
+            self.prune_heads(self.config.pruned_heads)
         if next(self.parameters()).device.type != "meta":
             self.init_weights()
         self.tie_weights()
@@ -150,6 +153,33 @@ class GPT2PreTrainedModel(nn.Module):
                     p.zero_()
                 else:
                     p.normal_(0.0, std)
+
+    def prune_heads(self, heads_to_prune: dict[int, list[int]]) -> None:
+        """Remove attention heads for good: {layer: [head, ...]}, heads numbered as in the unpruned model.
+
+        The union with earlier prunings is kept in config.pruned_heads, so save_pretrained / from_pretrained
+        (and a model built from that config) give the same shapes, as in transformers.
+
+        >>> model = GPT2Model(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=100))
+        >>> model.prune_heads({0: [1, 2]})
+        >>> model.h[0].attn.n_head, model.config.pruned_heads
+        (2, {0: [1, 2]})
+        """
+        if not isinstance(heads_to_prune, dict):
+            raise TypeError(
+                f"prune_heads takes a dict {{layer: [heads]}}, got {type(heads_to_prune).__name__}"
+            )
+        trunk = getattr(self, self.base_model_prefix, self)
+        n_layer = len(trunk.h)
+        for layer, heads in list(heads_to_prune.items()):
+            if not -n_layer <= int(layer) < n_layer:
+                raise ValueError(
+                    f"cannot prune heads of layer {layer}: the model has layers 0 .. {n_layer - 1}"
+                )
+            union = set(self.config.pruned_heads.get(layer, [])) | {int(h) for h in heads}
+            self.config.pruned_heads[layer] = sorted(union)
+        for layer, heads in heads_to_prune.items():
+            trunk.h[int(layer)].attn.prune_heads(heads)
 
     def tie_weights(self) -> None:
         if self._tied_lm_head and self.config.tie_word_embeddings:
