@@ -38,7 +38,7 @@ from starlette.routing import Route
 from gpt2kit.serve import metrics as prom
 from gpt2kit.serve.chat import load_chat_template
 from gpt2kit.serve.connections import HEAD_TIMEOUT_S, guarded_h11
-from gpt2kit.serve.engine import EmbeddingJob, Engine, GenerationRequest, QueueFull
+from gpt2kit.serve.engine import EmbeddingJob, Engine, GenerationRequest, QueueFull, bound_kernel_caches
 from gpt2kit.serve.protocol import (
     MAX_STOP,
     APIError,
@@ -760,6 +760,7 @@ def run(
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         logger.warning("serving on %s without an API key: anyone who can reach it can use it", host)
+    bound_kernel_caches()  # before the model runs: oneDNN reads the capacity once (engine.py says why)
     engine = load_engine(model, **engine_options)
     name = served_model_name or str(model)
     aliases = tuple({Path(str(model)).name} - {name})

@@ -25,8 +25,11 @@ callbacks the HTTP layer supplies (it wraps them in `loop.call_soon_threadsafe`)
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -48,6 +51,51 @@ Events = list[dict[str, Any]]
 
 class QueueFull(Exception):
     """The engine's queue is full: try again later (HTTP 429 with Retry-After)."""
+
+
+# --- memory that must not grow with the number of requests -------------------------------------------------
+# A soak of mixed requests (benchmarks/soak_serve.py) grew the server from ~400 MiB to over 1 GiB and still
+# rising, with nothing growing in Python (tracemalloc flat at ~36 MiB): the growth was native.
+#
+# 1. The kernel caches keyed by shape. Every matrix product of a new shape (embedding batches and prefills
+#    have a new rows count nearly every time) builds a oneDNN primitive, kept in two caches of up to 1024
+#    entries each: torch's ideep cache ($LRU_CACHE_CAPACITY) and oneDNN's own
+#    ($ONEDNN_PRIMITIVE_CACHE_CAPACITY). Each entry holds its own buffers; full, they took ~700 MiB on the
+#    4 x 224 demo model and filled over thousands of requests. 64 entries still hold every decode shape
+#    (rows 1 .. max_batch x five weights); a miss rebuilds a primitive, tens of microseconds, identically,
+#    so results do not change.
+# 2. glibc's heap. Freed activations of varied sizes leave free pages inside the heap that glibc returns to
+#    the OS only from its top; malloc_trim(0) gives back every free page, in well under a millisecond.
+
+KERNEL_CACHE_CAPACITY = 64
+IDLE_RELEASE_S = 0.5  # idle this long: shrink the slot cache, return free heap pages to the OS
+BUSY_RELEASE_S = 1.0  # under steady load (never idle): return free heap pages at most this often
+
+
+def bound_kernel_caches(capacity: int = KERNEL_CACHE_CAPACITY) -> None:
+    """Cap torch's and oneDNN's primitive caches. Both read their capacity once, when torch first builds a
+    primitive, so call this before the model runs; a capacity the user set in the environment is kept."""
+    for name in ("LRU_CACHE_CAPACITY", "ONEDNN_PRIMITIVE_CACHE_CAPACITY"):
+        os.environ.setdefault(name, str(capacity))
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim  # glibc only; musl and macOS have none
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def release_heap() -> bool:
+    """Give the heap's free pages back to the OS (glibc's malloc_trim); False where there is no such call."""
+    if _malloc_trim is None:
+        return False
+    _malloc_trim(0)
+    return True
 
 
 # --- the per-row KV cache -----------------------------------------------------------------------------------
@@ -77,7 +125,8 @@ class SlotCache(Cache):
         self._pos: torch.Tensor | None = None
         self._rows: torch.Tensor | None = None
         self._past = 0
-        self.ensure_width(min(64, max_length))
+        self.min_width = min(64, max_length)
+        self.ensure_width(self.min_width)
 
     @property
     def nbytes(self) -> int:
@@ -96,6 +145,15 @@ class SlotCache(Cache):
         for old, fresh in zip((*self.k, *self.v), (*k, *v)):
             fresh[:, :, : self.width] = old
         self.k, self.v, self.width = k, v, new
+
+    def shrink(self) -> None:
+        """Back to the starting width, emptied (call it only when no row is running): one long sequence would
+        otherwise keep the buffers at its width for the life of the server (n_layer x max_batch x max_length
+        positions, 600 MiB for GPT-2 124M at 8 slots)."""
+        self.lengths.zero_()  # the caller has no running rows; a retired row's length is stale
+        if self.width > self.min_width:
+            self.k, self.v, self.width = [], [], 0
+            self.ensure_width(self.min_width)
 
     def load(self, slot: int, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> None:
         """Put a prefilled prompt's keys / values, per layer (nh, L, hs), into `slot`."""
@@ -271,6 +329,8 @@ class Engine:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._token_strs: dict[int, str] = {}
+        self._dirty = False  # work done since memory was last released
+        self._released = time.monotonic()
 
     # --- the caller's side (any thread) ---------------------------------------------------------------------
 
@@ -320,11 +380,18 @@ class Engine:
             while True:
                 with self._cond:
                     while not (self._stopping or self._pending or self._embed_pending or self.active):
-                        self._cond.wait()
+                        if not self._dirty:
+                            self._cond.wait()
+                        elif not self._cond.wait(IDLE_RELEASE_S):
+                            # idle a while: nothing is running (under the lock, but it takes < 1 ms)
+                            self._release_memory(idle=True)
                     if self._stopping:
                         break
                     jobs = self._take_embeddings()
                     newcomers = self._take_newcomers()
+                self._dirty = True
+                if time.monotonic() - self._released > BUSY_RELEASE_S:
+                    self._release_memory(idle=False)
                 if jobs:
                     self._embed(jobs)
                 try:
@@ -338,6 +405,15 @@ class Engine:
                     self.stats.errors += 1
                     self._fail({s.request for s in self.active} | set(newcomers), e)
         self._fail({s.request for s in self.active} | set(self._pending), RuntimeError("the server stopped"))
+
+    def _release_memory(self, idle: bool) -> None:
+        """Bound what the last requests left behind (see KERNEL_CACHE_CAPACITY above): free heap pages go back
+        to the OS, and when idle the slot cache returns to its starting width. Results are unchanged."""
+        if idle and not self.active:
+            self.cache.shrink()
+        release_heap()
+        self._dirty = not idle
+        self._released = time.monotonic()
 
     def _take_embeddings(self) -> list[EmbeddingJob]:
         jobs: list[EmbeddingJob] = []
