@@ -198,8 +198,6 @@ def test_unknown_and_unsupported_keywords_raise_naming_them(models):
         ours.generate(x, token_type_ids=token_types, max_new_token=5, tokentype_ids=token_types)
     with pytest.raises(ValueError, match=r"inputs_embeds has shape \(3, 5, 32\) but input_ids \(3, 7\)"):
         ours.generate(x, inputs_embeds=torch.zeros(3, 5, 32))
-    with pytest.raises(ValueError, match=r"inputs_embeds=.* needs the prompt's input_ids too"):
-        ours.generate(inputs_embeds=torch.zeros(3, 7, 32))
     with pytest.raises(TypeError, match="past_key_values must be a gpt2kit Cache"):
         ours.generate(x, past_key_values=object())
     with pytest.raises(ValueError, match=r"past_key_values holds 7 positions but input_ids only 7"):
