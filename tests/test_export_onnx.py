@@ -29,6 +29,8 @@ FILES = {
     "decoder_model_quantized.onnx",
     "decoder_with_past_model_quantized.onnx",
     "decoder_model_merged_quantized.onnx",
+    "model.onnx",  # transformers.js's name for the decoder with past
+    "model_quantized.onnx",
     "config.json",
     "generation_config.json",
 }
@@ -254,7 +256,7 @@ def test_whole_export_with_external_data(tmp_path, monkeypatch):
     hf_model("GPT2LMHeadModel", seed=3).save_pretrained(folder)
     written = export.export_onnx(folder, tmp_path / "out", quantize="int8")
     graphs = [p for p in written if p.suffix == ".onnx"]
-    assert len(graphs) == 6 and all(p.with_name(p.name + "_data") in written for p in graphs)
+    assert len(graphs) == 8 and all(p.with_name(p.name + "_data") in written for p in graphs)
     ids, mask, pos = padded_prompt()
     want = session(tmp_path / "out", "decoder_model.onnx").run(None, feed(ids, mask, pos))[0]
     model = gpt2kit.GPT2LMHeadModel.from_pretrained(folder)

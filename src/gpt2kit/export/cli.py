@@ -13,8 +13,9 @@ def export_args(p: argparse.ArgumentParser) -> None:
     o = formats.add_parser(
         "onnx",
         help="ONNX decoders as the Hub's onnx/ folders hold them (Optimum, transformers.js, ONNX Runtime)",
-        description="Write decoder_model.onnx, decoder_with_past_model.onnx, decoder_model_merged.onnx "
-        "(+ *_quantized.onnx with --quantize int8), config.json, generation_config.json and the tokenizer "
+        description="Write decoder_model.onnx, decoder_with_past_model.onnx, decoder_model_merged.onnx, "
+        "model.onnx (transformers.js's name) (+ *_quantized.onnx with --quantize int8), config.json, "
+        "generation_config.json and the tokenizer "
         "files. Needs onnx and onnxruntime: pip install 'gpt2kit[onnx]'.",
     )
     o.add_argument("--model", required=True, help="a model folder, or a name in the local Hugging Face cache")

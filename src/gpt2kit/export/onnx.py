@@ -7,14 +7,17 @@
     decoder_model_merged.onnx      both graphs behind an If on the input use_cache_branch (bool, shape [1]):
                                    False runs decoder_model and ignores the pasts (any length, 0 or 1 as the
                                    loaders feed them), True runs decoder_with_past_model; weights stored once
+    model.onnx                     decoder_with_past_model again, under the one name transformers.js (v3 and
+                                   later) loads for a decoder-only model; it feeds a past of length 0 first
     *_quantized.onnx               the same, with onnxruntime.quantization.quantize_dynamic (int8 weights,
                                    activations quantized per call)
     config.json, generation_config.json, tokenizer files (vocab.json, merges.txt, tokenizer.json, ...)
 
 These are the names, inputs and outputs of Optimum's GPT-2 export (the `gpt2` repository's onnx/ folder) and
-of transformers.js's quantized files. Exported into MODEL_DIR/onnx (the default), MODEL_DIR is a model
-folder transformers.js loads; the config and tokenizer files inside onnx/ let Optimum's
-ORTModelForCausalLM.from_pretrained load the folder by itself.
+of transformers.js's files (model.onnx and model_quantized.onnx, its dtypes "fp32" and "q8"). Exported into
+MODEL_DIR/onnx (the default), MODEL_DIR is a model folder transformers.js loads (tests/test_export_engines.py
+runs it there); the config and tokenizer files inside onnx/ let Optimum's ORTModelForCausalLM.from_pretrained
+load the folder by itself.
 
 Why a graph of its own rather than a trace of `model.forward`: the forward chooses its mask and its kernels
 in Python from tensor values (no mask for an unpadded prompt, `is_causal`, oneDNN or split-K products picked
@@ -27,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -45,6 +49,9 @@ logger = logging.getLogger(__name__)
 DECODER = "decoder_model.onnx"
 DECODER_WITH_PAST = "decoder_with_past_model.onnx"
 DECODER_MERGED = "decoder_model_merged.onnx"
+# transformers.js v3+ opens onnx/model{suffix}.onnx for a decoder-only model and nothing else (checked with
+# @huggingface/transformers 4.3): the decoder with past, which it feeds empty pasts for the prompt.
+TRANSFORMERS_JS = "model.onnx"
 QUANTIZED_SUFFIX = "_quantized"
 OPSET = 17  # LayerNormalization is one operator from 17 on; ONNX Runtime and onnxruntime-web run it
 QUANTIZE_CHOICES = (None, "int8")
@@ -396,9 +403,10 @@ def export_onnx(
 ) -> list[Path]:
     """Export a model folder to ONNX as the Hub lays it out; return the files written.
 
-    out defaults to MODEL_DIR/onnx. quantize="int8" adds decoder_model_quantized.onnx,
-    decoder_with_past_model_quantized.onnx and decoder_model_merged_quantized.onnx. tokenizer: a folder or
-    "gpt2" when the model folder has no tokenizer files of its own.
+    out defaults to MODEL_DIR/onnx. Besides Optimum's three decoders, model.onnx (transformers.js's name for
+    the decoder with past). quantize="int8" adds decoder_model_quantized.onnx,
+    decoder_with_past_model_quantized.onnx, decoder_model_merged_quantized.onnx and model_quantized.onnx.
+    tokenizer: a folder or "gpt2" when the model folder has no tokenizer files of its own.
 
     >>> export_onnx("checkpoints/gpt2", quantize="int8")  # doctest: +SKIP
     [PosixPath('checkpoints/gpt2/onnx/decoder_model.onnx'), ...]
@@ -433,7 +441,8 @@ def export_onnx(
         export_decoder(lm, out / DECODER_WITH_PAST, with_past=True, opset=opset),
     ]
     written.append(merge_decoders(written[0], written[1], out / DECODER_MERGED))
-    plain = [DECODER, DECODER_WITH_PAST, DECODER_MERGED]
+    written.append(copy_graph(written[1], out / TRANSFORMERS_JS))
+    plain = [DECODER, DECODER_WITH_PAST, DECODER_MERGED, TRANSFORMERS_JS]
     if quantize is None:
         # Quantized files of an earlier export would hold other weights beside these: remove them, as
         # save_pretrained removes stale weight files.
@@ -445,10 +454,28 @@ def export_onnx(
     if quantize == "int8":
         quantized = [quantize_onnx_int8(p, out / quantized_name(p.name)) for p in written[:2]]
         written += [*quantized, merge_decoders(*quantized, out / quantized_name(DECODER_MERGED))]
+        written.append(copy_graph(quantized[1], out / quantized_name(TRANSFORMERS_JS)))
     written += [data for p in written if (data := p.with_name(p.name + "_data")).is_file()]
     written += write_model_files(lm, tok, out)
     logger.info("wrote %s", ", ".join(p.name for p in written))
     return written
+
+
+def copy_graph(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """The graph at src saved again as dst, its weights (if kept beside it) in dst's own `<name>_data`, the
+    name the loaders derive from the graph's file name. A graph that holds its weights is the same bytes
+    under another name: a hard link where the file system allows one (no second copy of the weights on
+    disk, 500 MB for gpt2 in float32), else a copy."""
+    src, dst = Path(src), Path(dst)
+    if not Path(f"{src}_data").exists():
+        dst.unlink(missing_ok=True)
+        try:
+            os.link(src, dst)
+        except OSError:  # another file system, or one without hard links
+            shutil.copyfile(src, dst)
+        return dst
+    onnx = _require_onnx()
+    return save_model(onnx.load(str(src)), dst)
 
 
 def quantized_name(name: str) -> str:
