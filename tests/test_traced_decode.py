@@ -190,10 +190,13 @@ def test_a_replay_that_differs_is_dropped_for_the_eager_step(folder, record_now,
         good = real_trace(*a, **k)
         return lambda *inputs: good(*inputs) + 1e-3
 
-    monkeypatch.setattr(torch.jit, "trace", wrong)
+    tries = []
+    monkeypatch.setattr(torch.jit, "trace", lambda *a, **k: tries.append(1) or wrong(*a, **k))
     got = run(model, x, mask, monkeypatch, trace=True)
     assert recordings(model) == 0
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    run(model, x, mask, monkeypatch, trace=True)
+    assert len(tries) == 1  # a shape whose replay differed is not recorded again
 
 
 def test_a_step_the_tracer_cannot_record_decodes_eagerly(folder, record_now, monkeypatch):
@@ -204,10 +207,13 @@ def test_a_step_the_tracer_cannot_record_decodes_eagerly(folder, record_now, mon
     def fails(*a, **k):
         raise RuntimeError("unsupported input list type")
 
-    monkeypatch.setattr(torch.jit, "trace", fails)
+    tries = []
+    monkeypatch.setattr(torch.jit, "trace", lambda *a, **k: tries.append(1) or fails())
     got = run(model, x, mask, monkeypatch, trace=True)
     assert recordings(model) == 0
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    run(model, x, mask, monkeypatch, trace=True)
+    assert len(tries) == 1  # a shape that failed is not tried again
 
 
 def test_what_the_replay_cannot_hold_runs_eagerly(folder, record_now, monkeypatch):

@@ -46,6 +46,8 @@ _PER_MODEL = 4
 _recordings: weakref.WeakKeyDictionary[nn.Module, OrderedDict] = weakref.WeakKeyDictionary()
 # Eager steps decoded so far per model and shape, towards TRACE_AFTER_STEPS.
 _eager_steps: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
+# Shapes whose recording failed or differed from the eager step: never recorded again for that model.
+_refused: weakref.WeakKeyDictionary[nn.Module, set] = weakref.WeakKeyDictionary()
 
 
 def enabled() -> bool:
@@ -146,8 +148,9 @@ class TracedDecode:
         self.checks = 0 if self.traced is not None else 2  # a reused recording was checked when made
         self.counts = _eager_steps.setdefault(model, {})
         done = self.counts.get(self.key, 0)
-        self.record = self.traced is None and done + steps >= TRACE_AFTER_STEPS
-        if not self.record and self.traced is None:
+        refused = self.key in _refused.get(model, ())
+        self.record = self.traced is None and not refused and done + steps >= TRACE_AFTER_STEPS
+        if not self.record and self.traced is None and not refused:
             self.counts[self.key] = done + steps
 
     def __call__(self, *args: torch.Tensor | list[torch.Tensor] | None) -> torch.Tensor:
@@ -175,6 +178,7 @@ class TracedDecode:
                 traced = torch.jit.trace(self.eager, inputs, check_trace=False)
         except Exception as e:  # a layer the tracer cannot record: decode eagerly
             logger.debug("decode step not traced (%s: %s); decoding eagerly", type(e).__name__, e)
+            self._refuse()
             return self.eager(*inputs)
         logger.debug("decode step traced in %.2f s", time.perf_counter() - t0)
         self.traced, self.checks = traced, 0
@@ -188,6 +192,7 @@ class TracedDecode:
         if not torch.equal(got, want):
             logger.debug("the traced decode step differs from the eager one; decoding eagerly")
             self.traced = None
+            self._refuse()
             return want
         self.checks += 1
         if self.checks == 2:
@@ -197,3 +202,8 @@ class TracedDecode:
             while len(kept) > _PER_MODEL:
                 kept.popitem(last=False)
         return want
+
+    def _refuse(self) -> None:
+        """Never try this shape again for this model (each try costs a recording)."""
+        _refused.setdefault(self.model, set()).add(self.key)
+        self.counts.pop(self.key, None)
