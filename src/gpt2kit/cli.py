@@ -273,11 +273,16 @@ def _generate(args: argparse.Namespace) -> int:
         if args.weights == "packed":
             raise ValueError("--compile cannot trace --weights packed; choose one of them")
         options["compile"] = True
+    import time
+
+    started = time.perf_counter()
+    print(f"loading {args.model} ... ", end="", file=sys.stderr, flush=True)
     tok = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(
         args.model, dtype=load_dtype(args.weights, args.dtype, device)
     )
     model.to(device)
+    print(f"done in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
     if args.force_words:
         options["force_words_ids"] = [tok.encode(" " + w.strip()) for w in args.force_words]
     if args.assistant_model:
@@ -635,10 +640,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, add_arguments, run) in _commands().items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=_DefaultsFormatter)
         add_arguments(p)
         p.set_defaults(_run=run)
     return parser
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """--help shows each option's default, unless its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_text = action.help or ""
+        default = action.default
+        shown = default not in (None, False, [], argparse.SUPPRESS) and action.option_strings
+        if shown and "default" not in help_text:
+            help_text += (" " if help_text else "") + "(default: %(default)s)"
+        return help_text or None
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and action.option_strings and action.default not in (None, False, []):
+            action.help = " "  # make room for the default
+        return super()._format_action(action)
 
 
 def _check_device(device: str | None) -> None:

@@ -484,7 +484,10 @@ def eval_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--model", required=True, help="a model folder or name")
     p.add_argument(
-        "--stride", type=int, default=512, help="window step (tokens); smaller is slower and more exact"
+        "--stride",
+        type=int,
+        help="window step (tokens); smaller is slower and more exact (default: the window length, i.e. "
+        "the model's n_positions unless --max-length is given)",
     )
     p.add_argument("--max-length", type=int, help="window length (default: the model's n_positions)")
     p.add_argument("--field", "--text-column", dest="column", default="text")
@@ -502,10 +505,26 @@ def eval_command(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    import time
+
+    started = time.perf_counter()
+    print(f"loading {args.model} ... ", end="", file=sys.stderr, flush=True)
     tok = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=args.dtype).to(args.device)
+    print(f"done in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+    context = model.config.n_positions
+    if args.max_length is not None and args.max_length > context:
+        raise ValueError(
+            f"--max-length {args.max_length} is longer than the model's context ({context} positions)"
+        )
+    stride = args.stride if args.stride is not None else (args.max_length or context)
+    if stride > (args.max_length or context):
+        raise ValueError(
+            f"--stride {stride} is longer than the window ({args.max_length or context} tokens); "
+            "pass a smaller --stride"
+        )
     r = perplexity_of_file(
-        model, tok, args.file, stride=args.stride, max_length=args.max_length, column=args.column,
+        model, tok, args.file, stride=stride, max_length=args.max_length, column=args.column,
         progress=sys.stderr.isatty(),
     )  # fmt: skip
     if r.rows is None:
