@@ -503,7 +503,7 @@ def test_models_health_tokenize(server, lm):
         (dict(model=NAME, prompt="hi", n=100), 400, "n"),
         (dict(model=NAME, prompt="hi", stop=[str(i) for i in range(65)]), 400, "stop"),  # > --max-stop 64
         (dict(model=NAME, prompt="hi", logprobs=9), 400, "logprobs"),
-        (dict(model=NAME, prompt="hi", best_of=3), 400, "best_of"),
+        (dict(model=NAME, prompt="hi", best_of=3, temperature=0), 400, "best_of"),  # greedy samples are equal
         (dict(model=NAME, prompt="hi", stream="yes"), 400, "stream"),
         (dict(model="gpt-4", prompt="hi"), 404, "model"),
         (dict(prompt="hi"), 400, "model"),
@@ -535,14 +535,16 @@ def test_models_health_tokenize(server, lm):
         (dict(model=NAME, prompt="hi", skip_special_tokens=0), 400, "skip_special_tokens"),
         (dict(model=NAME, prompt="hi", stop_token_ids=[99999]), 400, "stop_token_ids"),
         (dict(model=NAME, prompt="hi", stop_token_ids=5), 400, "stop_token_ids"),
+        # vLLM's search fields, checked as vLLM 0.6.2 checks them (tests/test_serve_beam.py has the rest)
+        (dict(model=NAME, prompt="hi", use_beam_search=True), 400, "best_of"),  # a beam width of 1
+        (dict(model=NAME, prompt="hi", use_beam_search="yes"), 400, "use_beam_search"),
+        (dict(model=NAME, prompt="hi", length_penalty=2.0), 400, "length_penalty"),  # beam search only
         # vLLM's other fields: refused by name unless at their "off" value, never silently dropped
-        (dict(model=NAME, prompt="hi", use_beam_search=True), 400, "use_beam_search"),
-        (dict(model=NAME, prompt="hi", length_penalty=2.0), 400, "length_penalty"),
         (dict(model=NAME, prompt="hi", include_stop_str_in_output=True), 400, "include_stop_str_in_output"),
         (dict(model=NAME, prompt="hi", prompt_logprobs=1), 400, "prompt_logprobs"),
         (dict(model=NAME, prompt="hi", allowed_token_ids=[1, 2]), 400, "allowed_token_ids"),
         (dict(model=NAME, prompt="hi", guided_regex="a+"), 400, "guided_regex"),
-        (dict(model=NAME, prompt="hi", best_of=2, n=2), 400, "best_of"),
+        (dict(model=NAME, prompt="hi", best_of=2, n=3), 400, "best_of"),
     ],
 )
 def test_bad_completion_requests_get_openai_errors(server, body, status, param):

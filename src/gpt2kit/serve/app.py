@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hmac
 import json
 import logging
@@ -464,8 +465,13 @@ class Server:
             with contextlib.suppress(RuntimeError):  # a closed loop: the server is shutting down
                 loop.call_soon_threadsafe(queue.put_nowait, events)
 
-        n = req.params.n
-        jobs = [GenerationRequest(ids, req.params, emit, p * n) for p, ids in enumerate(req.prompts)]
+        params, n = req.params, req.params.n
+        if params.width > n and not params.use_beam_search:
+            # best_of: the engine samples best_of sequences per prompt; the n best come back (`_BestOf`)
+            n = params.width
+            params = dataclasses.replace(params, n=n, best_of=None, cumulative_logprob=True)
+            emit = _BestOf(emit, req.params.n, n)
+        jobs = [GenerationRequest(ids, params, emit, p * n) for p, ids in enumerate(req.prompts)]
         try:
             self.engine.submit(jobs)
         except QueueFull as e:
@@ -500,8 +506,10 @@ class Server:
         return JSONResponse(dict(head, object=state.object, choices=state.choices(), usage=state.usage()))
 
     def _observe(self, request: Request, state: _Choices, ev: dict) -> None:
-        """Time to first token, into the metrics (once per request)."""
-        if self.metrics is not None and ev["type"] == "token" and not state.first_token_seen:
+        """Time to first token, into the metrics (once per request; a beam search's or best_of's tokens
+        arrive with their finish events)."""
+        first = ev["type"] == "token" or (ev["type"] == "finish" and ev.get("completion_tokens"))
+        if self.metrics is not None and first and not state.first_token_seen:
             state.first_token_seen = True
             self.metrics.first_token(request.scope, request.url.path)
 
@@ -537,6 +545,64 @@ def _busy(e: QueueFull) -> APIError:
         code="server_busy",
         headers={"Retry-After": str(RETRY_AFTER_S)},
     )
+
+
+class _BestOf:
+    """best_of > n: holds a prompt's best_of sampled sequences (engine events, on the engine thread) until
+    all have finished, then passes on the n with the highest cumulative logprob, best first, as vLLM 0.6.2
+    returned them: each as its echoed prompt (if any) and one finish event with its whole text and
+    logprobs, renumbered as the request's choices. So a streamed best_of request gets each choice in one
+    chunk once its prompt's sequences are done."""
+
+    def __init__(self, emit: Callable[[list[dict]], None], n: int, best_of: int) -> None:
+        self.emit, self.n, self.best_of = emit, n, best_of
+        self.events: dict[int, list[dict]] = {}  # engine index -> its events so far
+        self.scores: dict[int, float] = {}
+        self.finished: dict[int, int] = {}  # prompt -> its sequences finished
+
+    def __call__(self, events: list[dict]) -> None:
+        out: list[dict] = []
+        for ev in events:
+            if ev["type"] == "error":
+                out.append(ev)
+                continue
+            i = ev["index"]
+            self.events.setdefault(i, []).append(ev)
+            if ev["type"] != "finish":
+                continue
+            self.scores[i] = ev.get("cumulative_logprob", 0.0)
+            p = i // self.best_of
+            self.finished[p] = self.finished.get(p, 0) + 1
+            if self.finished[p] < self.best_of:
+                continue
+            members = range(p * self.best_of, (p + 1) * self.best_of)
+            ranked = sorted(members, key=lambda j: -self.scores[j])  # stable: ties keep their order
+            for rank, j in enumerate(ranked[: self.n]):
+                out.extend(_merged(self.events[j], p * self.n + rank))
+            for j in members:
+                self.events.pop(j, None)
+                self.scores.pop(j, None)
+        if out:
+            self.emit(out)
+
+
+def _merged(events: list[dict], index: int) -> list[dict]:
+    """One sequence's events as its prompt event (echo) and a single finish event holding the whole text."""
+    prompt = [dict(ev, index=index) for ev in events if ev["type"] == "prompt"]
+    rest = [ev for ev in events if ev["type"] != "prompt"]
+    last = rest[-1]
+    text = "".join(ev.get("text", "") for ev in rest)
+    finish = dict(
+        type="finish",
+        index=index,
+        reason=last["reason"],
+        text=text,
+        completion_tokens=last["completion_tokens"],
+    )
+    if any("tokens" in ev for ev in rest):
+        for key in ("tokens", "token_logprobs", "top_logprobs"):
+            finish[key] = [x for ev in rest for x in ev.get(key, [])]
+    return [*prompt, finish]
 
 
 class _Choices:

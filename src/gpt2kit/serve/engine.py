@@ -18,6 +18,11 @@ live at positions 0 .. len_i - 1 of its slot, a step writes each row's new key a
 attention mask hides every column past a row's own length. Each row's attention is therefore exactly the
 attention it would have alone, which is why greedy output through the server equals `model.generate()`.
 
+A beam search (`use_beam_search`) is not batched: when it reaches the head of the queue the engine thread
+runs it whole, between two decode steps, through `model.generate(num_beams=...)` on a cache of its own
+(`_beam_search`), so it never races the batch for the model; the running sequences wait for it. A step
+hook stops it when its client goes away.
+
 Requests wait in bounded queues: when one is full, `submit` raises `QueueFull` and the HTTP layer answers 429
 with Retry-After, so memory never grows with the offered load. Results go back to the asyncio side through
 callbacks the HTTP layer supplies (it wraps them in `loop.call_soon_threadsafe`).
@@ -40,6 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from gpt2kit.generation.config import GenerationConfig
+from gpt2kit.generation.processors import LogitsProcessor
 from gpt2kit.generation.streaming import IncrementalDecoder
 from gpt2kit.model.cache import Cache, DynamicCache
 from gpt2kit.serve.protocol import SamplingParams
@@ -242,6 +249,7 @@ class _Sequence:
     decoder: IncrementalDecoder
     generator: torch.Generator | None
     generated: int = 0
+    cum_logprob: float = 0.0  # of the drawn tokens under the distribution they were drawn from (best_of)
 
     @property
     def params(self) -> SamplingParams:
@@ -389,6 +397,9 @@ class Engine:
                         break
                     jobs = self._take_embeddings()
                     newcomers = self._take_newcomers()
+                searches = [r for r in newcomers if r.params.use_beam_search]
+                if searches:
+                    newcomers = [r for r in newcomers if not r.params.use_beam_search]
                 self._dirty = True
                 if time.monotonic() - self._released > BUSY_RELEASE_S:
                     self._release_memory(idle=False)
@@ -404,6 +415,8 @@ class Engine:
                     logger.exception("engine step failed")
                     self.stats.errors += 1
                     self._fail({s.request for s in self.active} | set(newcomers), e)
+                for req in searches:
+                    self._search(req)
         self._fail({s.request for s in self.active} | set(self._pending), RuntimeError("the server stopped"))
 
     def _release_memory(self, idle: bool) -> None:
@@ -430,11 +443,18 @@ class Engine:
         free = self.max_batch - len(self.active)
         taken: list[GenerationRequest] = []
         tokens = 0
+        search = False
         while self._pending:
             req = self._pending[0]
             if req.cancelled:
                 self._pending.popleft()
                 self.stats.cancelled += req.params.n
+                continue
+            if req.params.use_beam_search:  # runs on its own cache, no slot; one per turn (see _search)
+                if search:
+                    break
+                taken.append(self._pending.popleft())
+                search = True
                 continue
             n, L = req.params.n, len(req.prompt_ids)
             if n > free or (taken and tokens + L > self.prefill_tokens):
@@ -617,6 +637,12 @@ class Engine:
                 gen = seqs[sampled[members[0]]].generator
                 m = torch.tensor(members, device=self.device)
                 nxt[s_idx[m]] = draw(probs[m], gen)
+            tracked = [k for k, i in enumerate(sampled) if params[i].cumulative_logprob]
+            if tracked:  # best_of: the drawn token's logprob under the distribution it was drawn from
+                t = torch.tensor(tracked, device=self.device)
+                chosen = probs[t].gather(1, nxt[s_idx[t]][:, None])[:, 0] / probs[t].sum(-1)
+                for k, value in zip(tracked, chosen.log().tolist()):
+                    seqs[sampled[k]].cum_logprob += value
         self.last[idx] = nxt
         self.counts.index_put_((idx, nxt), torch.ones(len(rows), device=self.device), accumulate=True)
         self.seen[idx, nxt] = True
@@ -645,11 +671,129 @@ class Engine:
                     dict(type="finish", index=s.index, reason=reason, text=s.decoder.flush(),
                          completion_tokens=s.generated)
                 )  # fmt: skip
+                if p.cumulative_logprob:
+                    events[-1]["cumulative_logprob"] = s.cum_logprob
                 finished.append(row)
         for req, events in by_request.values():
             req.emit(events)
         for row in sorted(finished, reverse=True):
             self._retire(row)
+
+    # --- beam search (use_beam_search) ---------------------------------------------------------------------
+
+    def _search(self, req: GenerationRequest) -> None:
+        """Run one prompt's beam search; its n best beams go out as one finish event each (errors and
+        cancellation end only this request)."""
+        if req.cancelled:
+            self.stats.cancelled += req.params.n
+            return
+        try:
+            events = self._beam_search(req)
+        except _Stopped:
+            if req.cancelled:
+                self.stats.cancelled += req.params.n
+            else:  # the server is stopping
+                req.done = True
+                req.emit([dict(type="error", message="generation failed: the server stopped")])
+            return
+        except Exception as e:
+            logger.exception("beam search failed")
+            self.stats.errors += 1
+            req.done = True
+            req.emit([dict(type="error", message=f"generation failed: {e}")])
+            return
+        req.done = True
+        req.emit(events)
+
+    def _beam_search(self, req: GenerationRequest) -> Events:
+        """model.generate(num_beams=best_of, num_return_sequences=n, ...) on the prompt, which is
+        transformers' beam search token for token. It runs in the engine thread, between decode steps, so
+        it never races the batch for the model; the running sequences wait for it."""
+        p = req.params
+        T = len(req.prompt_ids)
+        ids = torch.tensor([req.prompt_ids], device=self.device)
+        self.stats.prefills += 1
+        self.stats.prefilled_prompts += 1
+        self.stats.prompt_tokens += T
+        if p.echo:
+            hidden = None
+            if p.logprobs is not None:
+                hidden = self.model.transformer(input_ids=ids).last_hidden_state[0]
+            self._emit_prompt(req, hidden)
+        if p.max_tokens == 0:  # echo-only: score the prompt, generate nothing
+            return [
+                dict(type="finish", index=req.index_base + c, reason="length", text="", completion_tokens=0)
+                for c in range(p.n)
+            ]
+        # the ids that end a beam: eos (unless ignored) and stop_token_ids, as in the batch
+        eos = list(dict.fromkeys(([] if p.ignore_eos else sorted(self.eos)) + p.stop_token_ids))
+        processors: list[LogitsProcessor] = [_Interrupt(req, self)]
+        if p.logit_bias:
+            processors.append(_LogitBias(p.logit_bias))
+        # Only the request's settings apply (not the checkpoint's generation_config, as in the batch). A
+        # finished beam is padded with eos[0], which can only end a beam, so each beam's length is clear.
+        config = GenerationConfig(eos_token_id=eos or None, pad_token_id=eos[0] if eos else None)
+        out = self.model.generate(
+            ids,
+            generation_config=config,
+            do_sample=False,
+            num_beams=p.width,
+            num_return_sequences=p.n,
+            length_penalty=p.length_penalty,
+            early_stopping=p.early_stopping,
+            max_new_tokens=p.max_tokens,
+            min_new_tokens=p.min_tokens or None,
+            repetition_penalty=p.repetition_penalty,
+            presence_penalty=p.presence_penalty,
+            frequency_penalty=p.frequency_penalty,
+            stop_strings=p.stop or None,
+            tokenizer=self.tokenizer if p.stop else None,
+            logits_processor=processors,
+        )
+        ends = set(eos)
+        events: Events = []
+        for c in range(p.n):
+            tokens: list[int] = []
+            for t in out[c, T:].tolist():
+                if t < 0:  # unused positions hold -1 when nothing ends a beam
+                    break
+                tokens.append(t)
+                if t in ends:
+                    break
+            text = self.tokenizer.decode(tokens, skip_special_tokens=p.skip_special_tokens)
+            cut = min((at for at in (text.find(s) for s in p.stop) if at >= 0), default=-1)
+            if cut >= 0:
+                text = text[:cut]
+            if (tokens and tokens[-1] in ends) or cut >= 0 or len(tokens) < p.max_tokens:
+                reason = "stop"  # eos, a stop token id, a stop string (one that began in the prompt too)
+            else:
+                reason = "length"
+            ev: dict[str, Any] = dict(
+                type="finish",
+                index=req.index_base + c,
+                reason=reason,
+                text=text,
+                completion_tokens=len(tokens),
+            )
+            if p.logprobs is not None:
+                ev.update(self._score(req.prompt_ids, tokens, p.logprobs))
+            events.append(ev)
+            self.stats.tokens += len(tokens)
+        return events
+
+    def _score(self, prompt: list[int], tokens: list[int], k: int) -> dict[str, list]:
+        """logprobs of a finished continuation, as the batch reports them (the model's own distribution at
+        each position, and the k most likely tokens with the chosen one), from one forward pass."""
+        ids = torch.tensor([prompt + tokens[:-1]], device=self.device)
+        hidden = self.model.transformer(input_ids=ids).last_hidden_state[0, len(prompt) - 1 :]
+        values: list[float] = []
+        top: list[dict[str, float]] = []
+        for start in range(0, len(tokens), 64):  # bounded memory: 64 x vocabulary floats at a time
+            lp = self.model.lm_head(hidden[start : start + 64]).float().log_softmax(-1)
+            for j, t in enumerate(tokens[start : start + 64]):
+                values.append(float(lp[j, t]))
+                top.append(self._top(lp[j], k, t))
+        return dict(tokens=[self._token_str(t) for t in tokens], token_logprobs=values, top_logprobs=top)
 
     def _retire(self, row: int) -> None:
         """Drop a row; the last running row moves into its slot so rows 0 .. n-1 stay contiguous."""
@@ -669,6 +813,36 @@ class Engine:
                 req.emit([dict(type="error", message=f"generation failed: {error}")])
         self.active.clear()
         self.cache.lengths.zero_()
+
+
+class _Stopped(Exception):
+    """A beam search interrupted: its client went away, or the server is stopping."""
+
+
+class _Interrupt(LogitsProcessor):
+    """Runs once per beam-search step: stops the search when its request is cancelled or the engine stops."""
+
+    def __init__(self, req: GenerationRequest, engine: Engine) -> None:
+        self.req, self.engine = req, engine
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.req.cancelled or self.engine._stopping:
+            raise _Stopped
+        return scores
+
+
+class _LogitBias(LogitsProcessor):
+    """OpenAI's logit_bias for a beam search: added after the penalties, as in the batch."""
+
+    def __init__(self, bias: dict[int, float]) -> None:
+        self.ids = list(bias)
+        self.values = list(bias.values())
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.clone()
+        ids = torch.tensor(self.ids, device=scores.device)
+        scores[:, ids] += torch.tensor(self.values, dtype=scores.dtype, device=scores.device)
+        return scores
 
 
 # --- sampling -----------------------------------------------------------------------------------------------

@@ -196,10 +196,24 @@ class SamplingParams:
     echo: bool = False
     n: int = 1
     logit_bias: dict[int, float] = field(default_factory=dict)
+    # vLLM 0.6.2's search fields. best_of: sequences generated per prompt, of which the n best are returned
+    # (None: n); with use_beam_search it is the beam width, else it samples best_of and keeps the n with the
+    # highest cumulative logprob.
+    best_of: int | None = None
+    use_beam_search: bool = False
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
+    # the engine's finish events carry each sequence's cumulative logprob (set for best_of > n)
+    cumulative_logprob: bool = False
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def width(self) -> int:
+        """Sequences generated per prompt: best_of (the beam width with use_beam_search), n by default."""
+        return self.best_of or self.n
 
 
 @dataclass
@@ -220,13 +234,11 @@ _COMPLETION_FIELDS = {
     "model", "prompt", "suffix", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options",
     "logprobs", "echo", "stop", "presence_penalty", "frequency_penalty", "best_of", "logit_bias", "user",
     "seed", "top_k", "min_p", "repetition_penalty", "min_tokens", "ignore_eos", "skip_special_tokens",
-    "stop_token_ids", "spaces_between_special_tokens",
+    "stop_token_ids", "spaces_between_special_tokens", "use_beam_search", "length_penalty", "early_stopping",
 }  # fmt: skip
 # vLLM's other request fields: accepted only at the value that means "off" (what this server does anyway),
 # otherwise refused by name, so that no setting a client relies on is silently dropped.
 _UNSUPPORTED: dict[str, tuple[Any, str]] = {
-    "use_beam_search": (False, "this server samples or decodes greedily; beam search is not available"),
-    "length_penalty": (1.0, "it only applies to beam search, which this server does not run"),
     "include_stop_str_in_output": (False, "the stop string is never returned"),
     "prompt_logprobs": (None, "use 'echo': true with 'logprobs' to score the prompt"),
     "allowed_token_ids": (None, "use 'logit_bias' instead"),
@@ -254,8 +266,6 @@ def _refuse_unsupported(body: dict, known: set[str], unsupported: dict[str, tupl
             or (value == off and isinstance(value, bool) == isinstance(off, bool))
         ):
             continue
-        if name == "length_penalty" and not _is_finite(value):
-            raise _bad(name, f"'length_penalty' must be a finite number, got {_short(value)}")
         raise _bad(
             name, f"'{name}' is not supported by this server ({why}); leave it out, got {_short(value)}"
         )
@@ -380,13 +390,19 @@ def _sampling(
         )
     # torch generators take 64-bit seeds; a larger one was a 500 before it was checked here
     seed = _integer(body, "seed", None, 0, 2**64 - 1)
-    top_k = _integer(body, "top_k", 0, -1)
+    top_k = max(_integer(body, "top_k", 0, -1), 0)
+    temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
+    top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
+    min_p = _number(body, "min_p", 0.0, 0.0, 1.0)
+    best_of, beam, length_penalty, early_stopping = _search(body, n, max_n, temperature, top_p, top_k, min_p)
+    if beam:
+        temperature = 0.0  # left out: beam search is deterministic (checked above: 0 if sent)
     return SamplingParams(
         max_tokens=max_tokens,
-        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
-        top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
-        top_k=max(top_k, 0),
-        min_p=_number(body, "min_p", 0.0, 0.0, 1.0),
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        min_p=min_p,
         presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
         frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
         repetition_penalty=_number(body, "repetition_penalty", 1.0, 0.0, lo_open=True),
@@ -400,7 +416,85 @@ def _sampling(
         echo=echo,
         n=n,
         logit_bias=_logit_bias(body, vocab_size),
+        best_of=best_of,
+        use_beam_search=beam,
+        length_penalty=length_penalty,
+        early_stopping=early_stopping,
     )
+
+
+def _search(
+    body: dict, n: int, max_n: int, temperature: float, top_p: float, top_k: int, min_p: float
+) -> tuple[int | None, bool, float, bool | str]:
+    """vLLM 0.6.2's search fields, with its rules: (best_of, use_beam_search, length_penalty, early_stopping).
+
+    best_of (default n, at least n) sequences are generated per prompt and the n best returned. With
+    use_beam_search, best_of is the beam width (at least 2) and the beams are scored as transformers'
+    beam search scores them (length_penalty, early_stopping); sampling settings do not apply to it. Without
+    it, best_of > n samples best_of sequences and keeps the n with the highest cumulative logprob, which
+    needs sampling (temperature > 0); length_penalty and early_stopping only apply to beam search.
+    """
+    beam = _boolean(body, "use_beam_search")
+    best_of = _integer(body, "best_of", None, 1, max_n)
+    if best_of is not None and best_of < n:
+        raise _bad(
+            "best_of",
+            f"'best_of' ({best_of}) must be at least 'n' ({n}): best_of sequences are generated and the n "
+            "best returned",
+        )
+    length_penalty = body.get("length_penalty")
+    if length_penalty is not None and not _is_finite(length_penalty):
+        raise _bad(
+            "length_penalty", f"'length_penalty' must be a finite number, got {_short(length_penalty)}"
+        )
+    early_stopping = body.get("early_stopping")
+    if early_stopping is not None and not (isinstance(early_stopping, bool) or early_stopping == "never"):
+        raise _bad(
+            "early_stopping",
+            f"'early_stopping' must be true, false or \"never\", got {_short(early_stopping)}",
+        )
+    width = best_of or n
+    if beam:
+        if width < 2:
+            raise _bad(
+                "best_of",
+                f"'use_beam_search' needs a beam width of at least 2; the width is 'best_of' (by default 'n', "
+                f"here {width}): send 'n' or 'best_of' >= 2",
+            )
+        for name, value, off, words in (
+            ("temperature", temperature, 0.0, "0"),
+            ("top_p", top_p, 1.0, "1"),
+            ("top_k", top_k, 0, "-1 or 0"),
+            ("min_p", min_p, 0.0, "0"),
+        ):
+            if body.get(name) is not None and value != off:
+                raise _bad(
+                    name,
+                    f"'{name}' must be {words} (or left out) with 'use_beam_search': beam search keeps the "
+                    f"most likely sequences and does not sample, got {body[name]!r}",
+                )
+    else:
+        if length_penalty is not None and length_penalty != 1.0:
+            raise _bad(
+                "length_penalty",
+                f"'length_penalty' only applies to beam search: send it with 'use_beam_search': true, or "
+                f"leave it out (got {length_penalty!r})",
+            )
+        if early_stopping not in (None, False):
+            raise _bad(
+                "early_stopping",
+                f"'early_stopping' only applies to beam search: send it with 'use_beam_search': true, or "
+                f"leave it out (got {early_stopping!r})",
+            )
+        if width > n and temperature == 0.0:
+            raise _bad(
+                "best_of",
+                f"'best_of' ({width}) > 'n' ({n}) keeps the n of best_of samples with the highest cumulative "
+                "logprob, but at temperature 0 every sample is the same greedy sequence: set a temperature "
+                "above 0, or leave best_of out",
+            )
+    penalty = 1.0 if length_penalty is None else float(length_penalty)
+    return best_of, beam, penalty, bool(early_stopping) if early_stopping != "never" else "never"
 
 
 def _streaming(body: dict) -> tuple[bool, bool]:
@@ -446,9 +540,6 @@ def parse_completion(
     for name in ("suffix",):
         if body.get(name) is not None:
             raise _bad(name, f"'{name}' is not supported by this server; leave it out")
-    best_of = body.get("best_of")
-    if best_of is not None and best_of != 1:
-        raise _bad("best_of", f"'best_of' is not supported (only 1), got {best_of!r}; use 'n' instead")
     _refuse_unsupported(body, _COMPLETION_FIELDS, _UNSUPPORTED)
     _integer(body, "n", 1, 1, max_n)  # before max_tokens, so that n's error is the one reported
     max_tokens = _integer(body, "max_tokens", 16, 0)
@@ -470,7 +561,7 @@ MAX_TOP_LOGPROBS = 20  # OpenAI's limit for chat's top_logprobs
 CHAT_ROLES = ("system", "developer", "user", "assistant")
 
 # OpenAI's chat fields this server honours, vLLM's sampling extras, and vLLM's chat-template fields.
-_CHAT_FIELDS = (_COMPLETION_FIELDS - {"prompt", "suffix", "best_of", "echo"}) | {
+_CHAT_FIELDS = (_COMPLETION_FIELDS - {"prompt", "suffix", "echo"}) | {
     "messages", "max_completion_tokens", "top_logprobs", "add_generation_prompt", "continue_final_message",
     "chat_template_kwargs", "tool_choice", "parallel_tool_calls",
 }  # fmt: skip
