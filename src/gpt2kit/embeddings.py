@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -738,9 +737,8 @@ def embed_file(
 
     >>> embed_file("path/to/gpt2", "reviews.csv", "features.parquet", column="review", keep=["label"])  # doctest: +SKIP
     """
-    from tqdm import tqdm
-
     from gpt2kit import data
+    from gpt2kit.progress import loading, progress_bar
 
     rank, world, local_rank, local_world = _dist_env()
     source = data.TextSource(input, input_format, column, keep)
@@ -784,7 +782,11 @@ def embed_file(
             # Ranks wait for each other at the end, possibly for hours on uneven inputs.
             dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(days=7))
     try:
-        embedder = model if isinstance(model, Embedder) else Embedder.from_pretrained(model, **options)
+        if isinstance(model, Embedder):
+            embedder = model
+        else:
+            with loading(model):
+                embedder = Embedder.from_pretrained(model, **options)
         store = data.PartStore(output)
         embedder_options = embedder.options()
         manifest = dict(
@@ -834,11 +836,13 @@ def embed_file(
             total = sum(
                 min(chunk_rows, total - k * chunk_rows) for k in range(rank, -(-total // chunk_rows), world)
             )
-        show = (None if progress is None else not progress) if rank == 0 else True
+        # The bar counts tokens, so that a long text moves it too; its total is the tokens of the chunks
+        # tokenized so far plus the other texts at their mean. The texts are counted beside it.
+        bar = progress_bar(desc="embed", unit="tok", unit_scale=True, show=progress if rank == 0 else False)
         resumed = n_chunks = rows = 0
+        texts_done = seen_texts = seen_tokens = 0
         try:
-            with tqdm(total=total, unit="text", disable=show, dynamic_ncols=True, file=sys.stderr) as bar:
-                t0, tokens = time.perf_counter(), 0
+            with bar:
                 for k, chunk in enumerate(data.chunks(source, chunk_rows)):
                     n_chunks, rows = k + 1, rows + len(chunk)
                     if k % world != rank:
@@ -853,23 +857,26 @@ def embed_file(
                                 f"{source.name} differ from the interrupted run's; delete {store.folder} to start over"
                             )
                         resumed += 1
-                        if bar.total is not None:
-                            bar.total -= len(chunk)
-                            bar.refresh()
+                        if total is not None:
+                            total -= len(chunk)
                         continue
-
-                    def on_batch(n_texts: int, n_tokens: int) -> None:
-                        nonlocal tokens
-                        tokens += n_tokens
-                        bar.update(n_texts)
-                        bar.set_postfix_str(
-                            f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} tokens/s", refresh=False
-                        )
 
                     stats = EmbedStats(texts=len(texts))
                     segs = embedder.segments(embedder.tokenize(texts), stats)
+                    seen_texts += len(texts)
+                    seen_tokens += sum(len(s.ids) for s in segs)
+                    all_texts = max(total or 0, seen_texts)
+                    bar.total = seen_tokens + round((all_texts - seen_texts) * seen_tokens / seen_texts)
+                    bar.refresh()
+
+                    def on_batch(n_texts: int, n_tokens: int, all_texts: int = all_texts) -> None:
+                        nonlocal texts_done
+                        texts_done += n_texts
+                        bar.set_postfix_str(f"{texts_done:,}/{all_texts:,} texts", refresh=False)
+                        bar.update(n_tokens)
+
                     vectors = embedder.run(segs, len(texts), stats, on_batch)
-                    bar.update(stats.empty)  # empty texts have no batch
+                    texts_done += stats.empty  # empty texts have no batch
                     columns = {name: [kept[i] for _, kept in chunk] for i, name in enumerate(source.keep)}
                     block = data.VectorBlock(
                         np.arange(k * chunk_rows, k * chunk_rows + len(chunk)), vectors, columns
