@@ -179,6 +179,31 @@ def test_beam_search_stop_token_ids_stop_strings_and_ignore_eos(beam_server, hf)
     assert want[0] == (full[: full.index(stop)], "stop")
 
 
+def test_beam_search_penalties_min_tokens_and_logit_bias(beam_server, hf):
+    """The batch's processing fields act in a beam search as transformers' processors do: repetition_penalty,
+    min_tokens (min_new_tokens) and logit_bias (sequence_bias of single tokens)."""
+    tok = hf[1]
+    client = beam_server.client()
+    ids = tok.encode(PROMPTS[1])
+    for extra, kw in [
+        (dict(repetition_penalty=10.0), dict(repetition_penalty=10.0)),
+        (
+            dict(min_tokens=8, logit_bias={str(TEXTURE): -3}),
+            dict(min_new_tokens=8, sequence_bias={(TEXTURE,): -3.0}),
+        ),
+    ]:
+        resp = client.completions.create(
+            model=NAME,
+            prompt=PROMPTS[1],
+            max_tokens=14,
+            n=2,
+            extra_body=dict(use_beam_search=True, best_of=3, **extra),
+        )
+        beams = hf_beams(hf, ids, 3, 2, 14, **kw)
+        assert [(c.text, c.finish_reason) for c in resp.choices] == expected(hf, beams, 14), extra
+        assert beams != hf_beams(hf, ids, 3, 2, 14), extra  # the setting changed the beams
+
+
 def test_beam_search_echo_and_stream(beam_server, hf):
     """echo returns the prompt before each beam; streamed, each beam comes whole in one chunk when the search
     ends (after its echoed prompt), then usage and [DONE]."""
