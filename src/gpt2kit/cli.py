@@ -12,6 +12,7 @@ import errno
 import logging
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 
@@ -159,18 +160,53 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", nargs="*", help="prompt text(s); or use --input, or pipe prompts on stdin")
     p.add_argument("--model", required=True, help="a model folder (with its tokenizer files)")
     p.add_argument("--input", help="a file with one prompt per line ('-' for stdin)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per completion")
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--min-p", type=float)
-    p.add_argument("--typical-p", type=float)
-    p.add_argument("--repetition-penalty", type=float)
-    p.add_argument("--no-repeat-ngram-size", type=int)
-    p.add_argument("--num-beams", type=int)
-    p.add_argument("--length-penalty", type=float)
-    p.add_argument("--num-return-sequences", type=int)
+    p.add_argument(
+        "--temperature", type=float, help="with --do-sample: below 1 sharper, above 1 flatter (default: 1.0)"
+    )
+    p.add_argument(
+        "--top-k",
+        type=int,
+        help="with --do-sample: sample among the K likeliest tokens (default: 50); with --penalty-alpha: the "
+        "candidates compared",
+    )
+    p.add_argument(
+        "--top-p",
+        type=float,
+        help="with --do-sample: nucleus sampling, among the likeliest tokens whose probabilities sum to P "
+        "(default: 1.0, off)",
+    )
+    p.add_argument(
+        "--min-p",
+        type=float,
+        help="with --do-sample: drop tokens less likely than P times the likeliest one (default: off)",
+    )
+    p.add_argument(
+        "--typical-p", type=float, help="with --do-sample: typical sampling's mass (default: 1.0, off)"
+    )
+    p.add_argument(
+        "--repetition-penalty",
+        type=float,
+        help="scale down tokens already in the text: above 1 repeats less, e.g. 1.3 (default: 1.0, off)",
+    )
+    p.add_argument(
+        "--no-repeat-ngram-size",
+        type=int,
+        help="never repeat a run of this many tokens, e.g. 3 (default: 0, off)",
+    )
+    p.add_argument("--num-beams", type=int, help="beam search with N beams (default: 1, no beam search)")
+    p.add_argument(
+        "--length-penalty",
+        type=float,
+        help="beam search: a beam's score is divided by its length to this power; above 0 favours longer "
+        "(default: 1.0)",
+    )
+    p.add_argument(
+        "--num-return-sequences",
+        type=int,
+        help="completions per prompt (with --do-sample, or up to --num-beams; default: 1)",
+    )
     p.add_argument(
         "--penalty-alpha",
         type=float,
@@ -193,7 +229,12 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
         "--stop", action="append", default=[], help="stop at this string (repeatable; not printed)"
     )
     p.add_argument("--seed", type=int, help="seed for sampling, for reproducible output")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="the model's dtype (bfloat16: half the memory; fast only where the CPU has native bf16)",
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cpu)")
     p.add_argument(
         "--weights",
@@ -216,7 +257,12 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     mode.add_argument(
         "--stream", dest="stream", action="store_true", default=None, help="print tokens as made"
     )
-    mode.add_argument("--no-stream", dest="stream", action="store_false")
+    mode.add_argument(
+        "--no-stream",
+        dest="stream",
+        action="store_false",
+        help="print each completion whole (default: stream on a terminal)",
+    )
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -273,20 +319,19 @@ def _generate(args: argparse.Namespace) -> int:
         if args.weights == "packed":
             raise ValueError("--compile cannot trace --weights packed; choose one of them")
         options["compile"] = True
-    import time
+    from gpt2kit.progress import loading
 
-    started = time.perf_counter()
-    print(f"loading {args.model} ... ", end="", file=sys.stderr, flush=True)
-    tok = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(
-        args.model, dtype=load_dtype(args.weights, args.dtype, device)
-    )
-    model.to(device)
-    print(f"done in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+    with loading(args.model):
+        tok = AutoTokenizer.from_pretrained(args.model)
+        model = AutoModelForCausalLM.from_pretrained(
+            args.model, dtype=load_dtype(args.weights, args.dtype, device)
+        )
+        model.to(device)
     if args.force_words:
         options["force_words_ids"] = [tok.encode(" " + w.strip()) for w in args.force_words]
     if args.assistant_model:
-        draft = AutoModelForCausalLM.from_pretrained(args.assistant_model, dtype=model.dtype)
+        with loading(args.assistant_model):
+            draft = AutoModelForCausalLM.from_pretrained(args.assistant_model, dtype=model.dtype)
         options["assistant_model"] = draft.to(device).eval()
     # the rows a decode step multiplies: the prompts of one batch (times the sequences each returns)
     rows = min(args.batch_size, len(prompts)) * options.get("num_return_sequences", 1)
@@ -384,14 +429,25 @@ def _embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--keep", default="", help="comma-separated columns to copy into a .parquet / .jsonl output"
     )
-    p.add_argument("--pooling", default="mean", choices=["mean", "last", "max", "first", "none"])
+    p.add_argument(
+        "--pooling",
+        default="mean",
+        choices=["mean", "last", "max", "first", "none"],
+        help="a text's token vectors -> one: their mean, the last or first token's, the maximum; none: every "
+        "token's vector (.parquet or .jsonl output)",
+    )
     p.add_argument(
         "--layer",
         type=_int_list,
         default=[-1],
         help="hidden state(s), e.g. -1 (default) or --layer=-4,-1 (concatenated)",
     )
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="the model's dtype while embedding (the vectors are written as float32)",
+    )
     p.add_argument("--normalize", action="store_true", help="scale each vector to unit L2 norm")
     p.add_argument("--max-length", type=int, help="tokens per model input (default: the model's context)")
     p.add_argument(
@@ -419,7 +475,12 @@ def _embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-rows", type=int, default=1024, help="rows per resumable chunk (default: 1024)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's, one per core)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, help="default: on a terminal")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a bar on a terminal; where stderr is a file or a pipe, a plain line every 30 s (default: on)",
+    )
 
 
 def _embed(args: argparse.Namespace) -> int:
@@ -471,8 +532,11 @@ def _merge_args(p: argparse.ArgumentParser) -> None:
 
 def _merge(args: argparse.Namespace) -> int:
     from gpt2kit.model.lora import merge_adapter
+    from gpt2kit.progress import loading
 
-    out = merge_adapter(args.model, args.adapter, args.output, dtype=args.dtype)
+    # merge_adapter loads, merges and saves in one call: the line covers the three
+    with loading(f"{args.adapter} into {args.model or 'its base model'}", verb="merging"):
+        out = merge_adapter(args.model, args.adapter, args.output, dtype=args.dtype)
     print(f"merged {args.adapter} into {args.model or 'its base model'}: {out}")
     return 0
 
@@ -707,6 +771,76 @@ def os_error_message(e: OSError) -> str:
     return f"{what.format(path=path, folder=folder)}; {fix}"
 
 
+# Library names the command line spells otherwise, by subcommand (the rest map dest -> option by argparse).
+_API_FLAGS = {
+    "generate": {"prompt_lookup_num_tokens": "--prompt-lookup", "force_words_ids": "--force-words"},
+    "train": {
+        "max_grad_norm": "--clip",
+        "early_stopping_patience": "--early-stopping",
+        "metric_for_best": "--metric",
+    },
+}
+_QUOTES = "'\""
+# `tune --space` speaks TrainingConfig's own field names: its messages keep them.
+_KEEP_API_NAMES = {"tune"}
+# an identifier (with an optional Class. prefix) and an optional =value; not inside a path or a longer name
+_API_NAME = re.compile(
+    r"(?<![\w./\\-])(?:[A-Z]\w*\.)?([a-z][a-z0-9_]*)(?![\w/-]|\.\w)(?:=('[^']*'|\"[^\"]*\"|[^\s,;:)]+))?"
+)
+
+
+def command_parsers(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> list[argparse.ArgumentParser]:
+    """The parsers that read this command line below the top one: the subcommand's, and a nested one's
+    (export onnx)."""
+    found = []
+    while True:
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        chosen = getattr(args, sub.dest, None) if sub is not None else None
+        if sub is None or chosen not in sub.choices:
+            return found
+        parser = sub.choices[chosen]
+        found.append(parser)
+
+
+def cli_wording(message: str, parsers: Sequence[argparse.ArgumentParser], command: str | None = None) -> str:
+    """A library message in the command line's words: `max_new_tokens` -> `--max-new-tokens`,
+    `truncate_prompt=True` -> `--truncate-prompt`, `long_text='chunk'` -> `--long-text chunk`.
+
+    Only names that are an option's dest and either hold an underscore or come as name=value are changed,
+    so ordinary words stay; a message that already names an option is left as it is."""
+    if command in _KEEP_API_NAMES or re.search(r"(?<![\w-])--[a-z]", message):
+        return message
+    actions: dict[str, argparse.Action] = {}
+    for p in parsers:
+        for a in p._actions:
+            if a.option_strings and a.dest not in actions and a.dest != "help":
+                actions[a.dest] = a
+    aliases = _API_FLAGS.get(command or "", {})
+
+    def flag_for(m: re.Match) -> str:
+        name, value = m[1], m[2]
+        action = actions.get(name)
+        if (action is None and name not in aliases) or ("_" not in name and value is None):
+            return m[0]
+        if action is None or action.nargs != 0:
+            flag = aliases.get(name) or _long_option(action)
+            return flag if value is None else f"{flag} {value.strip(_QUOTES)}"
+        # an on/off flag: name=True is the flag, name=False its --no- form, or the flag "off"
+        flags = action.option_strings
+        if value == "False":
+            negative = [f for f in flags if f.startswith("--no-")]
+            return negative[0] if negative else f"{_long_option(action)} off"
+        return _long_option(action) if value in (None, "True") else m[0]
+
+    return _API_NAME.sub(flag_for, message)
+
+
+def _long_option(action: argparse.Action) -> str:
+    return next((f for f in action.option_strings if f.startswith("--")), action.option_strings[0])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -716,13 +850,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help(sys.stderr)
         return 2
+    from gpt2kit.progress import announce_loads
+
     try:
         _check_device(getattr(args, "device", None))
-        return args._run(args) or 0
+        with announce_loads():
+            return args._run(args) or 0
     except BrokenPipeError:  # `gpt2kit tokenize ... | head`
         return 0
     except (ValueError, TypeError, OSError) as e:
-        message = os_error_message(e) if isinstance(e, OSError) else str(e)
+        if isinstance(e, OSError):
+            message = os_error_message(e)
+        else:  # the library names its arguments; say which option to change
+            message = cli_wording(str(e), command_parsers(parser, args), args.command)
         # One line, whatever the library's message holds (torch's C++ errors span several).
         print(f"gpt2kit {args.command}: error: {' '.join(message.split())}", file=sys.stderr)
         return 2

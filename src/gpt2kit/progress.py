@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import os
 import sys
 import time
@@ -49,13 +50,37 @@ def loading(what: Any, verb: str = "loading") -> Iterator[None]:
         return
     stream = sys.stderr
     started = time.perf_counter()
-    print(f"{verb} {what} ... ", end="", file=stream, flush=True)
+    head = f"{verb} {what} ... "
+    print(head, end="", file=stream, flush=True)
+    cut = _LineCut(stream)  # a log record during the load ends the open line first
+    handlers = logging.getLogger().handlers
+    for h in handlers:
+        h.addFilter(cut)
     try:
         yield
     except BaseException:
-        print("failed", file=stream, flush=True)
+        print(("" if cut.open else head) + "failed", file=stream, flush=True)
         raise
-    print(f"done in {time.perf_counter() - started:.1f} s", file=stream, flush=True)
+    finally:
+        for h in handlers:
+            h.removeFilter(cut)
+    print(
+        ("" if cut.open else head) + f"done in {time.perf_counter() - started:.1f} s", file=stream, flush=True
+    )
+
+
+class _LineCut(logging.Filter):
+    """Ends the loading line before the first log record written while it is open (then passes it)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self.stream, self.open = stream, True
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.open:
+            self.open = False
+            print(file=self.stream, flush=True)
+        return True
 
 
 def on_terminal(stream: TextIO | None = None) -> bool:

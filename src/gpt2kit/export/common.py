@@ -38,13 +38,15 @@ def load_lm(model: str | os.PathLike | GPT2LMHeadModel, what: str) -> GPT2LMHead
     import torch
 
     from gpt2kit.model import GPT2LMHeadModel
+    from gpt2kit.progress import loading
 
     if not isinstance(model, GPT2LMHeadModel):
         if not isinstance(model, (str, os.PathLike)):
             raise TypeError(
                 f"model must be a folder, a name or a GPT2LMHeadModel, got {type(model).__name__}"
             )
-        model = GPT2LMHeadModel.from_pretrained(model, dtype=torch.float32)
+        with loading(model):
+            model = GPT2LMHeadModel.from_pretrained(model, dtype=torch.float32)
     if model.config.add_cross_attention:
         raise ValueError(
             f"{what} writes decoder-only GPT-2; this model has cross-attention layers (add_cross_attention=True), "

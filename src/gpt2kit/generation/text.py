@@ -54,9 +54,9 @@ def complete(
         tokenizer.pad_token = tokenizer.eos_token
     results: list[Completion] = []
     try:
-        from tqdm.auto import tqdm
+        from gpt2kit.progress import progress_bar
 
-        bar = tqdm(total=len(prompts), unit="prompt", disable=not progress)
+        bar = progress_bar(total=len(prompts), desc="generate", unit="prompt", show=progress)
         for _, batch in _batches(list(prompts), batch_size):
             enc = tokenizer(list(batch), return_tensors="pt", padding=True)
             out = model.generate(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def serve_args(p: argparse.ArgumentParser) -> None:
@@ -10,7 +11,7 @@ def serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)"
     )
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument(
         "--api-key",
         help="require 'Authorization: Bearer KEY' on every request (default: $GPT2KIT_API_KEY, else none)",
@@ -19,7 +20,12 @@ def serve_args(p: argparse.ArgumentParser) -> None:
         "--served-model-name",
         help="the model id clients send (default: --model as given; its folder name works too)",
     )
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="the model's dtype (bfloat16: half the memory; fast only where the CPU has native bf16)",
+    )
     p.add_argument("--device", help="cpu, cuda, ... (default: cpu)")
     p.add_argument(
         "--weights",
@@ -65,7 +71,12 @@ def serve_args(p: argparse.ArgumentParser) -> None:
         help="a Jinja chat template for /v1/chat/completions, as transformers and vLLM use (default: the "
         "tokenizer folder's own chat_template, if any; GPT-2 has none)",
     )
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="the server's log (warning and above leave out the startup line and each request's)",
+    )
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -76,27 +87,72 @@ def serve(args: argparse.Namespace) -> int:
         raise ValueError(
             f'the server needs the [serve] extra ({e.name} is missing): pip install "gpt2kit[serve]"'
         ) from None
-    from gpt2kit.serve.app import run
+    from gpt2kit.serve import app
 
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in [0, 65535], got {args.port}")
-    run(
-        args.model,
-        host=args.host,
-        port=args.port,
-        api_key=args.api_key,
-        served_model_name=args.served_model_name,
-        max_body=args.max_body_bytes,
-        log_level=args.log_level,
-        max_stop=args.max_stop,
-        chat_template=args.chat_template,
-        dtype=args.dtype,
-        device=args.device,
-        weights=args.weights,
-        threads=args.threads,
-        max_batch=args.max_batch,
-        max_queue=args.max_queue,
-        prefill_tokens=args.prefill_tokens,
-        embed_tokens=args.embed_tokens,
-    )
+    # app.run loads the engine itself: this names the load on stderr and, once loaded, logs the startup line
+    load_engine = app.load_engine
+    app.load_engine = _announced(load_engine, args)
+    try:
+        app.run(
+            args.model,
+            host=args.host,
+            port=args.port,
+            api_key=args.api_key,
+            served_model_name=args.served_model_name,
+            max_body=args.max_body_bytes,
+            log_level=args.log_level,
+            max_stop=args.max_stop,
+            chat_template=args.chat_template,
+            dtype=args.dtype,
+            device=args.device,
+            weights=args.weights,
+            threads=args.threads,
+            max_batch=args.max_batch,
+            max_queue=args.max_queue,
+            prefill_tokens=args.prefill_tokens,
+            embed_tokens=args.embed_tokens,
+        )
+    finally:
+        app.load_engine = load_engine
     return 0
+
+
+def _announced(load_engine, args: argparse.Namespace):
+    """load_engine with the loading line around it and the startup line after it."""
+    from gpt2kit.progress import loading
+
+    def load(model, **options):
+        with loading(model):
+            engine = load_engine(model, **options)
+        if args.log_level in ("info", "debug"):
+            print(startup_line(args, engine), file=sys.stderr, flush=True)
+        return engine
+
+    return load
+
+
+def startup_line(args: argparse.Namespace, engine) -> str:
+    """What the server runs, in one line: model folder, dtype, weights, device, threads, address, batch and
+    queue limits, chat template."""
+    import torch
+
+    from gpt2kit import hub
+    from gpt2kit.model.inference import resolve_weights
+
+    folder = hub.find_model_dir(args.model, files=("config.json",))
+    model = args.model if str(folder) == str(args.model) else f"{args.model} ({folder})"
+    if args.served_model_name:
+        model += f" as {args.served_model_name}"
+    if args.chat_template:
+        template = args.chat_template
+    else:
+        template = "the tokenizer's" if getattr(engine.tokenizer, "chat_template", None) else "none"
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    dtype = str(engine.model.dtype).removeprefix("torch.")
+    return (
+        f"gpt2kit serve: {model}; {dtype}, weights {resolve_weights(args.weights, args.device)}, "
+        f"{args.device or 'cpu'}, {torch.get_num_threads()} threads; http://{host}:{args.port}; "
+        f"max batch {engine.max_batch}, max queue {engine.max_queue}; chat template: {template}"
+    )

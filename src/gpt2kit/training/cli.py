@@ -133,7 +133,12 @@ def train_args(p: argparse.ArgumentParser) -> None:
     )
     src.add_argument("--dropout", type=float, help="set resid/embd/attn dropout (default: the config's)")
     src.add_argument("--tokenizer", help="tokenizer folder or name (default: the model's, else gpt2)")
-    src.add_argument("--task", choices=["lm", "classify"], default="lm")
+    src.add_argument(
+        "--task",
+        choices=["lm", "classify"],
+        default="lm",
+        help="lm: a language model (next-token prediction); classify: a label per text (--label-column)",
+    )
     src.add_argument(
         "--lora",
         nargs="?",
@@ -164,25 +169,36 @@ def train_args(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("training")
     t.add_argument("-o", "--output", default="gpt2kit-out", help="output folder (the trained model)")
     t.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    t.add_argument("--epochs", type=float, default=1.0)
-    t.add_argument("--max-steps", type=int)
-    t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--grad-accum", type=int, default=1)
-    t.add_argument("--lr", type=float, default=5e-5)
-    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--epochs", type=float, default=1.0, help="passes over the training data (2.5 works)")
+    t.add_argument("--max-steps", type=int, help="stop after N optimizer steps (default: --epochs' steps)")
+    t.add_argument("--batch-size", type=int, default=8, help="examples per batch (per process)")
+    t.add_argument("--grad-accum", type=int, default=1, help="batches per optimizer step")
+    t.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (AdamW)")
+    t.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's weight decay")
     t.add_argument("--warmup", type=float, default=0.0, help="warmup steps (>= 1) or a fraction of all steps")
-    t.add_argument("--schedule", choices=["linear", "cosine", "constant"], default="linear")
-    t.add_argument("--min-lr-ratio", type=float, default=0.0)
+    t.add_argument(
+        "--schedule",
+        choices=["linear", "cosine", "constant"],
+        default="linear",
+        help="the learning rate after warmup",
+    )
+    t.add_argument(
+        "--min-lr-ratio", type=float, default=0.0, help="where the schedule ends, as a fraction of --lr"
+    )
     t.add_argument("--clip", type=float, default=1.0, help="max gradient norm (0: off)")
     t.add_argument("--bf16", action="store_true", help="bf16 autocast (weights stay fp32)")
-    t.add_argument("--gradient-checkpointing", action="store_true")
+    t.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute activations in the backward pass: less memory, slower steps",
+    )
     t.add_argument(
         "--compile",
         action="store_true",
         help="torch.compile the training step: ~40 s to compile a 124M model, then faster steps",
     )
     t.add_argument("--eval-every", type=int, help="evaluate every N steps (default: each epoch)")
-    t.add_argument("--eval-max-batches", type=int)
+    t.add_argument("--eval-max-batches", type=int, help="evaluate on at most N batches (default: all)")
     t.add_argument(
         "--early-stopping", type=int, metavar="N", help="stop after N evaluations without improvement"
     )
@@ -190,8 +206,12 @@ def train_args(p: argparse.ArgumentParser) -> None:
         "--metric", default=None, help="metric for best/early stopping (default: loss; accuracy, f1)"
     )
     t.add_argument("--save-every", type=int, help="checkpoint every N steps (resumable)")
-    t.add_argument("--keep-checkpoints", type=int, default=2)
-    t.add_argument("--log-every", type=int, default=10)
+    t.add_argument(
+        "--keep-checkpoints", type=int, default=2, help="checkpoints kept in OUTPUT/checkpoints (the newest)"
+    )
+    t.add_argument(
+        "--log-every", type=int, default=10, help="print and log loss, learning rate and speed every N steps"
+    )
     t.add_argument(
         "--report-to",
         default="jsonl",
@@ -199,7 +219,9 @@ def train_args(p: argparse.ArgumentParser) -> None:
         "wandb, mlflow (each an extra: pip install 'gpt2kit[tensorboard]'), all, none (default: jsonl)",
     )
     t.add_argument("--run-name", help="the W&B / MLflow run's name (default: the output folder's name)")
-    t.add_argument("--seed", type=int, default=42)
+    t.add_argument(
+        "--seed", type=int, default=42, help="seed for new weights (--init scratch), shuffling and dropout"
+    )
     t.add_argument("--no-resume", action="store_true", help="start over even if output/checkpoints exists")
     t.add_argument("--threads", type=int, help="torch CPU threads")
     t.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
@@ -402,11 +424,12 @@ def _build_model(args, config, names: list[str] | None, tok):
         torch.manual_seed(args.seed)
         cls = GPT2ForSequenceClassification if classify else GPT2LMHeadModel
         return cls(config)
-    if classify:
-        return GPT2ForSequenceClassification.from_pretrained(args.model, dtype=torch.float32, **extra)
     from gpt2kit import AutoModelForCausalLM
+    from gpt2kit.progress import loading
 
-    return AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, **extra)
+    with loading(args.model):
+        cls = GPT2ForSequenceClassification if classify else AutoModelForCausalLM
+        return cls.from_pretrained(args.model, dtype=torch.float32, **extra)
 
 
 # --- tune --------------------------------------------------------------------------------------------------
@@ -490,8 +513,16 @@ def eval_args(p: argparse.ArgumentParser) -> None:
         "the model's n_positions unless --max-length is given)",
     )
     p.add_argument("--max-length", type=int, help="window length (default: the model's n_positions)")
-    p.add_argument("--field", "--text-column", dest="column", default="text")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument(
+        "--field",
+        "--text-column",
+        dest="column",
+        default="text",
+        help="the text's field (.jsonl) or column (.csv, .tsv, .parquet)",
+    )
+    p.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16"], help="the model's dtype while scoring"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
@@ -505,13 +536,11 @@ def eval_command(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    import time
+    from gpt2kit.progress import loading
 
-    started = time.perf_counter()
-    print(f"loading {args.model} ... ", end="", file=sys.stderr, flush=True)
-    tok = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=args.dtype).to(args.device)
-    print(f"done in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+    with loading(args.model):
+        tok = AutoTokenizer.from_pretrained(args.model)
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=args.dtype).to(args.device)
     context = model.config.n_positions
     if args.max_length is not None and args.max_length > context:
         raise ValueError(
@@ -525,7 +554,7 @@ def eval_command(args: argparse.Namespace) -> int:
         )
     r = perplexity_of_file(
         model, tok, args.file, stride=stride, max_length=args.max_length, column=args.column,
-        progress=sys.stderr.isatty(),
+        progress=True,  # a bar on a terminal, a line now and then in a log
     )  # fmt: skip
     if r.rows is None:
         scored = f"scored {args.file} as one text of {r.text_tokens} tokens"

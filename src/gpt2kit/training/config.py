@@ -61,7 +61,7 @@ class TrainingConfig:
     log_every: int = 10
     seed: int = 42
     resume: bool = True  # continue from the newest checkpoint in output_dir/checkpoints, if any
-    progress: bool = True
+    progress: bool = True  # a bar on a terminal, and a line of metrics every log_every steps
     plot: bool = True  # write output_dir/loss.png (needs matplotlib: the `plot` extra)
     # Where the logged numbers go, as transformers' report_to: "jsonl" (output_dir/metrics.jsonl),
     # "tensorboard", "wandb", "mlflow" (optional extras), "all" (jsonl + the installed ones) or "none"; a

@@ -450,7 +450,7 @@ def _write_cache(
     progress: bool,
 ) -> dict[str, Any]:
     """Tokenize `source` into the folder `tmp`: ids.bin, offsets.npy, [labels.json, rows.npy], manifest."""
-    from tqdm import tqdm
+    from gpt2kit.progress import progress_bar
 
     path = Path(source.path)
     label_column = key_inputs["label_column"]
@@ -493,7 +493,7 @@ def _write_cache(
     limit = np.iinfo(dtype).max
     with (
         open(tmp / "ids.bin", "wb") as f,
-        tqdm(desc=f"tokenizing {path.name}", unit=" rows", disable=not progress, dynamic_ncols=True) as bar,
+        progress_bar(desc=f"tokenizing {path.name}", unit=" rows", show=progress) as bar,
     ):
         for batch in encoded:
             flat = np.fromiter(itertools.chain.from_iterable(batch), np.int64, sum(map(len, batch)))

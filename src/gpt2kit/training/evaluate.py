@@ -85,7 +85,8 @@ def evaluate_perplexity(
     max_length: window length (default: model.config.n_positions); stride: 1..max_length tokens between
     window starts (smaller is slower and gives each token more context; stride == max_length is disjoint
     chunks). batch_size: windows per forward pass (same result, faster on a GPU). Runs in inference mode
-    with the model in eval mode (restored afterwards).
+    with the model in eval mode (restored afterwards). progress: a bar on a terminal, a plain line now and
+    then where stderr is a file or a pipe.
 
     >>> r = evaluate_perplexity(model, tok, text=open("wiki.txt").read(), stride=512)  # doctest: +SKIP
     >>> r.tokens, round(r.perplexity, 2)  # doctest: +SKIP
@@ -120,11 +121,11 @@ def evaluate_perplexity(
     was_training = model.training
     model.eval()
     try:
-        from tqdm import tqdm
+        from gpt2kit.progress import progress_bar
 
         with (
             torch.inference_mode(),
-            tqdm(total=len(windows), unit=" windows", disable=not progress, dynamic_ncols=True) as bar,
+            progress_bar(total=len(windows), desc="eval", unit=" windows", show=progress) as bar,
         ):
             for group in _batches(windows, batch_size):
                 T = group[0][1] - group[0][0]

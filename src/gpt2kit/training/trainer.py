@@ -778,11 +778,13 @@ class Trainer:
             plot_history(self.out / "loss.png", self.history)  # without matplotlib: one line, no picture
 
     def _progress_bar(self):
-        if not (self.config.progress and self.dist.main):
-            return None
-        from tqdm import tqdm
+        """A bar on a terminal only: in a log (stderr a file or a pipe) the lines _log prints every log_every
+        steps are the progress, not a bar's carriage-return redraws."""
+        from gpt2kit.progress import on_terminal, progress_bar
 
-        return tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        if not (self.config.progress and self.dist.main and on_terminal()):
+            return None
+        return progress_bar(total=self.total_steps, initial=self.step, desc="train", unit="step")
 
     def _emit(self, event: str, info: dict) -> None:
         for cb in self.callbacks:
