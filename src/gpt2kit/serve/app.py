@@ -813,11 +813,15 @@ def run(
     log_level: str = "info",
     max_stop: int = MAX_STOP,
     chat_template: str | os.PathLike | None = None,
+    on_loaded: Callable[[Engine], None] | None = None,
     **engine_options: Any,
 ) -> None:
     """Load the model and serve it until interrupted (uvicorn). api_key=None reads $GPT2KIT_API_KEY;
-    chat_template: --chat-template (a Jinja file), else the tokenizer folder's own."""
+    chat_template: --chat-template (a Jinja file), else the tokenizer folder's own; on_loaded: called with
+    the engine once the model is loaded (the command line's startup line)."""
     import uvicorn
+
+    from gpt2kit.progress import loading
 
     if api_key is not None and not api_key.strip():
         raise ValueError("--api-key is empty; give a non-empty key, or leave it out to serve without one")
@@ -827,7 +831,10 @@ def run(
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         logger.warning("serving on %s without an API key: anyone who can reach it can use it", host)
     bound_kernel_caches()  # before the model runs: oneDNN reads the capacity once (engine.py says why)
-    engine = load_engine(model, **engine_options)
+    with loading(model):
+        engine = load_engine(model, **engine_options)
+    if on_loaded is not None:
+        on_loaded(engine)
     name = served_model_name or str(model)
     aliases = tuple({Path(str(model)).name} - {name})
     app = build_app(engine, name, aliases, api_key, max_body, max_stop, chat_template)

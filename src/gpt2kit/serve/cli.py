@@ -91,46 +91,32 @@ def serve(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in [0, 65535], got {args.port}")
-    # app.run loads the engine itself: this names the load on stderr and, once loaded, logs the startup line
-    load_engine = app.load_engine
-    app.load_engine = _announced(load_engine, args)
-    try:
-        app.run(
-            args.model,
-            host=args.host,
-            port=args.port,
-            api_key=args.api_key,
-            served_model_name=args.served_model_name,
-            max_body=args.max_body_bytes,
-            log_level=args.log_level,
-            max_stop=args.max_stop,
-            chat_template=args.chat_template,
-            dtype=args.dtype,
-            device=args.device,
-            weights=args.weights,
-            threads=args.threads,
-            max_batch=args.max_batch,
-            max_queue=args.max_queue,
-            prefill_tokens=args.prefill_tokens,
-            embed_tokens=args.embed_tokens,
-        )
-    finally:
-        app.load_engine = load_engine
-    return 0
 
-
-def _announced(load_engine, args: argparse.Namespace):
-    """load_engine with the loading line around it and the startup line after it."""
-    from gpt2kit.progress import loading
-
-    def load(model, **options):
-        with loading(model):
-            engine = load_engine(model, **options)
+    def on_loaded(engine) -> None:
         if args.log_level in ("info", "debug"):
             print(startup_line(args, engine), file=sys.stderr, flush=True)
-        return engine
 
-    return load
+    app.run(
+        args.model,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        served_model_name=args.served_model_name,
+        max_body=args.max_body_bytes,
+        log_level=args.log_level,
+        max_stop=args.max_stop,
+        chat_template=args.chat_template,
+        dtype=args.dtype,
+        device=args.device,
+        weights=args.weights,
+        threads=args.threads,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        prefill_tokens=args.prefill_tokens,
+        embed_tokens=args.embed_tokens,
+        on_loaded=on_loaded,
+    )
+    return 0
 
 
 def startup_line(args: argparse.Namespace, engine) -> str:
