@@ -66,7 +66,7 @@ class _LengthCache(Cache):
     def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.keys[layer_idx].narrow(2, self.n - 1, 1).copy_(k)
         self.values[layer_idx].narrow(2, self.n - 1, 1).copy_(v)
-        return self.keys[layer_idx][:, :, : self.n], self.values[layer_idx][:, :, : self.n]
+        return self.keys[layer_idx].narrow(2, 0, self.n), self.values[layer_idx].narrow(2, 0, self.n)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.n - 1
@@ -92,7 +92,8 @@ class _Step(nn.Module):
             use_cache=True,
             return_dict=True,
         )
-        return self.model.lm_head(out.last_hidden_state[:, -1, :]).float()
+        logits = self.model.lm_head(out.last_hidden_state.select(1, -1))
+        return logits if logits.dtype == torch.float32 else logits.float()
 
 
 def traceable(model: nn.Module, record, step_inputs: dict) -> bool:

@@ -167,14 +167,15 @@ class Attention(nn.Module):
         encoder_hidden_states: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (B, T, C) -> (B, T, C), and the attention probabilities (B, nh', T, S) when asked for."""
-        B, T, C = x.shape
         if self.is_cross_attention:
+            C = x.shape[-1]
             q = self._heads(self.q_attn(x))
             k, v = self.c_attn(encoder_hidden_states).split(C, dim=2)
             k, v = self._heads(k), self._heads(v)
         else:
-            q, k, v = self.c_attn(x).split(self.inner_dim, dim=2)
-            q, k, v = self._heads(q), self._heads(k), self._heads(v)
+            # (B, T, 3 * nh' * hs) -> q, k, v (B, nh', T, hs): three views, read from no shape
+            qkv = self.c_attn(x).unflatten(-1, (3, self.n_head, self.head_dim))
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
             if cache is not None:
                 k, v = cache.update(self.layer_idx, k, v)  # (B, nh, S, hs)
 
@@ -183,8 +184,9 @@ class Attention(nn.Module):
         else:
             y, probs = self._fast(q, k, v, mask), None
 
-        y = y.transpose(1, 2).reshape(B, T, self.inner_dim)  # re-assemble heads side by side
-        return self.resid_dropout(self.c_proj(y)), probs
+        y = self.c_proj(y.transpose(1, 2).flatten(2))  # heads side by side again: (B, T, nh' * hs)
+        # dropout only in training: in eval it is the identity, and still an op in a recorded decode step
+        return (self.resid_dropout(y) if self.training else y), probs
 
     def _fast(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask) -> torch.Tensor:
         dtype = q.dtype
@@ -199,7 +201,7 @@ class Attention(nn.Module):
             is_causal=mask.is_causal and not self.is_cross_attention,
             scale=self.scale,
         )
-        return y.to(dtype)
+        return y if y.dtype == dtype else y.to(dtype)
 
     def _exact(
         self,

@@ -148,7 +148,7 @@ class StaticCache(Cache):
         self.k[layer_idx][:, :, start:end] = k
         self.v[layer_idx][:, :, start:end] = v
         self.lengths[layer_idx] = end
-        return self.k[layer_idx][:, :, :end], self.v[layer_idx][:, :, :end]
+        return self.k[layer_idx].narrow(2, 0, end), self.v[layer_idx].narrow(2, 0, end)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.lengths[layer_idx]

@@ -616,7 +616,8 @@ class GPT2Model(GPT2PreTrainedModel):
         if input_ids is not None:
             input_ids = _check_ids(input_ids, cfg.vocab_size)
             input_shape = input_ids.shape
-            input_ids = input_ids.reshape(-1, input_shape[-1])
+            if input_ids.dim() != 2:  # (B, k, T) of multiple choice; a 2-D input needs no op here
+                input_ids = input_ids.reshape(-1, input_shape[-1])
             inputs_embeds = self.wte(input_ids)
         elif inputs_embeds is not None:
             input_shape = inputs_embeds.shape[:-1]
@@ -642,7 +643,8 @@ class GPT2Model(GPT2PreTrainedModel):
             start = int(cache_position[0]) if cache_position is not None else past_len
             position_ids = torch.arange(start, start + T, device=device).unsqueeze(0)
         else:
-            position_ids = position_ids.reshape(-1, T)
+            if position_ids.dim() != 2 or position_ids.shape[-1] != T:
+                position_ids = position_ids.reshape(-1, T)
             if position_ids.numel() and (
                 int(position_ids.max()) >= cfg.n_positions or int(position_ids.min()) < 0
             ):
@@ -653,7 +655,8 @@ class GPT2Model(GPT2PreTrainedModel):
         x = inputs_embeds + self.wpe(position_ids)
         if token_type_ids is not None:
             x = x + self.wte(_check_ids(token_type_ids, cfg.vocab_size, "token_type_ids").reshape(-1, T))
-        x = self.drop(x)
+        if self.training:  # eval's dropout is the identity (and an op in a recorded decode step)
+            x = self.drop(x)
 
         exact = output_attentions or head_mask is not None or self.attn_implementation == "eager"
         if attention_mask is not None and attention_mask.dim() == 4:
@@ -698,7 +701,9 @@ class GPT2Model(GPT2PreTrainedModel):
                 if all_cross is not None:
                     all_cross += (cross,)
 
-        x = self.ln_f(x).view(*input_shape, x.shape[-1])
+        x = self.ln_f(x)
+        if len(input_shape) != 2:
+            x = x.view(*input_shape, x.shape[-1])
         if all_hidden is not None:
             all_hidden += (x,)
         out = BaseModelOutputWithPastAndCrossAttentions(
