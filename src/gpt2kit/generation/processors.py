@@ -49,20 +49,24 @@ def _vocab_mask(ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     return mask
 
 
-class _EosMask:
-    """The (V,) mask of a processor's fixed ids, built on first use per vocabulary size and device and then
-    reused: the min-length processors mask eos at every step of a call, and building the mask (a zero fill,
-    a range check and a scatter) cost ~50 us a step each, more than the masked_fill itself."""
+class _Forbid:
+    """scores with -inf at a processor's fixed ids: `scores.index_fill` over the ids inside the vocabulary,
+    kept per vocabulary size, device and ids tensor. The min-length processors forbid eos at every step of
+    a call; a masked_fill over a (V,) bool mask built each step cost ~50 us for the mask and ~30 us for the
+    fill at batch 1 over GPT-2's 50257 ids (~190 us at batch 8); index_fill writes the same values in ~6
+    (~26) us."""
 
     def __init__(self) -> None:
         self.key: tuple | None = None
-        self.mask: torch.Tensor | None = None
+        self.ids: torch.Tensor | None = None
 
     def __call__(self, ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         key = (scores.shape[-1], scores.device, id(ids))
-        if self.key != key or self.mask is None:
-            self.mask, self.key = _vocab_mask(ids, scores), key
-        return self.mask
+        if self.key != key or self.ids is None:
+            vocab = scores.shape[-1]
+            kept = ids.to(scores.device)
+            self.ids, self.key = kept[(kept >= 0) & (kept < vocab)], key
+        return scores.index_fill(-1, self.ids, NEG_INF)
 
 
 def _check_min_tokens_to_keep(min_tokens_to_keep: int) -> None:
@@ -377,12 +381,12 @@ class MinLengthLogitsProcessor(LogitsProcessor):
             raise ValueError(f"min_length must be an integer >= 0, got {min_length!r}")
         self.min_length = min_length
         self.eos_token_id = _ids_tensor(eos_token_id)
-        self._mask = _EosMask()
+        self._forbid = _Forbid()
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if input_ids.shape[-1] >= self.min_length:
             return scores
-        return scores.masked_fill(self._mask(self.eos_token_id, scores), NEG_INF)
+        return self._forbid(self.eos_token_id, scores)
 
 
 class MinNewTokensLengthLogitsProcessor(LogitsProcessor):
@@ -403,12 +407,12 @@ class MinNewTokensLengthLogitsProcessor(LogitsProcessor):
         self.prompt_length_to_skip = prompt_length_to_skip
         self.min_new_tokens = min_new_tokens
         self.eos_token_id = _ids_tensor(eos_token_id)
-        self._mask = _EosMask()
+        self._forbid = _Forbid()
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if input_ids.shape[-1] - self.prompt_length_to_skip >= self.min_new_tokens:
             return scores
-        return scores.masked_fill(self._mask(self.eos_token_id, scores), NEG_INF)
+        return self._forbid(self.eos_token_id, scores)
 
 
 class ForcedEOSTokenLogitsProcessor(LogitsProcessor):
