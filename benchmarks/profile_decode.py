@@ -6,7 +6,12 @@ processors and the argmax, and Python between them. This script generates 128 to
 torch's profiler for each weight format and sums the self CPU time of the product ops against the whole
 step; the rest is the decode overhead (the target: under 20% of a step on the fastest setting).
 
-    python benchmarks/profile_decode.py [--formats float,packed,int8] [--new 128] [--batch 1]
+    python benchmarks/profile_decode.py [--formats float,packed,int8] [--new 128] [--batch 1] [--replay]
+
+--replay adds, per format, the recorded decode step alone (generation/traced.py's replay, one flat graph):
+its op count and, under the profiler, the self time and calls per step of each op kind, replayed at the
+middle cache length of the call; next to the unprofiled replay time and the products alone (the same
+weights, one call each), so the step's non-product time is the difference of two unprofiled times.
 """
 
 from __future__ import annotations
@@ -74,22 +79,88 @@ def profile(model, batch: int, new: int) -> dict:
     }
 
 
+def profile_replay(model, batch: int, new: int, reps: int = 50) -> dict:
+    """The replayed step of the last generate() call of this shape (profile() made it), at the middle length."""
+    import collections
+    import statistics
+
+    from gpt2kit.generation import traced
+    from gpt2kit.model.cache import StaticCache
+
+    (recording,) = list(traced._recordings[model].values())[-1:]
+    length = 32 + new // 2
+    cache = StaticCache.for_model(model.config, batch, 32 + new)
+    for buf in (*cache.k, *cache.v):
+        buf.normal_()  # what a filled cache holds: finite values (int8 layers refuse NaN activations)
+    args = (torch.full((batch, 1), 5), torch.full((batch, 1), length - 1), cache.k, cache.v, torch.empty(length))
+
+    def step():
+        with torch.jit.optimized_execution(False):
+            return recording(*args)
+
+    layers = [m for m in model.modules() if hasattr(m, "_packed")]
+    rows = [torch.randn(batch, 1, m.in_features) for m in layers]
+
+    def products():
+        for m, x in zip(layers, rows):
+            torch.ops.quantized.linear_dynamic(x, m._packed, m.reduce_range)
+
+    def median_ms(fn, n=reps * 4):
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return 1e3 * statistics.median(times)
+
+    kinds = collections.Counter(
+        n.kind() for n in recording.graph.nodes() if n.kind() not in ("prim::Constant", "prim::ListUnpack")
+    )
+    with torch.inference_mode():
+        for _ in range(10):
+            step()
+        out = {"length": length, "graph_ops": sum(kinds.values()), "replay_ms": median_ms(step)}
+        if layers:  # dynamic int8: the products alone, unprofiled
+            out["products_only_ms"] = median_ms(products)
+        with torch.profiler.profile() as prof:
+            for _ in range(reps):
+                step()
+    per_kind = sorted(
+        ((e.self_cpu_time_total / reps, e.count / reps, e.key) for e in prof.key_averages()), reverse=True
+    )
+    out["profiled_ms"] = sum(us for us, _, _ in per_kind) / 1e3
+    out["per_op_kind"] = [(k, round(us, 1), round(c, 1)) for us, c, k in per_kind if us >= 1.0]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--formats", default="float,packed,int8")
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--replay", action="store_true", help="also profile the recorded decode step alone")
     args = ap.parse_args()
     ckpt = make_checkpoint()
     print(kernels.hardware().describe())
     results = {}
     for fmt in args.formats.split(","):
-        r = results[fmt] = profile(load(fmt, ckpt), args.batch, args.new)
+        model = load(fmt, ckpt)
+        r = results[fmt] = profile(model, args.batch, args.new)
         print(
             f"{fmt:>7}: {r['ms_per_step_unprofiled']:.2f} ms/step; products {100 * r['products_share']:.1f}%, "
             f"attention {100 * r['attention_share']:.1f}%, everything else {100 * r['other_share']:.1f}% "
             f"(largest: {', '.join(f'{k} {v}%' for k, v in r['top_other'][:5])})"
         )
+        if args.replay:
+            rp = r["replay"] = profile_replay(model, args.batch, args.new)
+            only = rp.get("products_only_ms")
+            print(
+                f"         replayed step at length {rp['length']}: {rp['graph_ops']} ops, {rp['replay_ms']:.2f} ms"
+                + (f" (the products alone {only:.2f} ms)" if only else "")
+                + f"; profiled {rp['profiled_ms']:.2f} ms, self us and calls per step:"
+            )
+            for key, us, calls in rp["per_op_kind"][:16]:
+                print(f"           {us:8.1f} us {calls:6.1f}x  {key}")
     print(json.dumps({"machine": kernels.hardware().describe(), "batch": args.batch, "results": results}))
 
 
