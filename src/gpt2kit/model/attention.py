@@ -185,8 +185,7 @@ class Attention(nn.Module):
             y, probs = self._fast(q, k, v, mask), None
 
         y = self.c_proj(y.transpose(1, 2).flatten(2))  # heads side by side again: (B, T, nh' * hs)
-        # dropout only in training: in eval it is the identity, and still an op in a recorded decode step
-        return (self.resid_dropout(y) if self.training else y), probs
+        return self.resid_dropout(y), probs
 
     def _fast(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask) -> torch.Tensor:
         dtype = q.dtype

@@ -44,8 +44,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.c_proj(self.act(self.c_fc(x)))
-        return self.dropout(y) if self.training else y  # eval's dropout is the identity (and an op)
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
 
 
 class Block(nn.Module):

@@ -655,8 +655,7 @@ class GPT2Model(GPT2PreTrainedModel):
         x = inputs_embeds + self.wpe(position_ids)
         if token_type_ids is not None:
             x = x + self.wte(_check_ids(token_type_ids, cfg.vocab_size, "token_type_ids").reshape(-1, T))
-        if self.training:  # eval's dropout is the identity (and an op in a recorded decode step)
-            x = self.drop(x)
+        x = self.drop(x)
 
         exact = output_attentions or head_mask is not None or self.attn_implementation == "eager"
         if attention_mask is not None and attention_mask.dim() == 4:
