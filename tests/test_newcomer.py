@@ -139,6 +139,10 @@ def test_serve_logs_what_it_serves(tmp_path, monkeypatch, capsys, template):
     pytest.importorskip("starlette")
     uvicorn = pytest.importorskip("uvicorn")
     monkeypatch.setattr(uvicorn.Server, "run", lambda self: None)  # everything up to listening
+    # Nor uvicorn's logging.config.dictConfig: it closes every handler made so far, and absl's (imported with
+    # keras by tests/test_keras.py) then closes the stream it was made with, pytest's own capture of stderr
+    # (not the capsys stream current here), which ended the whole run ("lost sys.stderr").
+    monkeypatch.setattr(uvicorn.Config, "configure_logging", lambda self: None)
     argv = ["serve", "--model", "gpt2kit-demo", "--port", "8123", "--threads", "1", "--max-queue", "5"]
     if template:
         (tmp_path / template).write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
