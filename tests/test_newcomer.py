@@ -357,3 +357,28 @@ def test_readme_demo_generations_are_sensible_and_reproduce(capsys):
             assert out == shown, argv
         else:
             assert out.startswith(argv[3])
+
+
+# --- the README's examples run as written (a newcomer's pass over README.md) -----------------------------------
+
+
+def test_onnx_export_of_the_bundled_model_stays_out_of_the_package(tmp_path):
+    """`gpt2kit export onnx --model gpt2kit-demo` wrote ~480 MB into the installed package (MODEL/onnx)."""
+    from gpt2kit import hub
+    from gpt2kit.export.onnx import default_out
+
+    assert default_out(hub.BUNDLED_MODELS["gpt2kit-demo"]) == Path("gpt2kit-demo-onnx")
+    assert default_out(tmp_path) == tmp_path / "onnx"  # any other folder: the Hub's layout
+
+
+def test_readme_python_runs_on_the_demo_model():
+    """The README's Python blocks name only files that ship and fit the demo model's 256 positions."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    blocks = "\n".join(re.findall(r"```python\n(.*?)```", readme, re.S))
+    for path in re.findall(r'"(examples/[^"]+)"', blocks):
+        assert (ROOT / path).is_file(), path
+    assert all(int(n) <= 256 for n in re.findall(r"block_size=(\d+)", blocks))
+    # gpt2kit.keras chooses Keras's torch backend only when it is imported before keras
+    assert blocks.index("from gpt2kit.keras import") < blocks.index("import keras")

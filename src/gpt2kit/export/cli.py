@@ -19,7 +19,11 @@ def export_args(p: argparse.ArgumentParser) -> None:
         "files. Needs onnx and onnxruntime: pip install 'gpt2kit[onnx]'.",
     )
     o.add_argument("--model", required=True, help="a model folder, or a name in the local Hugging Face cache")
-    o.add_argument("--out", help="output folder (default: MODEL/onnx, the Hub's layout)")
+    o.add_argument(
+        "--out",
+        help="output folder (default: MODEL/onnx, the Hub's layout; for the bundled gpt2kit-demo: "
+        "gpt2kit-demo-onnx in the current folder)",
+    )
     o.add_argument(
         "--quantize", choices=["int8"], help="also write *_quantized.onnx: ONNX Runtime's dynamic int8"
     )

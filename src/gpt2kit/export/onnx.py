@@ -393,6 +393,17 @@ class _quiet_preprocessing_hint(logging.Filter):
 # --- the folder --------------------------------------------------------------------------------------------
 
 
+def default_out(model_dir: Path) -> Path:
+    """MODEL_DIR/onnx, the Hub's layout; but a model bundled with the package (gpt2kit-demo) lives inside the
+    installed package, not a place to write hundreds of MB: its export goes to NAME-onnx in the current
+    folder instead."""
+    from gpt2kit import hub
+
+    if any(model_dir.resolve() == bundled.resolve() for bundled in hub.BUNDLED_MODELS.values()):
+        return Path(f"{model_dir.name}-onnx")
+    return model_dir / "onnx"
+
+
 def export_onnx(
     model: str | os.PathLike | GPT2LMHeadModel,
     out: str | os.PathLike | None = None,
@@ -403,9 +414,10 @@ def export_onnx(
 ) -> list[Path]:
     """Export a model folder to ONNX as the Hub lays it out; return the files written.
 
-    out defaults to MODEL_DIR/onnx. Besides Optimum's three decoders, model.onnx (transformers.js's name for
-    the decoder with past). quantize="int8" adds decoder_model_quantized.onnx,
-    decoder_with_past_model_quantized.onnx, decoder_model_merged_quantized.onnx and model_quantized.onnx.
+    out defaults to MODEL_DIR/onnx (a bundled model's: NAME-onnx in the current folder, see default_out).
+    Besides Optimum's three decoders, model.onnx (transformers.js's name for the decoder with past).
+    quantize="int8" adds decoder_model_quantized.onnx, decoder_with_past_model_quantized.onnx,
+    decoder_model_merged_quantized.onnx and model_quantized.onnx.
     tokenizer: a folder or "gpt2" when the model folder has no tokenizer files of its own.
 
     >>> export_onnx("checkpoints/gpt2", quantize="int8")  # doctest: +SKIP
@@ -426,7 +438,7 @@ def export_onnx(
             raise ValueError(
                 "out= is needed when the model is passed as an object (there is no folder to write in)"
             )
-        out = model_dir / "onnx"
+        out = default_out(model_dir)
     out = Path(out)
     if out.is_file():
         raise ValueError(f"out must be a folder, but {out} is a file")
