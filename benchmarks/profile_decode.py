@@ -92,7 +92,13 @@ def profile_replay(model, batch: int, new: int, reps: int = 50) -> dict:
     cache = StaticCache.for_model(model.config, batch, 32 + new)
     for buf in (*cache.k, *cache.v):
         buf.normal_()  # what a filled cache holds: finite values (int8 layers refuse NaN activations)
-    args = (torch.full((batch, 1), 5), torch.full((batch, 1), length - 1), cache.k, cache.v, torch.empty(length))
+    args = (
+        torch.full((batch, 1), 5),
+        torch.full((batch, 1), length - 1),
+        cache.k,
+        cache.v,
+        torch.empty(length),
+    )
 
     def step():
         with torch.jit.optimized_execution(False):
