@@ -97,6 +97,28 @@ def test_every_pooling_and_layer_matches_transformers(ckpt, tok, pooling, layer)
         assert emb.dim == 32 * len(layers)
 
 
+@pytest.mark.parametrize("pooling", ["mean", "last"])
+def test_packed_weights_match_transformers(ckpt, tok, monkeypatch, pooling):
+    """from_pretrained packs the projections where packing measures faster (forced here) and runs c_fc with
+    its GELU as one oneDNN call: same vectors, same model fingerprint as unpacked."""
+    from gpt2kit.model import packed
+
+    if not packed.packing_available():
+        pytest.skip("this torch build cannot pack weights")
+    hf, folder = ckpt
+    monkeypatch.setattr(packed, "_packing_wins", lambda layer, rows: True)
+    emb = Embedder.from_pretrained(folder, pooling=pooling, batch_tokens=80)
+    mlp = emb.model.h[0].mlp
+    assert type(mlp.c_fc).__name__ == "_PackedTanhGelu" and type(mlp.c_proj).__name__ == "PackedLinear"
+    out = emb.embed(TEXTS)
+    assert emb.last_stats.positions > emb.last_stats.tokens
+    for text, got in zip(TEXTS, out):
+        assert_vec_close(got, oracle(hf, tok, text, [2], pooling))
+    plain = Embedder.from_pretrained(folder, pooling=pooling, pack=False)
+    assert type(plain.model.h[0].mlp.c_fc).__name__ == "Linear"
+    assert emb.options() == plain.options()  # a resumed file run sees the same model
+
+
 def test_normalize(ckpt, tok):
     hf, folder = ckpt
     for pooling in ("mean", "none"):
