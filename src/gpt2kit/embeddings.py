@@ -456,13 +456,19 @@ class Embedder:
     # --- the work ----------------------------------------------------------------------------------------
 
     def segments(self, ids: Sequence[Sequence[int]], stats: EmbedStats) -> list[Segment]:
-        """Model inputs for each text: itself, its first max_length tokens, or its windows."""
+        """Model inputs for each text: itself, its first max_length tokens, or its windows.
+
+        pooling="first" runs each text's first token alone: attention is causal, so its hidden states are
+        those it has in the whole text, and nothing after it is needed (nor truncated, nor chunked).
+        """
         segs = []
         L = self.max_length
         for i, x in enumerate(ids):
             n = len(x)
             if n == 0:
                 stats.empty += 1
+            elif self.pooling == "first":
+                segs.append(Segment(i, x[:1]))
             elif n <= L:
                 segs.append(Segment(i, x))
             elif self.long_text == "truncate":
