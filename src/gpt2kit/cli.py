@@ -721,11 +721,6 @@ class _DefaultsFormatter(argparse.HelpFormatter):
             help_text += (" " if help_text else "") + "(default: %(default)s)"
         return help_text or None
 
-    def _format_action(self, action: argparse.Action) -> str:
-        if not action.help and action.option_strings and action.default not in (None, False, []):
-            action.help = " "  # make room for the default
-        return super()._format_action(action)
-
 
 def _check_device(device: str | None) -> None:
     """A CUDA --device on a machine without CUDA fails here, before a model load blames its file."""

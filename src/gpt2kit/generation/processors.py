@@ -37,24 +37,12 @@ def _ids_tensor(ids: int | Iterable[int] | torch.Tensor) -> torch.Tensor:
     return torch.tensor(list(ids), dtype=torch.long)
 
 
-def _vocab_mask(ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    """(V,) bool, True at the given ids; ids outside the vocabulary are ignored (as transformers).
-
-    A scatter into a zero mask, not isin(arange(V), ids): this runs every decode step, and over GPT-2's
-    50257 ids isin cost ~150 us a call, ~5% of an int8 batch-1 step."""
-    vocab = scores.shape[-1]
-    ids = ids.to(scores.device)
-    mask = torch.zeros(vocab, dtype=torch.bool, device=scores.device)
-    mask[ids[(ids >= 0) & (ids < vocab)]] = True
-    return mask
-
-
 class _Forbid:
-    """scores with -inf at a processor's fixed ids: `scores.index_fill` over the ids inside the vocabulary,
-    kept per vocabulary size, device and ids tensor. The min-length processors forbid eos at every step of
-    a call; a masked_fill over a (V,) bool mask built each step cost ~50 us for the mask and ~30 us for the
-    fill at batch 1 over GPT-2's 50257 ids (~190 us at batch 8); index_fill writes the same values in ~6
-    (~26) us."""
+    """scores with -inf at a processor's fixed ids (ids outside the vocabulary are ignored, as transformers):
+    `scores.index_fill` over the ids inside the vocabulary, kept per vocabulary size, device and ids tensor.
+    This runs every decode step (min-length, suppressed tokens): a masked_fill over a (V,) bool mask built
+    each step cost ~50 us for the mask and ~30 us for the fill at batch 1 over GPT-2's 50257 ids (~190 us
+    at batch 8); index_fill writes the same values in ~6 (~26) us."""
 
     def __init__(self) -> None:
         self.key: tuple | None = None
@@ -437,9 +425,10 @@ class SuppressTokensLogitsProcessor(LogitsProcessor):
 
     def __init__(self, suppress_tokens: Iterable[int]):
         self.suppress_tokens = _ids_tensor(suppress_tokens)
+        self._forbid = _Forbid()
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        return scores.masked_fill(_vocab_mask(self.suppress_tokens, scores), NEG_INF)
+        return self._forbid(self.suppress_tokens, scores)
 
 
 class SuppressTokensAtBeginLogitsProcessor(LogitsProcessor):
@@ -448,11 +437,12 @@ class SuppressTokensAtBeginLogitsProcessor(LogitsProcessor):
     def __init__(self, begin_suppress_tokens: Iterable[int], begin_index: int):
         self.begin_suppress_tokens = _ids_tensor(begin_suppress_tokens)
         self.begin_index = begin_index
+        self._forbid = _Forbid()
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if input_ids.shape[-1] != self.begin_index:
             return scores
-        return scores.masked_fill(_vocab_mask(self.begin_suppress_tokens, scores), NEG_INF)
+        return self._forbid(self.begin_suppress_tokens, scores)
 
 
 class InfNanRemoveLogitsProcessor(LogitsProcessor):
