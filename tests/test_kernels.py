@@ -29,8 +29,10 @@ def table(tmp_path, monkeypatch):
     fresh = kernels.KernelTable()
     monkeypatch.setattr(kernels, "TABLE", fresh)
     matmul._fast.clear()
+    matmul._fallback.clear()
     yield fresh
     matmul._fast.clear()
+    matmul._fallback.clear()
 
 
 def fake_timings(monkeypatch, seconds: dict[str, float]) -> list[str]:
@@ -161,6 +163,44 @@ def test_auto_runs_the_measured_winner_per_shape(table, monkeypatch, winner):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.skipif(not matmul.onednn_linear_available(), reason="no oneDNN linear op in this torch")
+def test_an_out_in_weight_can_run_split_k_on_a_kept_in_out_copy(table, monkeypatch):
+    """The LM head (stored (vocab, in)) may run split-K on an (in, out) copy: offered for few rows, the
+    same product, the copy remade after the weight changes in place and freed with it, and a product
+    whose gradient must reach the weight takes the next best kernel instead."""
+    import gc
+
+    before, threads = matmul.cpu_matmul(), torch.get_num_threads()
+    matmul.set_cpu_matmul("auto")
+    torch.set_num_threads(2)
+    try:
+        # microseconds: decisions keep GFLOP/s to one decimal, and the fallback is the next best by them
+        offered = fake_timings(monkeypatch, {"torch": 1e-5, "onednn": 8e-6, "splitk": 9e-6, "splitk-io": 5e-6})
+        head = matmul.LMHead(256, 1200, bias=False)  # 256 x 1200 at 1 row: above MIN_MACS
+        torch.nn.init.normal_(head.weight)
+        x = torch.randn(1, 256)
+        with torch.no_grad():
+            y = head(x)
+            assert offered == ["torch", "onednn", "splitk", "splitk-io"]
+            torch.testing.assert_close(y, x @ head.weight.t(), rtol=1e-5, atol=1e-4)
+            (copy_,) = [c for w, *_, c in matmul._io_copies.values() if w() is head.weight]
+            assert copy_.shape == (256, 1200) and copy_.is_contiguous()
+            head.weight.mul_(2)  # an in-place change (an optimizer step): the copy is remade
+            torch.testing.assert_close(head(x), 2 * y, rtol=1e-5, atol=1e-4)
+        y = head(x)  # a gradient must reach the weight: oneDNN, the next best, not the copy
+        assert "OneDNN" in type(y.grad_fn.next_functions[0][0]).__name__  # (through LMHead's view)
+        y.sum().backward()
+        torch.testing.assert_close(head.weight.grad, x.expand(1200, 256), rtol=0, atol=0)
+        assert len(offered) == 4  # decided once
+        key = id(head.weight)
+        del head, y
+        gc.collect()
+        assert key not in matmul._io_copies  # the copy dies with its weight
+    finally:
+        matmul.set_cpu_matmul(before)
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("rows", [1, 5])
 @pytest.mark.parametrize("layout", ["io", "oi"])
@@ -218,6 +258,7 @@ def test_pack_weights_packs_only_layers_that_measured_faster(table, monkeypatch,
         "torch": 1.0,
         "onednn": 1.0,
         "splitk": 1.0,
+        "splitk-io": 1.0,
     }
     fake_timings(monkeypatch, times)
     model = lm()
@@ -284,6 +325,7 @@ def test_quantize_int8_auto_keeps_the_measured_winner_per_layer(table, monkeypat
         "torch": 1,
         "onednn": 1,
         "splitk": 1,
+        "splitk-io": 1,
     }
     seconds[f"dynamic-{engine}"] = 0.5
     fake_timings(monkeypatch, seconds)

@@ -186,6 +186,22 @@ def test_a_recording_is_reused_and_renewed_when_the_model_changes(folder, record
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
+def test_weights_written_in_place_make_a_new_recording(folder, record_now, monkeypatch):
+    """A recording may hold copies of weights (matmul.io_copy for the LM head): after an in-place update
+    (an optimizer step, a load_state_dict) it must not replay the old weights."""
+    model = gpt2kit.GPT2LMHeadModel.from_pretrained(folder).eval()
+    x, mask = prompts(False)
+    run(model, x, mask, monkeypatch, trace=True)
+    assert recordings(model) == 1
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1.5)
+        model.transformer.h[0].mlp.c_fc.weight.add_(0.1)
+    want = run(model, x, mask, monkeypatch, trace=False)
+    got = run(model, x, mask, monkeypatch, trace=True)
+    assert recordings(model) == 2  # recorded anew, not replayed
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
 def test_recording_waits_until_decoding_has_run_long_enough(folder, monkeypatch):
     monkeypatch.delenv("GPT2KIT_TRACE_DECODE", raising=False)
     monkeypatch.setattr(traced, "TRACE_AFTER_STEPS", 30)

@@ -125,8 +125,12 @@ def _hooked(model: nn.Module) -> bool:
 def _signature(model: nn.Module, batch_size: int, padded: bool) -> tuple:
     """What a recording depends on: the shape it was made for, the kernel policy and thread count its
     choices were measured under, and the model's modules and tensors (a recording holds the tensors it
-    saw, so replaced layers, pack_weights, quantize_int8 or .to() need a new one)."""
-    tensors = tuple((_storage(t), t.dtype) for t in (*model.parameters(), *model.buffers()))
+    saw, so replaced layers, pack_weights, quantize_int8, .to() or weights written in place need a new
+    one)."""
+    # A parameter's version too: kernels may read a copy made from it (matmul.io_copy), which the recording
+    # holds as a constant, so an in-place update (an optimizer step) must make a new recording.
+    tensors = tuple((_storage(t), t.dtype, matmul._version(t)) for t in model.parameters())
+    tensors += tuple((_storage(t), t.dtype) for t in model.buffers())
     modules = tuple(id(m) for m in model.modules())
     return (batch_size, padded, torch.get_num_threads(), matmul.cpu_matmul(), modules, tensors)
 

@@ -58,8 +58,9 @@ BUDGET_S = 0.06
 # A measurement whose units spread more than this (median / best) was disturbed: used, not cached.
 NOISE = 1.5
 # Part of every cache key: bump it when the candidates or the way they are timed change, so decisions
-# taken without a new candidate are measured again (2: split-K for float32; cold weights for few rows).
-CANDIDATES_VERSION = 2
+# taken without a new candidate are measured again (2: split-K for float32; cold weights for few rows;
+# 3: split-K on an (in, out) copy of an (out, in) weight, the LM head).
+CANDIDATES_VERSION = 3
 
 _ISA_FLAGS = (
     "avx2",

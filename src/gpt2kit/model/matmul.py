@@ -25,6 +25,7 @@ import itertools
 import os
 import threading
 import warnings
+import weakref
 
 import torch
 from torch import nn
@@ -71,6 +72,7 @@ def set_cpu_matmul(choice: str) -> str:
         choice = "torch"  # nothing to choose between
     _choice = choice
     _fast.clear()
+    _fallback.clear()
     return choice
 
 
@@ -80,26 +82,41 @@ def cpu_matmul() -> str:
 
 
 def kernel_for(x2: torch.Tensor, weight: torch.Tensor) -> str:
-    """Which kernel multiplies x2 (M, K) by weight (N, K) here: "torch", "onednn" or "splitk" (the policy,
-    or under auto this machine's measured decision for the shape, the weight's layout and M's row bucket)."""
+    """Which kernel multiplies x2 (M, K) by weight (N, K) here: "torch", "onednn", "splitk" or "splitk-io"
+    (the policy, or under auto this machine's measured decision for the shape, the weight's layout and M's
+    row bucket)."""
     policy = cpu_matmul()
     if policy != "auto":
         return policy
-    m, (n, k) = x2.shape[0], weight.shape
-    # (in, out) storage seen through .t() (GPT-2's projections) or (out, in) (the LM head): oneDNN reads
-    # them differently, and on AVX2 the layout decided which kernel won.
-    layout = "io" if weight.stride(0) == 1 and n > 1 else "oi"
-    bucket = kernels.row_bucket(m)
-    key = (layout, k, n, bucket)
+    key = _key(x2, weight)
     hit = _fast.get(key)
     if hit is None:
+        layout, k, n, bucket = key
+        m = x2.shape[0]
         if k * n * kernels.timing_rows(bucket, k, n) < kernels.MIN_MACS:
-            hit = "torch"
+            hit = _fallback[key] = "torch"
         else:
             decision = kernels.TABLE.decide(f"fp32-{layout}", k, n, m, lambda rows: _candidates(rows, weight))
             hit = decision.choice
+            # What runs where the choice cannot (a gradient to the weight, for splitk-io): the next best.
+            rest = {name: g for name, g in decision.gflops.items() if name != "splitk-io"}
+            _fallback[key] = hit if hit != "splitk-io" else max(rest, key=rest.__getitem__, default="torch")
         _fast[key] = hit
     return hit
+
+
+def _key(x2: torch.Tensor, weight: torch.Tensor) -> tuple[str, int, int, str]:
+    """(layout, K, N, row bucket): what a decision depends on besides the machine."""
+    n, k = weight.shape
+    # (in, out) storage seen through .t() (GPT-2's projections) or (out, in) (the LM head): oneDNN reads
+    # them differently, and on AVX2 the layout decided which kernel won.
+    layout = "io" if weight.stride(0) == 1 and n > 1 else "oi"
+    return layout, k, n, kernels.row_bucket(x2.shape[0])
+
+
+# (layout, K, N, row bucket) -> the best kernel other than splitk-io (used where a gradient must reach the
+# weight, which splitk-io's copy cannot pass on).
+_fallback: dict[tuple[str, int, int, str], str] = {}
 
 
 def _candidates(rows: int, weight: torch.Tensor) -> dict[str, object]:
@@ -115,6 +132,9 @@ def _candidates(rows: int, weight: torch.Tensor) -> dict[str, object]:
     }
     if rows <= SPLITK_MAX_ROWS and _splits(w.shape[1]) > 1:
         calls["splitk"] = lambda: splitk_linear(x, next(copies), b)
+        if not (w.stride(0) == 1 and w.shape[0] > 1):  # (out, in) storage: also split-K on an (in, out) copy
+            io = itertools.cycle(kernels.cold_copies(w.t().contiguous(), lambda: w.t().contiguous(), w.numel() * 4, rows))
+            calls["splitk-io"] = lambda: splitk_linear(x, next(io).t(), b)
     return calls
 
 
@@ -144,11 +164,46 @@ def splitk_linear(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     viewed (either layout), and the ops are torch's own, so autograd works; sums differ from torch's kernel
     in float32 rounding (~1e-6 relative).
     """
-    (m, k), n = x2.shape, weight.shape[0]
+    # Python ints, and -1 for the rows: a decode step's trace then holds constants, not the shape arithmetic
+    # (size, floor_divide, item: ~15 ops a product) it records from a traced tensor's shape.
+    n, k = (int(d) for d in weight.shape)
     c = _splits(k)
-    parts = torch.bmm(x2.view(m, c, k // c).transpose(0, 1), weight.t().view(c, k // c, n))  # (c, M, N)
+    parts = torch.bmm(x2.reshape(-1, c, k // c).transpose(0, 1), weight.t().view(c, k // c, n))  # (c, M, N)
     y = parts.sum(0)
     return y if bias is None else y.add_(bias)
+
+
+def _version(t: torch.Tensor) -> int:
+    """t's in-place write counter (inference-mode tensors have none, and cannot be written in place)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return 0
+
+
+# id(weight) -> (weakref to the weight, its version and data pointer when copied, the (in, out) copy).
+_io_copies: dict[int, tuple[weakref.ref, int, int, torch.Tensor]] = {}
+
+
+def io_copy(weight: torch.Tensor) -> torch.Tensor:
+    """An (in, out) contiguous copy of weight (out, in), kept while the weight lives and remade after it
+    changes (an optimizer step, load_state_dict), for splitk-io.
+
+    Why a copy: a few rows times the LM head (the embedding matrix, stored (vocab, in)) stream their weight
+    at ~26 GB/s with oneDNN on the dev VM; split-K over the (in, out) form streams each thread's half of the
+    rows front to back at ~35-42. The copy costs the weight's size again (154 MB for GPT-2's vocabulary at
+    768 wide), so it exists only where that measured faster (decisions per machine) and only for products
+    no gradient flows through."""
+    key = id(weight)
+    hit = _io_copies.get(key)
+    version, ptr = _version(weight), weight.data_ptr()
+    if hit is not None and hit[0]() is weight and hit[1] == version and hit[2] == ptr:
+        return hit[3]
+    copy = weight.detach().t().contiguous()
+    if hit is None or hit[0]() is not weight:
+        weakref.finalize(weight, _io_copies.pop, key, None)
+    _io_copies[key] = (weakref.ref(weight), version, ptr, copy)
+    return copy
 
 
 def _autocast_on() -> bool:
@@ -180,6 +235,11 @@ def fp32_linear(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     ):
         return None
     kernel = kernel_for(x2, weight)
+    if kernel == "splitk-io":
+        if torch.is_grad_enabled() and weight.requires_grad:
+            kernel = _fallback.get(_key(x2, weight), "torch")
+        else:
+            return splitk_linear(x2, io_copy(weight).t(), bias)
     if kernel == "torch":
         return None
     if kernel == "splitk":
