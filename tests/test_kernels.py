@@ -175,7 +175,9 @@ def test_an_out_in_weight_can_run_split_k_on_a_kept_in_out_copy(table, monkeypat
     torch.set_num_threads(2)
     try:
         # microseconds: decisions keep GFLOP/s to one decimal, and the fallback is the next best by them
-        offered = fake_timings(monkeypatch, {"torch": 1e-5, "onednn": 8e-6, "splitk": 9e-6, "splitk-io": 5e-6})
+        offered = fake_timings(
+            monkeypatch, {"torch": 1e-5, "onednn": 8e-6, "splitk": 9e-6, "splitk-io": 5e-6}
+        )
         head = matmul.LMHead(256, 1200, bias=False)  # 256 x 1200 at 1 row: above MIN_MACS
         torch.nn.init.normal_(head.weight)
         x = torch.randn(1, 256)

@@ -133,7 +133,9 @@ def _candidates(rows: int, weight: torch.Tensor) -> dict[str, object]:
     if rows <= SPLITK_MAX_ROWS and _splits(w.shape[1]) > 1:
         calls["splitk"] = lambda: splitk_linear(x, next(copies), b)
         if not (w.stride(0) == 1 and w.shape[0] > 1):  # (out, in) storage: also split-K on an (in, out) copy
-            io = itertools.cycle(kernels.cold_copies(w.t().contiguous(), lambda: w.t().contiguous(), w.numel() * 4, rows))
+            io = itertools.cycle(
+                kernels.cold_copies(w.t().contiguous(), lambda: w.t().contiguous(), w.numel() * 4, rows)
+            )
             calls["splitk-io"] = lambda: splitk_linear(x, next(io).t(), b)
     return calls
 
