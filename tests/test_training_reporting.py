@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,22 @@ def test_a_missing_backend_is_one_line_naming_the_extra(tmp_path: Path, monkeypa
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1
     assert "tensorboard" in err[0] and "pip install 'gpt2kit[tensorboard]'" in err[0]
+
+
+@pytest.mark.parametrize("report_to", ["tensorboard", "jsonl,tensorboard"])
+def test_train_without_tensorboard_leaves_no_output_folder(tmp_path: Path, monkeypatch, capsys, report_to):
+    """tensorboard not installed (a None entry in sys.modules: find_spec says it is missing, import fails):
+    `gpt2kit train --report-to tensorboard` is one line with the pip fix, and -o is not created."""
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    text = tmp_path / "train.txt"
+    text.write_text("hello world\n" * 20)
+    out = tmp_path / "runs" / "out"
+    rc = main(["train", str(text), "--config", "n_layer=1,n_embd=16,n_head=2,n_positions=32", "-o",
+               str(out), "--report-to", report_to])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert "needs the tensorboard package" in err[0] and "pip install 'gpt2kit[tensorboard]'" in err[0]
+    assert not out.exists() and not out.parent.exists()
 
 
 def test_tensorboard_holds_the_jsonl_scalars_once_after_a_resume(tmp_path: Path) -> None:

@@ -255,8 +255,6 @@ def train(args: argparse.Namespace) -> int:
     if lora is not None and args.task != "lm":
         raise ValueError("--lora trains language models (--task lm); fine-tune a classifier without --lora")
 
-    _check_output_folder(Path(args.output))
-
     from gpt2kit.config import GPT2Config
 
     # The model's shape first: a bad --config or --block-size fails before any tokenizing.
@@ -282,6 +280,8 @@ def train(args: argparse.Namespace) -> int:
         extra={"data": args.data, "eval": args.eval_files, "task": args.task, "block_size": length},
     )  # fmt: skip
     _check_report_backends(cfg.report_to)
+    # Only now, with every argument checked, the output folder: a mistake above leaves no empty folder.
+    _check_output_folder(Path(args.output))
     dist = _setup_dist(args.device)  # under torchrun: rank 0 tokenizes first, the others then read its cache
     from gpt2kit import AutoTokenizer
 
