@@ -2,6 +2,8 @@
 
     python examples/quickstart.py                 # the bundled demo model (gpt2kit-demo)
     python examples/quickstart.py --model DIR     # a real checkpoint folder (e.g. a downloaded gpt2)
+    python examples/quickstart.py --out tuned/    # keep the fine-tuned model (default: a temporary folder,
+                                                  # removed when the script ends)
 
 gpt2kit-demo is a small GPT-2 (4 layers x 224, GPT-2's vocabulary) trained from scratch on WordNet's
 dictionary glosses: it writes definition-like English, it is a demo, not GPT-2.
@@ -10,6 +12,7 @@ dictionary glosses: it writes definition-like English, it is a demo, not GPT-2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 
 import torch
@@ -22,6 +25,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--model", default="gpt2kit-demo", help="a GPT-2 checkpoint folder (default: gpt2kit-demo)"
+    )
+    ap.add_argument(
+        "--out", help="where to save the fine-tuned model (default: a temporary folder, removed at the end)"
     )
     args = ap.parse_args()
     folder = args.model
@@ -67,10 +73,20 @@ def main() -> None:
     data = texts_dataset(
         ["kite (noun): a toy that flies on a long string in the wind"] * 8, tok, block_size=16
     )
-    out = tempfile.mkdtemp(prefix="quickstart-finetuned-")
-    config = TrainingConfig(output_dir=out, max_steps=3, batch_size=4, lr=1e-4, progress=False)
-    result = Trainer(lm, data, config=config, tokenizer=tok).fit()
-    print(f"fine-tuned {result.steps} steps, loss {result.train_loss:.3f}, saved to {out}")
+    # A temporary folder unless --out is given: the quickstart leaves nothing behind in /tmp
+    if args.out:
+        out_folder = contextlib.nullcontext(args.out)
+    else:
+        out_folder = tempfile.TemporaryDirectory(prefix="quickstart-finetuned-")
+    with out_folder as out:
+        config = TrainingConfig(output_dir=out, max_steps=3, batch_size=4, lr=1e-4, progress=False)
+        result = Trainer(lm, data, config=config, tokenizer=tok).fit()
+        where = out if args.out else f"{out} (temporary, removed at exit; --out DIR keeps it)"
+        print(f"fine-tuned {result.steps} steps, loss {result.train_loss:.3f}, saved to {where}")
+        # The saved folder is a checkpoint like any other: load it back and use it
+        tuned = GPT2LMHeadModel.from_pretrained(out)
+        ids = tuned.generate(**tok("kite (noun):", return_tensors="pt"), max_new_tokens=8)
+        print("reloaded:", repr(tok.decode(ids[0], skip_special_tokens=True)))
 
 
 if __name__ == "__main__":

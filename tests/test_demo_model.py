@@ -43,16 +43,24 @@ def test_demo_model_loads_in_transformers():
 
 
 def test_readme_quickstart_runs_every_job_offline(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TMPDIR": str(tmp_path)}
+    """...and leaves nothing behind: the fine-tuned model goes to a temporary folder removed at the end."""
+    tmp, cwd = tmp_path / "tmp", tmp_path / "cwd"
+    tmp.mkdir()
+    cwd.mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TMPDIR": str(tmp)}
     done = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "quickstart.py")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     for line in ("tokens: [15496, 995]", "last_hidden_state: (1, 6, 224)", "greedy: 'guitar (noun):",
-                 "stream:", "loss:", "embeddings: (2, 224) float32", "fine-tuned 3 steps"):  # fmt: skip
+                 "stream:", "loss:", "embeddings: (2, 224) float32", "fine-tuned 3 steps",
+                 "reloaded: 'kite (noun):"):  # fmt: skip
         assert line in out, f"{line!r} missing from:\n{out}"
+    # torch's own cache folder (torchinductor_$USER, shared by every torch program) may appear; nothing else
+    left = [p.name for p in tmp.iterdir() if not p.name.startswith("torchinductor_")]
+    assert left == [] and list(cwd.iterdir()) == [], (left, list(cwd.iterdir()))
 
 
 def test_demo_model_was_trained_not_random():
