@@ -328,7 +328,8 @@ def test_errors_name_the_bad_value(ckpt):
 
 
 def test_example_classifier_runs():
-    """examples/embed_classify.py end to end (random weights): well above chance on its three topics."""
+    """examples/embed_classify.py end to end on the bundled demo model, its default (as every example's):
+    well above chance on its three topics."""
     import subprocess
     import sys
     from pathlib import Path
@@ -337,5 +338,6 @@ def test_example_classifier_runs():
     script = Path(__file__).resolve().parents[1] / "examples" / "embed_classify.py"
     out = subprocess.run([sys.executable, str(script), "--per-topic", "30"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+    assert "embedded 90 texts with gpt2kit-demo -> (90, 224)" in out.stdout, out.stdout
     accuracy = float(out.stdout.split("test accuracy")[1].split()[0])
     assert accuracy > 0.6, out.stdout
