@@ -64,12 +64,13 @@ class Running:
         max_stop=64,
         head_timeout=10.0,
         chat_template=None,
+        name=NAME,
         **engine_options,
     ):
         self.engine = load_engine(folder, **engine_options)
         app = build_app(
             self.engine,
-            NAME,
+            name,
             api_key=api_key,
             max_body=max_body,
             max_stop=max_stop,

@@ -10,7 +10,9 @@ Servers come from test_serve's `Running`.
 from __future__ import annotations
 
 import json
+import re
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -366,3 +368,27 @@ def test_bad_search_fields_are_400s_naming_them(beam_server, extra, param):
     assert err["param"] == param and f"'{param}'" in err["message"]
     with pytest.raises(openai.BadRequestError):
         beam_server.client().completions.create(model=NAME, prompt="hi", max_tokens=4, extra_body=extra)
+
+
+def test_serving_md_python_runs_against_the_server_it_documents(capsys):
+    """docs/serving.md's Python blocks, pasted in order, against the server that doc starts: every `model=`
+    is the documented `--model path/to/gpt2`, and with `--model gpt2kit-demo` (the doc's offline choice, then
+    `model="gpt2kit-demo"`) every call, the beam search included, runs (a model id the server does not serve
+    is a 404)."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
+    served = re.search(r"^gpt2kit serve --model (\S+)", doc, re.M).group(1)
+    assert served == "path/to/gpt2"
+    blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
+    code = "\n".join(blocks)
+    assert "client.completions.create" in code and "use_beam_search" in code
+    ids = re.findall(r"\bmodel=(['\"])(.*?)\1", code)
+    assert ids and {m for _, m in ids} == {served}, f"docs/serving.md sends {ids}, its server serves {served}"
+    template = re.search(r"```jinja\n(.*?)```", doc, re.S).group(1)  # the doc's chatml.jinja
+    s = Running("gpt2kit-demo", name="gpt2kit-demo", chat_template=template)
+    try:
+        code = code.replace(f'"{served}"', '"gpt2kit-demo"').replace("http://127.0.0.1:8000", s.url)
+        scope: dict = {}
+        exec(compile(code, "docs/serving.md", "exec"), scope)  # 404 / 400 raise here
+        assert scope["client"].models.list().data[0].id == "gpt2kit-demo"
+    finally:
+        s.stop()
