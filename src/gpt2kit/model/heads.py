@@ -16,6 +16,7 @@ from torch import nn
 from gpt2kit.config import GPT2Config
 from gpt2kit.generation.mixin import GenerationMixin
 from gpt2kit.model.gpt2 import GPT2Model, GPT2PreTrainedModel
+from gpt2kit.model.loss import causal_lm_loss
 from gpt2kit.model.matmul import LMHead, is_compiling
 from gpt2kit.model.outputs import (
     CausalLMOutputWithCrossAttentions,
@@ -42,18 +43,6 @@ _TRUNK_ARGS = (
     "output_hidden_states",
     "cache_position",
 )
-
-
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of predicting token t+1 from position t; labels == -100 are ignored.
-
-    logits (B, T, V), labels (B, T): the shift happens here, so labels can simply be input_ids.
-    """
-    shift_logits = logits[..., :-1, :].float()
-    shift_labels = labels[..., 1:].to(logits.device)
-    return F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100
-    )
 
 
 def _trunk_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
