@@ -21,6 +21,7 @@ on (`word (part of speech): definition`), so a few epochs visibly change what it
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 
@@ -65,7 +66,9 @@ def main() -> None:
     ap.add_argument("--block-size", type=int, default=15)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--out", help="where to save the fine-tuned model (default: a temporary folder)")
+    ap.add_argument(
+        "--out", help="where to save the fine-tuned model (default: a temporary folder, removed at the end)"
+    )
     args = ap.parse_args()
     keras.utils.set_random_seed(0)
 
@@ -94,31 +97,39 @@ def main() -> None:
         loss=loss,  # transformers' TF tutorials also write [loss, *[None] * model.config.n_layer]: accepted
         metrics=[keras.metrics.SparseCategoricalAccuracy("accuracy")],
     )
-    out = args.out or tempfile.mkdtemp(prefix="keras-finetuned-")
-    history = model.fit(
-        *train,
-        validation_data=val,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        callbacks=[
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=True),
-            keras.callbacks.ModelCheckpoint(
-                os.path.join(out, "checkpoints", "best.weights.h5"),
-                monitor="val_loss",
-                save_best_only=True,
-                save_weights_only=True,
-            ),
-        ],
-        verbose=2,
-    ).history
-    print("val_loss per epoch:", [round(v, 3) for v in history["val_loss"]])
+    # A temporary folder unless --out is given: the example leaves nothing behind in /tmp
+    if args.out:
+        out_folder = contextlib.nullcontext(args.out)
+    else:
+        out_folder = tempfile.TemporaryDirectory(prefix="keras-finetuned-")
+    with out_folder as out:
+        history = model.fit(
+            *train,
+            validation_data=val,
+            batch_size=args.batch_size,
+            epochs=args.epochs,
+            callbacks=[
+                keras.callbacks.EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=True),
+                keras.callbacks.ModelCheckpoint(
+                    os.path.join(out, "checkpoints", "best.weights.h5"),
+                    monitor="val_loss",
+                    save_best_only=True,
+                    save_weights_only=True,
+                ),
+            ],
+            verbose=2,
+        ).history
+        print("val_loss per epoch:", [round(v, 3) for v in history["val_loss"]])
 
-    after = model.generate(prompt["input_ids"], attention_mask=prompt["attention_mask"], max_new_tokens=14)
-    print("after: ", repr(tok.decode(after[0], skip_special_tokens=True)))
+        after = model.generate(
+            prompt["input_ids"], attention_mask=prompt["attention_mask"], max_new_tokens=14
+        )
+        print("after: ", repr(tok.decode(after[0], skip_special_tokens=True)))
 
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    print(f"saved to {out} (transformers.GPT2LMHeadModel.from_pretrained and gpt2kit both load it)")
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        where = out if args.out else f"{out} (temporary, removed at exit; --out DIR keeps it)"
+        print(f"saved to {where} (transformers.GPT2LMHeadModel.from_pretrained and gpt2kit both load it)")
 
 
 if __name__ == "__main__":

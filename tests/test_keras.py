@@ -273,6 +273,21 @@ def test_example_script_runs_offline(tmp_path):
     GPT2LMHeadModel.from_pretrained(tmp_path / "out")
 
 
+@pytest.mark.slow
+def test_example_script_without_out_leaves_no_temp_folder(tmp_path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp)}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "keras_finetune.py"), "--epochs", "1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "(temporary, removed at exit; --out DIR keeps it)" in done.stdout
+    left = [p.name for p in tmp.iterdir() if not p.name.startswith("torchinductor_")]  # torch's own cache
+    assert left == []
+
+
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     environ["PYTHONPATH"] = os.pathsep.join(filter(None, [SRC, environ.get("PYTHONPATH")]))
