@@ -370,9 +370,15 @@ def test_hardware_names_the_isa_and_keys_on_the_limits(monkeypatch):
     assert hw.cpu in hw.describe() and hw.isa in hw.describe()
 
 
-def test_info_hardware_prints_the_isa_and_the_chosen_kernels(tmp_path, table, capsys):
+def test_info_hardware_prints_the_isa_and_the_chosen_kernels(tmp_path, table, capsys, monkeypatch):
     from gpt2kit.cli import main
+    from gpt2kit.model import packed
 
+    timed = []  # the layers packing is timed on: the LM head must be the model's class (its own kernels)
+    real = packed._packing_wins
+    monkeypatch.setattr(
+        packed, "_packing_wins", lambda layer, rows: timed.append(type(layer)) or real(layer, rows)
+    )
     config = gpt2kit.GPT2Config(vocab_size=1024, n_positions=32, n_layer=1, n_embd=128, n_head=2)
     config.save_pretrained(tmp_path / "m")
     assert main(["info", "--hardware", "--model", str(tmp_path / "m"), "--json"]) == 0
@@ -383,6 +389,7 @@ def test_info_hardware_prints_the_isa_and_the_chosen_kernels(tmp_path, table, ca
     for d in info["kernels"].values():
         assert d["choice"] in d["gflops"] or not d["gflops"]
     assert main(["info", "--hardware", "--model", str(tmp_path / "m")]) == 0
+    assert not packed.packing_available() or matmul.LMHead in timed
     text = capsys.readouterr().out
     assert f"isa         {hw.isa}" in text and "GFLOP/s" in text
 

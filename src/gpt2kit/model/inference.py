@@ -81,7 +81,9 @@ def measure_kernels(config, rows: tuple[int, ...] = (1, 8, 64), remeasure: bool 
         layer = Linear(k, n)
         nn.init.normal_(layer.weight, std=0.02)
         layers.append(layer)
-    head = nn.Linear(c, config.vocab_size, bias=False)
+    # The model's own LM head class: its float32 product has kernels of its own (split-K on an (in, out)
+    # copy), and a packing decision measured on a plain nn.Linear would be reused for it.
+    head = matmul.LMHead(c, config.vocab_size, bias=False)
     nn.init.normal_(head.weight, std=0.02)
     layers.append(head)
     keys = []
