@@ -68,3 +68,20 @@ def test_all_ignored_gives_nan_like_cross_entropy():
 def test_labels_of_another_shape_get_cross_entropys_error():
     with pytest.raises(ValueError, match=r"Expected input batch_size \(6\) to match target batch_size \(8\)"):
         loss_mod.causal_lm_loss(torch.randn(2, 4, 10), torch.zeros(2, 5, dtype=torch.long))
+
+
+def test_double_backward_equals_cross_entropys():
+    """create_graph=True (gradient penalties, Hessian-vector products) differentiates the gradient too."""
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(2, 5, 12, generator=g)
+    labels = torch.randint(0, 12, (2, 5), generator=g)
+    labels[1, 3] = -100
+    v = torch.randn(2, 5, 12, generator=g)
+    hvps = []
+    for fn in (loss_mod.causal_lm_loss, reference):
+        x = base.clone().requires_grad_()
+        (gx,) = torch.autograd.grad(fn(x, labels), x, create_graph=True)
+        (hvp,) = torch.autograd.grad((gx * v).sum(), x)
+        hvps.append((gx.detach(), hvp))
+    torch.testing.assert_close(hvps[0][0], hvps[1][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(hvps[0][1], hvps[1][1], rtol=1e-5, atol=1e-6)
