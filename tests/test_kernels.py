@@ -191,8 +191,12 @@ def test_an_out_in_weight_can_run_split_k_on_a_kept_in_out_copy(table, monkeypat
             torch.testing.assert_close(head(x), 2 * y, rtol=1e-5, atol=1e-4)
         y = head(x)  # a gradient must reach the weight: oneDNN, the next best, not the copy
         assert "OneDNN" in type(y.grad_fn.next_functions[0][0]).__name__  # (through LMHead's view)
+        (entry,) = [c for w, *_, c in matmul._io_copies.values() if w() is head.weight]
+        assert entry is None  # training frees the copy (it would be stale after the step)
         y.sum().backward()
         torch.testing.assert_close(head.weight.grad, x.expand(1200, 256), rtol=0, atol=0)
+        with torch.no_grad():
+            torch.testing.assert_close(head(x), x @ head.weight.t(), rtol=1e-5, atol=1e-4)  # made again
         assert len(offered) == 4  # decided once
         key = id(head.weight)
         del head, y

@@ -183,8 +183,9 @@ def _version(t: torch.Tensor) -> int:
         return 0
 
 
-# id(weight) -> (weakref to the weight, its version and data pointer when copied, the (in, out) copy).
-_io_copies: dict[int, tuple[weakref.ref, int, int, torch.Tensor]] = {}
+# id(weight) -> (weakref to the weight, its version and data pointer when copied, the (in, out) copy or None
+# once dropped). The entry lives as long as the weight: its finalizer removes it.
+_io_copies: dict[int, tuple[weakref.ref, int, int, torch.Tensor | None]] = {}
 
 
 def io_copy(weight: torch.Tensor) -> torch.Tensor:
@@ -199,13 +200,20 @@ def io_copy(weight: torch.Tensor) -> torch.Tensor:
     key = id(weight)
     hit = _io_copies.get(key)
     version, ptr = _version(weight), weight.data_ptr()
-    if hit is not None and hit[0]() is weight and hit[1] == version and hit[2] == ptr:
+    if hit is not None and hit[0]() is weight and hit[1] == version and hit[2] == ptr and hit[3] is not None:
         return hit[3]
     copy = weight.detach().t().contiguous()
     if hit is None or hit[0]() is not weight:
         weakref.finalize(weight, _io_copies.pop, key, None)
     _io_copies[key] = (weakref.ref(weight), version, ptr, copy)
     return copy
+
+
+def drop_io_copy(weight: torch.Tensor) -> None:
+    """Free weight's (in, out) copy, if it has one (made again on the next product that uses it)."""
+    hit = _io_copies.get(id(weight))
+    if hit is not None and hit[0]() is weight:
+        _io_copies[id(weight)] = (hit[0], hit[1], hit[2], None)
 
 
 def _autocast_on() -> bool:
@@ -240,6 +248,7 @@ def fp32_linear(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     if kernel == "splitk-io":
         if torch.is_grad_enabled() and weight.requires_grad:
             kernel = _fallback.get(_key(x2, weight), "torch")
+            drop_io_copy(weight)  # training now: the copy would go stale at the next step anyway
         else:
             return splitk_linear(x2, io_copy(weight).t(), bias)
     if kernel == "torch":
