@@ -245,10 +245,12 @@ def fp32_linear(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     ):
         return None
     kernel = kernel_for(x2, weight)
+    training = torch.is_grad_enabled() and weight.requires_grad
+    if training and _io_copies:
+        drop_io_copy(weight)  # a copy made for decoding would go stale at the next optimizer step anyway
     if kernel == "splitk-io":
-        if torch.is_grad_enabled() and weight.requires_grad:
+        if training:  # the copy cannot pass a gradient on to the weight
             kernel = _fallback.get(_key(x2, weight), "torch")
-            drop_io_copy(weight)  # training now: the copy would go stale at the next step anyway
         else:
             return splitk_linear(x2, io_copy(weight).t(), bias)
     if kernel == "torch":
