@@ -198,9 +198,8 @@ def test_an_out_in_weight_can_run_split_k_on_a_kept_in_out_copy(table, monkeypat
         with torch.no_grad():
             torch.testing.assert_close(head(x), x @ head.weight.t(), rtol=1e-5, atol=1e-4)  # made again
         assert len(offered) == 4  # decided once
-        head(
-            torch.randn(64, 256)
-        ).sum().backward()  # training rows (another bucket, another kernel) free it as well
+        # training rows (another bucket, another kernel) free it as well
+        head(torch.randn(64, 256)).sum().backward()
         (entry,) = [c for w, *_, c in matmul._io_copies.values() if w() is head.weight]
         assert entry is None
         key = id(head.weight)
