@@ -85,3 +85,16 @@ def test_double_backward_equals_cross_entropys():
         hvps.append((gx.detach(), hvp))
     torch.testing.assert_close(hvps[0][0], hvps[1][0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(hvps[0][1], hvps[1][1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [-5, 10])
+def test_targets_out_of_range_get_cross_entropys_error(bad):
+    labels = torch.zeros(2, 4, dtype=torch.long)
+    labels[1, 2] = bad
+    with pytest.raises((IndexError, RuntimeError), match=f"Target {bad} is out of bounds"):
+        loss_mod.causal_lm_loss(torch.randn(2, 4, 10, requires_grad=True), labels)
+
+
+def test_int32_labels_get_cross_entropys_error():
+    with pytest.raises(RuntimeError, match="Long"):
+        loss_mod.causal_lm_loss(torch.randn(2, 4, 10), torch.zeros(2, 4, dtype=torch.int32))

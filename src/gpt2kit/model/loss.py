@@ -80,14 +80,22 @@ def _differentiable_grad(logits, safe, keep, count, grad) -> torch.Tensor:
     return torch.cat([g, g.new_zeros(B, 1, V)], dim=1).to(logits.dtype)
 
 
+def _out_of_range(targets: torch.Tensor, vocab: int) -> bool:
+    """Targets F.cross_entropy refuses (negative but not IGNORE, or >= vocab): the plain path raises its
+    error for them, where the chunks would clamp or index out of bounds."""
+    return bool(((targets < 0) & (targets != IGNORE)).any() or (targets >= vocab).any())
+
+
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of predicting token t+1 from position t; labels == -100 are ignored.
 
     logits (B, T, V), labels (B, T): the shift happens here, so labels can simply be input_ids.
     """
-    plain = logits.dim() != 3 or logits.shape[1] < 2 or labels.shape != logits.shape[:2]  # (its errors)
+    # What F.cross_entropy refuses (shapes, dtypes, ranges) takes its path, for its error message.
+    plain = logits.dim() != 3 or logits.shape[1] < 2 or labels.shape != logits.shape[:2]
+    plain = plain or labels.dtype != torch.long
     # On a GPU the caching allocator reuses blocks and the fused kernel is one launch: nothing to gain.
-    plain = plain or logits.device.type != "cpu"
+    plain = plain or logits.device.type != "cpu" or _out_of_range(labels[:, 1:], logits.shape[-1])
     if plain or is_compiling() or _transformed(logits):
         shift_logits = logits[..., :-1, :].float()
         shift_labels = labels[..., 1:].to(logits.device)
