@@ -136,6 +136,7 @@ def test_auto_runs_the_measured_winner_per_shape(table, monkeypatch, winner):
     try:
         seconds = {"torch": 1.0, "onednn": 2.0, "splitk": 2.0} | {winner: 0.5}
         offered = fake_timings(monkeypatch, seconds)
+        torch.manual_seed(0)
         layer = Linear(256, 384)  # 256 x 384 x 8 rows: above MIN_MACS, so it is measured
         torch.nn.init.normal_(layer.weight)
         x = torch.randn(8, 256, requires_grad=True)
@@ -146,7 +147,9 @@ def test_auto_runs_the_measured_winner_per_shape(table, monkeypatch, winner):
             ran += type(fn).__name__
             fn = fn.next_functions[0][0] if fn.next_functions else fn
         assert ("OneDNN" in ran) == (winner == "onednn") and ("Sum" in ran) == (winner == "splitk")
-        torch.testing.assert_close(y, torch.addmm(layer.bias, x, layer.weight), rtol=1e-5, atol=1e-5)
+        # 256-term sums of O(1) products, outputs up to ~50: another summation order (oneDNN's AVX2 blocking)
+        # moves them by ~1e-5 absolute, which an atol of 1e-5 only caught now and then (unseeded inputs)
+        torch.testing.assert_close(y, torch.addmm(layer.bias, x, layer.weight), rtol=1e-5, atol=1e-4)
         y.square().sum().backward()  # every kernel trains
         want = (2 * y.detach()) @ layer.weight.detach().t()
         assert float((x.grad - want).norm() / want.norm()) < 1e-5
