@@ -406,6 +406,30 @@ def test_info_hardware_prints_the_isa_and_the_chosen_kernels(tmp_path, table, ca
 
 
 @pytest.mark.skipif(not matmul.onednn_linear_available(), reason="no oneDNN linear op in this torch")
+def test_info_hardware_says_when_the_lm_head_keeps_a_copy(tmp_path, table, capsys, monkeypatch):
+    from gpt2kit.cli import main
+
+    class Seconds(dict):
+        def __missing__(self, name):
+            return 1e-3
+
+    fake_timings(monkeypatch, Seconds({"splitk-io": 1e-4}))
+    before, threads = matmul.cpu_matmul(), torch.get_num_threads()
+    matmul.set_cpu_matmul("auto")
+    torch.set_num_threads(2)  # split-K needs more than one thread
+    try:
+        config = gpt2kit.GPT2Config(vocab_size=1200, n_positions=32, n_layer=1, n_embd=256, n_head=2)
+        config.save_pretrained(tmp_path / "m")
+        assert main(["info", "--hardware", "--model", str(tmp_path / "m")]) == 0
+    finally:
+        matmul.set_cpu_matmul(before)
+        torch.set_num_threads(threads)
+    text = capsys.readouterr().out
+    assert "fp32-oi:256x1200:1" in text and "-> splitk-io" in text
+    assert "keeps an (in, out) copy of the LM head (1 MB)" in text
+
+
+@pytest.mark.skipif(not matmul.onednn_linear_available(), reason="no oneDNN linear op in this torch")
 def test_deciding_does_not_move_the_global_rng(table):
     """A decision is taken on first use, which can be mid-training; a resumed run finds it cached. Drawing the
     timing inputs from the global RNG shifted dropout's stream and broke exact resume."""

@@ -602,6 +602,9 @@ def _hardware(args: argparse.Namespace) -> int:
     for key, d in decisions.items():
         rates = ", ".join(f"{name} {g:.0f}" for name, g in d["gflops"].items()) or "not timed"
         print(f"  {key:<36} -> {d['choice']:<15} GFLOP/s: {rates}")
+    if any(d["choice"] == "splitk-io" for d in decisions.values()):
+        mb = config.vocab_size * config.n_embd * 4 / 1e6
+        print(f"            splitk-io: float32 decoding keeps an (in, out) copy of the LM head ({mb:.0f} MB)")
     return 0
 
 
