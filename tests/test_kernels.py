@@ -29,10 +29,8 @@ def table(tmp_path, monkeypatch):
     fresh = kernels.KernelTable()
     monkeypatch.setattr(kernels, "TABLE", fresh)
     matmul._fast.clear()
-    matmul._fallback.clear()
     yield fresh
     matmul._fast.clear()
-    matmul._fallback.clear()
 
 
 def fake_timings(monkeypatch, seconds: dict[str, float]) -> list[str]:

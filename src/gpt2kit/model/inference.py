@@ -73,7 +73,6 @@ def measure_kernels(config, rows: tuple[int, ...] = (1, 8, 64), remeasure: bool 
     if remeasure:
         kernels.TABLE.clear()
         matmul._fast.clear()
-        matmul._fallback.clear()
     c, inner = config.n_embd, config.inner_dim
     shapes = [(c, 3 * c), (c, c), (c, inner), (inner, c)]
     layers: list[nn.Module] = []

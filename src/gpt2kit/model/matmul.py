@@ -34,8 +34,10 @@ from gpt2kit.model import kernels
 
 CHOICES = ("auto", "onednn", "torch")
 _choice: str | None = None  # one of CHOICES, once read
-# (layout, K, N, row bucket) -> kernel name: the hot path's copy of kernels.TABLE's decisions.
-_fast: dict[tuple[str, int, int, str], str] = {}
+# (layout, K, N, row bucket) -> (kernel, the best kernel other than splitk-io): the hot path's copy of
+# kernels.TABLE's decisions. The second runs where a gradient must reach the weight, which splitk-io's copy
+# cannot pass on.
+_fast: dict[tuple[str, int, int, str], tuple[str, str]] = {}
 # .on is True while generation/traced.py records a decode step (in this thread) to replay in this process.
 _recording = threading.local()
 
@@ -72,7 +74,6 @@ def set_cpu_matmul(choice: str) -> str:
         choice = "torch"  # nothing to choose between
     _choice = choice
     _fast.clear()
-    _fallback.clear()
     return choice
 
 
@@ -85,22 +86,27 @@ def kernel_for(x2: torch.Tensor, weight: torch.Tensor) -> str:
     """Which kernel multiplies x2 (M, K) by weight (N, K) here: "torch", "onednn", "splitk" or "splitk-io"
     (the policy, or under auto this machine's measured decision for the shape, the weight's layout and M's
     row bucket)."""
+    return _decision(x2, weight)[0]
+
+
+def _decision(x2: torch.Tensor, weight: torch.Tensor) -> tuple[str, str]:
+    """(kernel, kernel where a gradient must reach the weight) for this product (see kernel_for)."""
     policy = cpu_matmul()
     if policy != "auto":
-        return policy
+        return policy, policy
     key = _key(x2, weight)
     hit = _fast.get(key)
     if hit is None:
         layout, k, n, bucket = key
-        m = x2.shape[0]
         if k * n * kernels.timing_rows(bucket, k, n) < kernels.MIN_MACS:
-            hit = _fallback[key] = "torch"
+            hit = ("torch", "torch")
         else:
+            m = x2.shape[0]
             decision = kernels.TABLE.decide(f"fp32-{layout}", k, n, m, lambda rows: _candidates(rows, weight))
-            hit = decision.choice
             # What runs where the choice cannot (a gradient to the weight, for splitk-io): the next best.
             rest = {name: g for name, g in decision.gflops.items() if name != "splitk-io"}
-            _fallback[key] = hit if hit != "splitk-io" else max(rest, key=rest.__getitem__, default="torch")
+            best_rest = max(rest, key=rest.__getitem__, default="torch")
+            hit = (decision.choice, best_rest if decision.choice == "splitk-io" else decision.choice)
         _fast[key] = hit
     return hit
 
@@ -112,11 +118,6 @@ def _key(x2: torch.Tensor, weight: torch.Tensor) -> tuple[str, int, int, str]:
     # them differently, and on AVX2 the layout decided which kernel won.
     layout = "io" if weight.stride(0) == 1 and n > 1 else "oi"
     return layout, k, n, kernels.row_bucket(x2.shape[0])
-
-
-# (layout, K, N, row bucket) -> the best kernel other than splitk-io (used where a gradient must reach the
-# weight, which splitk-io's copy cannot pass on).
-_fallback: dict[tuple[str, int, int, str], str] = {}
 
 
 def _candidates(rows: int, weight: torch.Tensor) -> dict[str, object]:
@@ -244,15 +245,14 @@ def fp32_linear(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         or _transformed(x2, weight, bias)
     ):
         return None
-    kernel = kernel_for(x2, weight)
+    kernel, with_grad = _decision(x2, weight)
     training = torch.is_grad_enabled() and weight.requires_grad
-    if training and _io_copies:
-        drop_io_copy(weight)  # a copy made for decoding would go stale at the next optimizer step anyway
+    if training:
+        kernel = with_grad  # splitk-io's copy cannot pass a gradient on to the weight
+        if _io_copies:
+            drop_io_copy(weight)  # a copy made for decoding would go stale at the next optimizer step anyway
     if kernel == "splitk-io":
-        if training:  # the copy cannot pass a gradient on to the weight
-            kernel = _fallback.get(_key(x2, weight), "torch")
-        else:
-            return splitk_linear(x2, io_copy(weight).t(), bias)
+        return splitk_linear(x2, io_copy(weight).t(), bias)
     if kernel == "torch":
         return None
     if kernel == "splitk":
