@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpt2kit.config import GPT2Config
+from gpt2kit.model import dropout
 from gpt2kit.model.cache import Cache
 from gpt2kit.model.linear import Linear
 
@@ -120,8 +121,8 @@ class Attention(nn.Module):
             self.c_attn = Linear(C, 3 * C)  # queries, keys, values in one matmul
         self.c_proj = Linear(C, C)
         self.pruned_heads: set[int] = set()  # original head numbers removed by prune_heads
-        self.attn_dropout = nn.Dropout(config.attn_pdrop)
-        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+        self.attn_dropout = dropout.Dropout(config.attn_pdrop)
+        self.resid_dropout = dropout.Dropout(config.resid_pdrop)
 
     @property
     def inner_dim(self) -> int:
@@ -191,16 +192,32 @@ class Attention(nn.Module):
         dtype = q.dtype
         if self.reorder_and_upcast and dtype in (torch.float16, torch.bfloat16):
             q, k, v = q.float(), k.float(), v.float()  # the config asks for fp32 scores
+        p = self.attn_dropout.p if self.training else 0.0
+        if p > 0.0 and not (self.is_cross_attention and mask.sdpa is not None):
+            # CPU SDPA has no kernel with dropout (its math path is 2x slower than this): see model/dropout.py.
+            # Not for masked cross-attention, where a query may see no key at all (SDPA gives it zeros).
+            y = dropout.attention(q, k, v, self._allowed(q, k, mask), self.scale, p)
+            if y is not None:
+                return y if y.dtype == dtype else y.to(dtype)
         y = F.scaled_dot_product_attention(
             q,
             k,
             v,
             attn_mask=mask.sdpa,
-            dropout_p=self.attn_dropout.p if self.training else 0.0,
+            dropout_p=p,
             is_causal=mask.is_causal and not self.is_cross_attention,
             scale=self.scale,
         )
         return y if y.dtype == dtype else y.to(dtype)
+
+    def _allowed(self, q: torch.Tensor, k: torch.Tensor, mask: AttentionMask) -> torch.Tensor | None:
+        """The fast path's mask as one bool tensor (True = may attend) for dropout.attention."""
+        if mask.sdpa is not None:
+            return mask.sdpa
+        if mask.is_causal and not self.is_cross_attention:
+            T, S = q.shape[-2], k.shape[-2]
+            return torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+        return None
 
     def _exact(
         self,

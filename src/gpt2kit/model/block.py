@@ -9,6 +9,7 @@ from torch import nn
 from gpt2kit.config import GPT2Config
 from gpt2kit.model.attention import Attention, AttentionMask
 from gpt2kit.model.cache import Cache
+from gpt2kit.model.dropout import Dropout
 from gpt2kit.model.linear import Linear
 
 
@@ -41,7 +42,7 @@ class MLP(nn.Module):
         self.c_fc = Linear(config.n_embd, config.inner_dim)
         self.c_proj = Linear(config.inner_dim, config.n_embd)
         self.act = ACT_FNS[config.activation_function]
-        self.dropout = nn.Dropout(config.resid_pdrop)
+        self.dropout = Dropout(config.resid_pdrop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(self.act(self.c_fc(x))))

@@ -24,6 +24,7 @@ from gpt2kit.model import weights as W
 from gpt2kit.model.attention import AttentionMask, cross_attention_mask
 from gpt2kit.model.block import Block
 from gpt2kit.model.cache import Cache, DynamicCache, as_cache
+from gpt2kit.model.dropout import Dropout
 from gpt2kit.model.linear import Linear
 from gpt2kit.model.matmul import LMHead, is_compiling
 from gpt2kit.model.outputs import BaseModelOutputWithPastAndCrossAttentions
@@ -568,7 +569,7 @@ class GPT2Model(GPT2PreTrainedModel):
         super().__init__(config)
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)
-        self.drop = nn.Dropout(config.embd_pdrop)
+        self.drop = Dropout(config.embd_pdrop)
         self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.gradient_checkpointing = False

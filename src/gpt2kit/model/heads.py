@@ -15,6 +15,7 @@ from torch import nn
 
 from gpt2kit.config import GPT2Config
 from gpt2kit.generation.mixin import GenerationMixin
+from gpt2kit.model.dropout import Dropout
 from gpt2kit.model.gpt2 import GPT2Model, GPT2PreTrainedModel
 from gpt2kit.model.loss import causal_lm_loss
 from gpt2kit.model.matmul import LMHead, is_compiling
@@ -275,7 +276,7 @@ class GPT2ForTokenClassification(GPT2PreTrainedModel):
         p = config.extra.get("classifier_dropout")
         if p is None:
             p = config.extra.get("hidden_dropout", 0.1)
-        self.dropout = nn.Dropout(p)
+        self.dropout = Dropout(p)
         self.classifier = nn.Linear(config.n_embd, config.num_labels)
         self.post_init()
 

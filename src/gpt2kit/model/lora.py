@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gpt2kit.model.dropout import Dropout
 from gpt2kit.model.linear import Linear
 
 logger = logging.getLogger(__name__)
@@ -266,7 +267,7 @@ class LoraLinear(nn.Module):
         self.lora_A = nn.Linear(self.in_features, r, bias=False, **like)  # Kaiming uniform, as peft
         self.lora_B = nn.Linear(r, self.out_features, bias=False, **like)
         nn.init.zeros_(self.lora_B.weight)  # the update starts at zero: training starts from the base model
-        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
         self.r = r
         self.scaling = scaling
 

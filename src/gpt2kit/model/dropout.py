@@ -1,0 +1,184 @@
+"""Dropout for training on CPUs: cheaper masks, and attention with dropout that skips SDPA's math path.
+
+Two costs of dropout in a CPU training step, both paid by `nn.Dropout` and by
+`scaled_dot_product_attention(dropout_p=...)` in eager mode:
+
+- The mask. `bernoulli_` draws one float from torch's generator per element, on one thread: 18 ms for a
+  (4, 12, 256, 256) attention mask on the dev VM (AMD EPYC, 2 threads). `keep_mask` draws one 32-bit
+  integer per two elements (`random_`, the same generator) and keeps an element when 15 of its bits are at
+  or above round(p * 2^15): ~4.5 ms for the same mask.
+- The attention. CPU SDPA has no fused kernel with dropout, so `dropout_p > 0` runs its math path, which
+  upcasts bf16 to float32 and materialises every intermediate: 53 ms forward + backward a layer at
+  (4, 12, 256, 64) under bf16 autocast, against 24 for the flash kernel without dropout. `attention` here
+  computes the same softmax(QK^T) with dropout in a handful of batched products and in-place ops and keeps
+  what its backward needs (the probabilities, the kept mask): ~28 ms.
+
+What changes: the masks are drawn differently from torch's (seeded from the same generator, so
+`torch.manual_seed` and a resumed checkpoint's RNG state reproduce them), and an element is dropped with
+probability round(p * 2^15) / 2^15 (0.100006 for p = 0.1), the kept ones scaled by the exact inverse of the
+keep rate, so the expected value is unchanged. Where that rounding would move p by more than 0.1% of itself
+(p below ~0.03 in some cases), under torch.compile (which fuses its own masks), under torch.func and on other
+devices, torch's own dropout runs. Scores in bf16 autocast are bf16 products (as transformers' eager
+attention under autocast), the softmax accumulates in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gpt2kit.model.matmul import _autocast_on, _transformed, is_compiling
+
+_LEVELS = 1 << 15  # 15 random bits an element: two elements from one 31-bit draw of random_()
+# Below this many elements torch's own dropout is as fast (the mask is a few microseconds either way).
+MIN_ELEMENTS = 1 << 14
+
+
+def _threshold(p: float) -> int | None:
+    """The integer level below which an element is dropped, or None where it would move p by > 0.1%."""
+    level = round(p * _LEVELS)
+    if not 0 < level < _LEVELS or abs(level / _LEVELS - p) > 1e-3 * p:
+        return None
+    return level
+
+
+def usable(x: torch.Tensor, p: float) -> bool:
+    """Whether the fast masks may stand in for torch's dropout on x."""
+    return (
+        x.device.type == "cpu"
+        and x.is_floating_point()
+        and x.numel() >= MIN_ELEMENTS
+        and _threshold(p) is not None
+        and not is_compiling()
+        and not torch.jit.is_tracing()
+        and not torch.jit.is_scripting()
+        and not _transformed(x)
+    )
+
+
+def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> tuple[torch.Tensor, float]:
+    """A bool mask of `shape`, True where an element is kept (probability 1 - round(p * 2^15) / 2^15), and
+    the scale that keeps the expected value: 1 / that probability."""
+    level = _threshold(p)
+    if level is None:
+        raise ValueError(f"dropout probability {p} cannot be drawn from 15-bit levels; use torch's dropout")
+    n = 1
+    for s in shape:
+        n *= s
+    # random_() on int32 fills [0, 2^31): bits 0-14 and 16-30 of each draw are two independent 15-bit levels.
+    bits = torch.empty((n + 1) // 2, dtype=torch.int32).random_().view(torch.int16)[:n]
+    keep = bits.bitwise_and_(_LEVELS - 1) >= level
+    return keep.view(shape), _LEVELS / (_LEVELS - level)
+
+
+class _Dropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        keep, scale = keep_mask(x.shape, p)
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return torch.where(keep, x, 0).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (keep,) = ctx.saved_tensors
+        return torch.where(keep, grad, 0).mul_(ctx.scale), None  # plain ops: differentiable again
+
+
+def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """F.dropout(x, p, training) with the cheaper mask where `usable`."""
+    if not training or p == 0.0:
+        return x
+    if not usable(x, p):
+        return F.dropout(x, p, training)
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        keep, scale = keep_mask(x.shape, p)
+        return torch.where(keep, x, 0).mul_(scale)
+    return _Dropout.apply(x, p)
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout (same arguments, repr and state) with the cheaper CPU mask where it can stand in."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inplace:
+            return super().forward(x)
+        return dropout(x, self.p, self.training)
+
+
+class _AttentionWithDropout(torch.autograd.Function):
+    """dropout(softmax(scale * q k^T masked)) v, for q (B, nh, T, hs) and k, v (B, nh, S, hs)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, allowed, scale: float, p: float):
+        B, nh, T, hs = q.shape
+        S = k.shape[2]
+        qs = (q * scale).reshape(B * nh, T, hs)  # scaled once, on the small side
+        k3, v3 = k.reshape(B * nh, S, hs), v.reshape(B * nh, S, hs)
+        scores = torch.bmm(qs, k3.transpose(1, 2))
+        if allowed is not None:  # bool, broadcastable to (B, nh, T, S); every row keeps at least one key
+            scores.view(B, nh, T, S).masked_fill_(~allowed, torch.finfo(scores.dtype).min)
+        probs = torch.softmax(scores, dim=-1)
+        del scores
+        keep, keep_scale = keep_mask(probs.shape, p)
+        dropped = torch.where(keep, probs, 0)  # (a bool operand to mul would be converted first)
+        y = torch.bmm(dropped, v3).mul_(keep_scale)
+        ctx.save_for_backward(q, k, v, qs, k3, v3, probs, dropped, keep)
+        ctx.scale, ctx.keep_scale, ctx.allowed = scale, keep_scale, allowed
+        return y.view(B, nh, T, hs)
+
+    @staticmethod
+    def backward(ctx, gy: torch.Tensor):
+        q, k, v, qs, k3, v3, probs, dropped, keep = ctx.saved_tensors
+        B, nh, T, hs = q.shape
+        if torch.is_grad_enabled():  # create_graph=True: rebuild from differentiable ops (rare)
+            with torch.enable_grad():
+                y = _composite(q, k, v, ctx.allowed, ctx.scale, keep, ctx.keep_scale)
+            return (*torch.autograd.grad(y, (q, k, v), gy, create_graph=True), None, None, None)
+        g = gy.reshape(B * nh, T, hs) * ctx.keep_scale
+        # dv and dk come out transposed, (hs, S) a head: bmm copies a transposed (T, S) operand first (44 ms
+        # a bf16 step at 4 x 256), and transposing the small result is a view.
+        dv = torch.bmm(g.transpose(1, 2), dropped).transpose(1, 2)
+        dprobs = torch.where(keep, torch.bmm(g, v3.transpose(1, 2)), 0)
+        dscores = torch._softmax_backward_data(dprobs, probs, -1, probs.dtype)
+        del dprobs
+        dq = torch.bmm(dscores, k3).mul_(ctx.scale)
+        dk = torch.bmm(qs.transpose(1, 2), dscores).transpose(1, 2)
+        return dq.view(q.shape), dk.reshape(k.shape), dv.reshape(v.shape), None, None, None
+
+
+def _composite(q, k, v, allowed, scale, keep, keep_scale):
+    """The forward above from differentiable ops, with a given mask (for double backward)."""
+    scores = torch.matmul(q * scale, k.transpose(-1, -2))
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1) * keep.view(scores.shape)
+    return torch.matmul(probs, v) * keep_scale
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None, scale: float, p: float
+) -> torch.Tensor | None:
+    """Attention with dropout on the probabilities, or None where torch's SDPA should run instead.
+
+    allowed: None (every query sees every key) or a bool mask broadcastable to (B, nh, T, S), True = may
+    attend, in which every query row allows at least one key. Under CPU autocast the products run in the
+    autocast dtype, as SDPA's would.
+    """
+    if not usable(q, p) or _transformed(k, v):
+        return None
+    if _autocast_on():
+        dtype = _autocast_dtype()
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    if not q.dtype == k.dtype == v.dtype:
+        return None
+    with torch.autocast("cpu", enabled=False):
+        return _AttentionWithDropout.apply(q, k, v, allowed, scale, p)
+
+
+def _autocast_dtype() -> torch.dtype:
+    try:
+        return torch.get_autocast_dtype("cpu")
+    except (AttributeError, TypeError):  # torch < 2.4
+        return torch.get_autocast_cpu_dtype()
