@@ -205,3 +205,22 @@ def test_model_fast_path_skips_sdpa_in_training(small_tensors_too, monkeypatch):
     assert calls == []  # both layers ran dropout.attention
     model.eval()(ids)
     assert len(calls) == 2 and all(kw["dropout_p"] == 0.0 for kw in calls)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "emulated-bf16"])
+def test_attention_computes_in_float32_where_bf16_is_emulated(small_tensors_too, monkeypatch, native):
+    """On a CPU without native bf16 (AVX2-only x86) bf16 products are emulated: 429 ms a layer against 40 in
+    float32 under ONEDNN_MAX_CPU_ISA=AVX2. There the attention runs in float32 and returns bf16."""
+    monkeypatch.setattr(D.kernels, "native_bf16", lambda: native)
+    seen = []
+    apply = D._AttentionWithDropout.apply
+    monkeypatch.setattr(
+        D._AttentionWithDropout, "apply", lambda q, *rest: seen.append(q.dtype) or apply(q, *rest)
+    )
+    q, k, v = (torch.randn(2, 2, 16, 8, requires_grad=True) for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = D.attention(q, k, v, masks(2, 16)["causal"], 0.3, 0.1)
+    assert y.dtype == torch.bfloat16
+    assert seen == [torch.bfloat16 if native else torch.float32]
+    y.float().sum().backward()
+    assert q.grad.dtype == torch.float32 and torch.isfinite(q.grad).all()

@@ -19,7 +19,8 @@ probability round(p * 2^15) / 2^15 (0.100006 for p = 0.1), the kept ones scaled 
 keep rate, so the expected value is unchanged. Where that rounding would move p by more than 0.1% of itself
 (p below ~0.03 in some cases), under torch.compile (which fuses its own masks), under torch.func and on other
 devices, torch's own dropout runs. Scores in bf16 autocast are bf16 products (as transformers' eager
-attention under autocast), the softmax accumulates in float32.
+attention under autocast), the softmax accumulates in float32; where bf16 products are emulated (no
+AVX512-BF16 / AMX / AVX-NE-CONVERT), the attention runs in float32 instead.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gpt2kit.model import kernels
 from gpt2kit.model.matmul import _autocast_on, _transformed, is_compiling
 
 _LEVELS = 1 << 15  # 15 random bits an element: two elements from one 31-bit draw of random_()
@@ -173,8 +175,14 @@ def attention(
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     if not q.dtype == k.dtype == v.dtype:
         return None
+    dtype = q.dtype
+    if dtype in (torch.bfloat16, torch.float16) and not (dtype == torch.bfloat16 and kernels.native_bf16()):
+        # Emulated low-precision products (bf16 on AVX2-only x86): 429 ms a layer against 40 in float32
+        # (ONEDNN_MAX_CPU_ISA=AVX2 on the AMD VM), so compute in float32, as SDPA's math path does.
+        q, k, v = q.float(), k.float(), v.float()
     with torch.autocast("cpu", enabled=False):
-        return _AttentionWithDropout.apply(q, k, v, allowed, scale, p)
+        y = _AttentionWithDropout.apply(q, k, v, allowed, scale, p)
+    return y.to(dtype)
 
 
 def _autocast_dtype() -> torch.dtype:
