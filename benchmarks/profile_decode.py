@@ -41,10 +41,10 @@ PRODUCTS = {
 ATTENTION = {"aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math"}
 
 
-def load(fmt: str, ckpt) -> torch.nn.Module:
+def load(fmt: str, ckpt, batch: int) -> torch.nn.Module:
     model = gpt2kit.GPT2LMHeadModel.from_pretrained(ckpt).eval()
     if fmt == "packed":
-        gpt2kit.pack_weights(model, batch_size=1)
+        gpt2kit.pack_weights(model, batch_size=batch)  # the layout for the rows each product has
     elif fmt == "int8":
         gpt2kit.quantize_int8(model)
     return model
@@ -150,7 +150,7 @@ def main() -> None:
     print(kernels.hardware().describe())
     results = {}
     for fmt in args.formats.split(","):
-        model = load(fmt, ckpt)
+        model = load(fmt, ckpt, args.batch)
         r = results[fmt] = profile(model, args.batch, args.new)
         print(
             f"{fmt:>7}: {r['ms_per_step_unprofiled']:.2f} ms/step; products {100 * r['products_share']:.1f}%, "
