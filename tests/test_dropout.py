@@ -224,3 +224,32 @@ def test_attention_computes_in_float32_where_bf16_is_emulated(small_tensors_too,
     assert seen == [torch.bfloat16 if native else torch.float32]
     y.float().sum().backward()
     assert q.grad.dtype == torch.float32 and torch.isfinite(q.grad).all()
+
+
+def test_compiled_training_runs_the_same_attention_dropout_op(small_tensors_too):
+    """Under torch.compile the attention runs as the opaque gpt2kit::attention_with_dropout op (SDPA with
+    dropout before: its math path, traced), drawing the same masks as eager mode for the same seed."""
+    config = GPT2Config(
+        n_layer=2, n_embd=32, n_head=4, vocab_size=97, n_positions=32, attn_pdrop=0.2, resid_pdrop=0.0,
+        embd_pdrop=0.0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(config).train()
+    ids = torch.randint(0, 97, (3, 20), generator=torch.Generator().manual_seed(1))
+
+    def run(forward):
+        model.zero_grad()
+        torch.manual_seed(5)
+        loss = forward(ids, labels=ids).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    eager_loss, eager_grads = run(model)
+    torch.manual_seed(6)
+    other = model(ids, labels=ids).loss.detach()
+    compiled = torch.compile(model)
+    compiled_loss, compiled_grads = run(compiled)
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(other, eager_loss)  # the masks matter: another seed, another loss
+    for a, b in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -17,10 +17,12 @@ What changes: the masks are drawn differently from torch's (seeded from the same
 `torch.manual_seed` and a resumed checkpoint's RNG state reproduce them), and an element is dropped with
 probability round(p * 2^15) / 2^15 (0.100006 for p = 0.1), the kept ones scaled by the exact inverse of the
 keep rate, so the expected value is unchanged. Where that rounding would move p by more than 0.1% of itself
-(p below ~0.03 in some cases), under torch.compile (which fuses its own masks), under torch.func and on other
-devices, torch's own dropout runs. Scores in bf16 autocast are bf16 products (as transformers' eager
-attention under autocast), the softmax accumulates in float32; where bf16 products are emulated (no
-AVX512-BF16 / AMX / AVX-NE-CONVERT), the attention runs in float32 instead.
+(possible only for p below 0.016), under torch.func and on other devices, torch's own dropout runs; under
+torch.compile too for plain dropout (inductor fuses its own masks into its kernels), while the attention
+with dropout runs there as the opaque op `gpt2kit::attention_with_dropout`, with the same masks as eager
+mode. Scores in bf16 autocast are bf16 products (as transformers' eager attention under autocast), the
+softmax accumulates in float32; where bf16 products are emulated (no AVX512-BF16 / AMX / AVX-NE-CONVERT),
+the attention runs in float32 instead.
 """
 
 from __future__ import annotations
@@ -109,45 +111,105 @@ class Dropout(nn.Dropout):
         return dropout(x, self.p, self.training)
 
 
+def _attention_forward(q, k, v, allowed, scale: float, p: float):
+    """dropout(softmax(scale * q k^T masked)) v, for q (B, nh, T, hs) and k, v (B, nh, S, hs); returns it and
+    what the backward needs: q scaled, k and v as (B * nh, ., hs), the probabilities, the dropped ones, the
+    mask and its scale."""
+    B, nh, T, hs = q.shape
+    S = k.shape[2]
+    qs = (q * scale).reshape(B * nh, T, hs)  # scaled once, on the small side
+    k3, v3 = k.reshape(B * nh, S, hs), v.reshape(B * nh, S, hs)
+    scores = torch.bmm(qs, k3.transpose(1, 2))
+    if allowed is not None:  # bool, broadcastable to (B, nh, T, S); every row keeps at least one key
+        scores.view(B, nh, T, S).masked_fill_(~allowed, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1)
+    del scores
+    keep, keep_scale = keep_mask(probs.shape, p)
+    dropped = torch.where(keep, probs, 0)  # (a bool operand to mul would be converted first)
+    y = torch.bmm(dropped, v3).mul_(keep_scale).view(B, nh, T, hs)
+    return y, (qs, k3, v3, probs, dropped, keep, keep_scale)
+
+
+def _attention_backward(gy, q_shape, k_shape, scale: float, qs, k3, v3, probs, dropped, keep, keep_scale):
+    B, nh, T, hs = q_shape
+    g = gy.reshape(B * nh, T, hs) * keep_scale
+    # dv and dk come out transposed, (hs, S) a head: bmm copies a transposed (T, S) operand first (44 ms
+    # a bf16 step at 4 x 256), and transposing the small result is a view.
+    dv = torch.bmm(g.transpose(1, 2), dropped).transpose(1, 2)
+    dprobs = torch.where(keep, torch.bmm(g, v3.transpose(1, 2)), 0)
+    dscores = torch._softmax_backward_data(dprobs, probs, -1, probs.dtype)
+    del dprobs
+    dq = torch.bmm(dscores, k3).mul_(scale)
+    dk = torch.bmm(qs.transpose(1, 2), dscores).transpose(1, 2)
+    return dq.view(q_shape), dk.reshape(k_shape), dv.reshape(k_shape)
+
+
 class _AttentionWithDropout(torch.autograd.Function):
-    """dropout(softmax(scale * q k^T masked)) v, for q (B, nh, T, hs) and k, v (B, nh, S, hs)."""
+    """_attention_forward with its backward, in eager mode."""
 
     @staticmethod
     def forward(ctx, q, k, v, allowed, scale: float, p: float):
-        B, nh, T, hs = q.shape
-        S = k.shape[2]
-        qs = (q * scale).reshape(B * nh, T, hs)  # scaled once, on the small side
-        k3, v3 = k.reshape(B * nh, S, hs), v.reshape(B * nh, S, hs)
-        scores = torch.bmm(qs, k3.transpose(1, 2))
-        if allowed is not None:  # bool, broadcastable to (B, nh, T, S); every row keeps at least one key
-            scores.view(B, nh, T, S).masked_fill_(~allowed, torch.finfo(scores.dtype).min)
-        probs = torch.softmax(scores, dim=-1)
-        del scores
-        keep, keep_scale = keep_mask(probs.shape, p)
-        dropped = torch.where(keep, probs, 0)  # (a bool operand to mul would be converted first)
-        y = torch.bmm(dropped, v3).mul_(keep_scale)
+        y, (qs, k3, v3, probs, dropped, keep, keep_scale) = _attention_forward(q, k, v, allowed, scale, p)
         ctx.save_for_backward(q, k, v, qs, k3, v3, probs, dropped, keep)
         ctx.scale, ctx.keep_scale, ctx.allowed = scale, keep_scale, allowed
-        return y.view(B, nh, T, hs)
+        return y
 
     @staticmethod
     def backward(ctx, gy: torch.Tensor):
         q, k, v, qs, k3, v3, probs, dropped, keep = ctx.saved_tensors
-        B, nh, T, hs = q.shape
         if torch.is_grad_enabled():  # create_graph=True: rebuild from differentiable ops (rare)
             with torch.enable_grad():
                 y = _composite(q, k, v, ctx.allowed, ctx.scale, keep, ctx.keep_scale)
             return (*torch.autograd.grad(y, (q, k, v), gy, create_graph=True), None, None, None)
-        g = gy.reshape(B * nh, T, hs) * ctx.keep_scale
-        # dv and dk come out transposed, (hs, S) a head: bmm copies a transposed (T, S) operand first (44 ms
-        # a bf16 step at 4 x 256), and transposing the small result is a view.
-        dv = torch.bmm(g.transpose(1, 2), dropped).transpose(1, 2)
-        dprobs = torch.where(keep, torch.bmm(g, v3.transpose(1, 2)), 0)
-        dscores = torch._softmax_backward_data(dprobs, probs, -1, probs.dtype)
-        del dprobs
-        dq = torch.bmm(dscores, k3).mul_(ctx.scale)
-        dk = torch.bmm(qs.transpose(1, 2), dscores).transpose(1, 2)
-        return dq.view(q.shape), dk.reshape(k.shape), dv.reshape(v.shape), None, None, None
+        grads = _attention_backward(
+            gy, q.shape, k.shape, ctx.scale, qs, k3, v3, probs, dropped, keep, ctx.keep_scale
+        )
+        return (*grads, None, None, None)
+
+
+# The same computation as one op that torch.compile leaves opaque (it would trace keep_mask's random_ into
+# its graph otherwise): a compiled training step then runs this attention, and inductor fuses the rest.
+# The op returns what its backward needs (no output may alias an input, so q, k and v are saved as inputs).
+@torch.library.custom_op("gpt2kit::attention_with_dropout", mutates_args=())
+def attention_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None, scale: float, p: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    y, (_, _, _, probs, dropped, keep, _) = _attention_forward(q, k, v, allowed, scale, p)
+    return y, probs, dropped, keep
+
+
+@attention_op.register_fake
+def _(q, k, v, allowed, scale, p):
+    B, nh, T, hs = q.shape
+    square = (B * nh, T, k.shape[2])
+    return (
+        q.new_empty(q.shape),
+        q.new_empty(square),
+        q.new_empty(square),
+        q.new_empty(square, dtype=torch.bool),
+    )
+
+
+def _op_setup(ctx, inputs, output) -> None:
+    q, k, v, _, scale, p = inputs
+    _, probs, dropped, keep = output
+    ctx.save_for_backward(q, k, v, probs, dropped, keep)
+    ctx.scale, ctx.keep_scale = scale, _LEVELS / (_LEVELS - _threshold(p))
+    ctx.mark_non_differentiable(probs, dropped, keep)
+
+
+def _op_backward(ctx, gy, *_):
+    q, k, v, probs, dropped, keep = ctx.saved_tensors
+    B, nh, T, hs = q.shape
+    qs = (q * ctx.scale).reshape(B * nh, T, hs)
+    k3, v3 = k.reshape(B * nh, -1, hs), v.reshape(B * nh, -1, hs)
+    grads = _attention_backward(
+        gy, q.shape, k.shape, ctx.scale, qs, k3, v3, probs, dropped, keep, ctx.keep_scale
+    )
+    return (*grads, None, None, None)
+
+
+attention_op.register_autograd(_op_backward, setup_context=_op_setup)
 
 
 def _composite(q, k, v, allowed, scale, keep, keep_scale):
@@ -168,7 +230,11 @@ def attention(
     attend, in which every query row allows at least one key. Under CPU autocast the products run in the
     autocast dtype, as SDPA's would.
     """
-    if not usable(q, p) or _transformed(k, v):
+    compiling = is_compiling()
+    if compiling:
+        if q.device.type != "cpu" or q.numel() < MIN_ELEMENTS or _threshold(p) is None:
+            return None
+    elif not usable(q, p) or _transformed(k, v):
         return None
     if _autocast_on():
         dtype = _autocast_dtype()
@@ -181,7 +247,10 @@ def attention(
         # (ONEDNN_MAX_CPU_ISA=AVX2 on the AMD VM), so compute in float32, as SDPA's math path does.
         q, k, v = q.float(), k.float(), v.float()
     with torch.autocast("cpu", enabled=False):
-        y = _AttentionWithDropout.apply(q, k, v, allowed, scale, p)
+        if compiling:
+            y = attention_op(q, k, v, allowed, scale, p)[0]
+        else:
+            y = _AttentionWithDropout.apply(q, k, v, allowed, scale, p)
     return y.to(dtype)
 
 
