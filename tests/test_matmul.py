@@ -26,11 +26,14 @@ def choice():
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("transposed_x", [False, True])
-def test_onednn_linear_forward_and_backward_match_float64(bias, transposed_x):
+@pytest.mark.parametrize("layout", ["oi", "io"])
+def test_onednn_linear_forward_and_backward_match_float64(bias, transposed_x, layout):
     g = torch.Generator().manual_seed(0)
     # (37, 48) rows, contiguous or a transposed view: strides oneDNN must read as they are
     x = torch.randn(48, 37, generator=g).t() if transposed_x else torch.randn(37, 48, generator=g)
-    w = torch.randn(53, 48, generator=g)
+    # the weight (out, in): stored so (the LM head) or (in, out) and seen through .t() (GPT-2's projections,
+    # whose gradient the backward computes in the (in, out) layout)
+    w = torch.randn(53, 48, generator=g) if layout == "oi" else torch.randn(48, 53, generator=g).t()
     b = torch.randn(53, generator=g) if bias else None
     x.requires_grad_(True)
     w.requires_grad_(True)
@@ -47,6 +50,7 @@ def test_onednn_linear_forward_and_backward_match_float64(bias, transposed_x):
     torch.testing.assert_close(y.double(), y64, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(w.grad.double(), w64.grad, rtol=1e-5, atol=1e-5)
+    assert w.grad.stride() == w.stride()  # in the weight's own layout: no transposing copy to accumulate it
     if b is not None:
         torch.testing.assert_close(b.grad.double(), b64.grad, rtol=1e-5, atol=1e-5)
 

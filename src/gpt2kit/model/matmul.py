@@ -336,6 +336,14 @@ class _OneDNNLinear(torch.autograd.Function):
         # With create_graph (double backward) use differentiable ops: oneDNN's op has no derivative.
         mm = (lambda a, bt: a.mm(bt.t())) if torch.is_grad_enabled() else _lp
         gx = mm(gy, w.t()) if ctx.needs_input_grad[0] else None  # gy @ w
-        gw = mm(gy.t(), x.t()) if ctx.needs_input_grad[1] else None  # gy.T @ x
+        gw = None
+        if ctx.needs_input_grad[1]:
+            if w.stride(0) == 1 and not torch.is_grad_enabled():
+                # (in, out) storage (GPT-2's projections): x.T @ gy comes out in that layout. gy.T @ x made oneDNN
+                # copy gy.T (M x out) to contiguous first and the gradient then needed a transposing copy into
+                # the parameter's layout: ~10 ms a layer of a 124M float32 step at 4 x 256 tokens, same bits.
+                gw = _lp(x.t(), gy.t()).t()
+            else:
+                gw = mm(gy.t(), x.t())  # gy.T @ x
         gb = gy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return gx, gw, gb
