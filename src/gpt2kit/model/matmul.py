@@ -328,6 +328,7 @@ class _OneDNNLinear(torch.autograd.Function):
         need_x, need_w = ctx.needs_input_grad[:2]
         ctx.save_for_backward(x if need_w else None, w if need_x else None)
         ctx.has_bias = b is not None
+        ctx.in_out = w.stride(0) == 1 and w.shape[0] > 1  # (in, out) storage seen through .t()
         return _lp(x, w, b)
 
     @staticmethod
@@ -338,7 +339,7 @@ class _OneDNNLinear(torch.autograd.Function):
         gx = mm(gy, w.t()) if ctx.needs_input_grad[0] else None  # gy @ w
         gw = None
         if ctx.needs_input_grad[1]:
-            if w.stride(0) == 1 and not torch.is_grad_enabled():
+            if ctx.in_out and not torch.is_grad_enabled():
                 # (in, out) storage (GPT-2's projections): x.T @ gy comes out in that layout. gy.T @ x made oneDNN
                 # copy gy.T (M x out) to contiguous first and the gradient then needed a transposing copy into
                 # the parameter's layout: ~10 ms a layer of a 124M float32 step at 4 x 256 tokens, same bits.
