@@ -80,21 +80,26 @@ def reference(q, k, v, allowed, scale, p, seed):
     return D._composite(q, k, v, allowed, scale, keep, keep_scale)
 
 
-def masks(B, T):
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
+def masks(B, T, S=None):
+    """Boolean masks (True = may attend) for T queries after S - T cached keys."""
+    S = T if S is None else S
+    causal = torch.ones(T, S, dtype=torch.bool).tril(diagonal=S - T)
     padded = causal[None, None].repeat(B, 1, 1, 1)
-    padded[0, ..., :3] = False  # left padding of row 0: its first queries keep their causal keys
-    padded[0, :, :3] |= causal[:3]
+    padded[0, ..., :3] = False  # left padding of row 0: a query that would see no key keeps its causal ones
+    empty = ~padded.any(-1, keepdim=True)
+    padded |= empty & causal
     return {"causal": causal, "padded": padded, "none": None}
 
 
 @pytest.mark.parametrize("mask", ["causal", "padded", "none"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_attention_equals_the_composite_with_the_same_mask(small_tensors_too, mask, dtype):
-    B, nh, T, hs = 2, 3, 17, 8
+@pytest.mark.parametrize("S", [17, 23], ids=["T=S", "T<S"])
+def test_attention_equals_the_composite_with_the_same_mask(small_tensors_too, mask, dtype, S):
+    B, nh, T, hs = 2, 3, 17, 8  # B * nh * T * S odd at S = 23: the last int32 draw is half used
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(B, nh, T, hs, generator=g, dtype=dtype, requires_grad=True) for _ in range(3))
-    allowed = masks(B, T)[mask]
+    q = torch.randn(B, nh, T, hs, generator=g, dtype=dtype, requires_grad=True)
+    k, v = (torch.randn(B, nh, S, hs, generator=g, dtype=dtype, requires_grad=True) for _ in range(2))
+    allowed = masks(B, T, S)[mask]
     torch.manual_seed(7)
     got = D.attention(q, k, v, allowed, 0.3, 0.2)
     assert type(got.grad_fn).__name__.startswith("_AttentionWithDropout")
@@ -105,6 +110,22 @@ def test_attention_equals_the_composite_with_the_same_mask(small_tensors_too, ma
     for a, b in zip(torch.autograd.grad(got, (q, k, v), gy), torch.autograd.grad(want, (q, k, v), gy)):
         torch.testing.assert_close(a, b, **tol)
     assert (got == 0).sum() < got.numel()  # not everything dropped
+
+
+def test_double_backward_where_only_some_inputs_need_a_gradient(small_tensors_too):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 2, 6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(1, 2, 6, 4, generator=g, dtype=torch.float64) for _ in range(2))
+    causal = masks(1, 6)["causal"]
+    torch.manual_seed(3)
+    y = D.attention(q, k, v, causal, 0.5, 0.25)
+    (gq,) = torch.autograd.grad(y.square().sum(), q, create_graph=True)
+    (hq,) = torch.autograd.grad(gq.sum(), q)
+    torch.manual_seed(3)
+    keep, keep_scale = D.keep_mask((2, 6, 6), 0.25)
+    want = D._composite(q, k, v, causal, 0.5, keep, keep_scale)
+    (wq,) = torch.autograd.grad(want.square().sum(), q, create_graph=True)
+    torch.testing.assert_close(hq, torch.autograd.grad(wq.sum(), q)[0])
 
 
 def test_attention_gradcheck_and_gradgradcheck(small_tensors_too):
@@ -122,7 +143,7 @@ def test_attention_gradcheck_and_gradgradcheck(small_tensors_too):
     assert torch.autograd.gradgradcheck(f, (q, k, v))
 
 
-def test_attention_under_bf16_autocast_runs_bf16_products(small_tensors_too):
+def test_attention_under_bf16_autocast_matches_float32(small_tensors_too):
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 2, 32, 16, generator=g, requires_grad=True) for _ in range(3))
     causal = masks(2, 32)["causal"]
@@ -207,10 +228,15 @@ def test_model_fast_path_skips_sdpa_in_training(small_tensors_too, monkeypatch):
     assert len(calls) == 2 and all(kw["dropout_p"] == 0.0 for kw in calls)
 
 
-@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "emulated-bf16"])
-def test_attention_computes_in_float32_where_bf16_is_emulated(small_tensors_too, monkeypatch, native):
-    """On a CPU without native bf16 (AVX2-only x86) bf16 products are emulated: 429 ms a layer against 40 in
-    float32 under ONEDNN_MAX_CPU_ISA=AVX2. There the attention runs in float32 and returns bf16."""
+@pytest.mark.parametrize(
+    "native, float32, computes_in",
+    [(True, False, torch.bfloat16), (False, False, torch.float32), (True, True, torch.float32)],
+    ids=["native-bf16", "emulated-bf16", "reorder_and_upcast_attn"],
+)
+def test_attention_under_autocast_computes_in(small_tensors_too, monkeypatch, native, float32, computes_in):
+    """bf16 products where the CPU has them natively. Where they are emulated (AVX2-only x86: 429 ms a layer
+    against 40 in float32 under ONEDNN_MAX_CPU_ISA=AVX2), or where the config asks for float32 scores
+    (reorder_and_upcast_attn), the attention runs in float32; it returns the autocast dtype either way."""
     monkeypatch.setattr(D.kernels, "native_bf16", lambda: native)
     seen = []
     apply = D._AttentionWithDropout.apply
@@ -219,22 +245,25 @@ def test_attention_computes_in_float32_where_bf16_is_emulated(small_tensors_too,
     )
     q, k, v = (torch.randn(2, 2, 16, 8, requires_grad=True) for _ in range(3))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = D.attention(q, k, v, masks(2, 16)["causal"], 0.3, 0.1)
-    assert y.dtype == torch.bfloat16
-    assert seen == [torch.bfloat16 if native else torch.float32]
+        y = D.attention(q, k, v, masks(2, 16)["causal"], 0.3, 0.1, float32=float32)
+    assert y.dtype == (torch.float32 if float32 else torch.bfloat16)
+    assert seen == [computes_in]
     y.float().sum().backward()
     assert q.grad.dtype == torch.float32 and torch.isfinite(q.grad).all()
 
 
 def test_compiled_training_runs_the_same_attention_dropout_op(small_tensors_too):
     """Under torch.compile the attention runs as the opaque gpt2kit::attention_with_dropout op (SDPA with
-    dropout before: its math path, traced), drawing the same masks as eager mode for the same seed."""
+    dropout before: its math path, traced), drawing the same masks as eager mode for the same seed (with no
+    other dropout: inductor draws those its own way). With gradient checkpointing, where the compiled
+    backward recomputes the op: untagged, it drew new masks there and the gradients came out wrong (2e-2)."""
     config = GPT2Config(
         n_layer=2, n_embd=32, n_head=4, vocab_size=97, n_positions=32, attn_pdrop=0.2, resid_pdrop=0.0,
         embd_pdrop=0.0,
     )  # fmt: skip
     torch.manual_seed(0)
     model = GPT2LMHeadModel(config).train()
+    model.gradient_checkpointing_enable()
     ids = torch.randint(0, 97, (3, 20), generator=torch.Generator().manual_seed(1))
 
     def run(forward):

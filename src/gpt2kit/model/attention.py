@@ -196,7 +196,7 @@ class Attention(nn.Module):
         if p > 0.0 and not (self.is_cross_attention and mask.sdpa is not None):
             # CPU SDPA has no kernel with dropout (its math path is 2x slower than this): see model/dropout.py.
             # Not for masked cross-attention, where a query may see no key at all (SDPA gives it zeros).
-            y = dropout.attention(q, k, v, self._allowed(q, k, mask), self.scale, p)
+            y = dropout.attention(q, k, v, self._allowed(q, k, mask), self.scale, p, self.reorder_and_upcast)
             if y is not None:
                 return y if y.dtype == dtype else y.to(dtype)
         y = F.scaled_dot_product_attention(
