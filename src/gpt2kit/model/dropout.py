@@ -72,7 +72,7 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> tuple[torch.Tens
     for s in shape:
         n *= s
     # random_() on int32 fills [0, 2^31): bits 0-14 and 16-30 of each draw are two independent 15-bit levels.
-    bits = torch.empty((n + 1) // 2, dtype=torch.int32).random_().view(torch.int16)[:n]
+    bits = torch.empty((n + 1) // 2, dtype=torch.int32, device="cpu").random_().view(torch.int16)[:n]
     keep = bits.bitwise_and_(_LEVELS - 1) >= level
     return keep.view(shape), _LEVELS / (_LEVELS - level)
 
