@@ -48,6 +48,7 @@ import torch
 from gpt2kit.generation.config import GenerationConfig
 from gpt2kit.generation.processors import LogitsProcessor
 from gpt2kit.generation.streaming import IncrementalDecoder
+from gpt2kit.model import hugepages
 from gpt2kit.model.cache import Cache, DynamicCache
 from gpt2kit.serve.protocol import SamplingParams
 
@@ -306,6 +307,7 @@ class Engine:
                 flag = "--" + name.replace("_", "-")
                 raise ValueError(f"{name} ({flag}) must be a positive integer, got {value!r}")
         self.model = model.eval()
+        hugepages.adopt(model)  # decoding streams every weight a step (model/hugepages.py)
         self.tokenizer = tokenizer
         self.config = model.config
         self.max_batch = max_batch

@@ -1,0 +1,65 @@
+"""Weights moved into transparent huge pages for CPU decoding (model/hugepages.py): the same values, a 2 MB
+boundary, once per model, tied weights moved once, and the model still decodes the same tokens, trains and
+saves afterwards."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gpt2kit import GPT2Config, GPT2LMHeadModel
+from gpt2kit.model import hugepages
+
+pytestmark = pytest.mark.skipif(not hugepages.available(), reason="no transparent huge pages on this OS")
+
+
+def test_copy_is_equal_aligned_and_owns_its_memory():
+    t = torch.randn(1536, 1024)
+    for src in (t, t.t()):
+        out = hugepages.copy(src)
+        assert torch.equal(out, src) and out.is_contiguous() and out.shape == src.shape
+        assert hugepages.in_huge_pages(out)
+    out = hugepages.copy(t)
+    del t
+    out.add_(1)  # writable, and alive without the source
+    assert torch.isfinite(out).all()
+
+
+def lm(seed=0):
+    torch.manual_seed(seed)
+    # wte: 8192 x 64 float32 = 2 MB, the smallest tensor worth a huge page
+    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=8192, n_positions=64)).eval()
+
+
+def test_generate_moves_the_big_weights_once_and_decodes_the_same(monkeypatch, tmp_path):
+    moved, kept = lm(), lm()
+    kept._gpt2kit_hugepages = True  # the reference stays where it was built
+    ids = torch.randint(0, 8192, (2, 5), generator=torch.Generator().manual_seed(1))
+    kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    with torch.inference_mode():  # as a user would call it: the moved weights must still be trainable
+        a, b = moved.generate(ids, **kw), kept.generate(ids, **kw)
+    assert torch.equal(a, b)
+    wte = moved.transformer.wte.weight
+    assert hugepages.in_huge_pages(wte) and not hugepages.in_huge_pages(kept.transformer.wte.weight)
+    assert moved.lm_head.weight is wte  # the tied head is the same Parameter, moved once
+    assert hugepages.adopt(moved) == 0  # once per model
+
+    moved.train()
+    opt = torch.optim.SGD(moved.parameters(), lr=0.1)
+    moved(ids, labels=ids).loss.backward()
+    before = wte.detach().clone()
+    opt.step()
+    assert not torch.equal(wte, before) and hugepages.in_huge_pages(wte)  # updated in place
+
+    moved.save_pretrained(tmp_path)
+    again = GPT2LMHeadModel.from_pretrained(tmp_path)
+    assert torch.equal(again.transformer.wte.weight, wte)
+
+
+def test_turned_off_by_the_environment(monkeypatch):
+    monkeypatch.setenv("GPT2KIT_HUGEPAGES", "0")
+    model = lm()
+    assert hugepages.adopt(model) == 0
+    assert not hugepages.in_huge_pages(model.transformer.wte.weight)
+    monkeypatch.delenv("GPT2KIT_HUGEPAGES")
+    assert hugepages.adopt(model) == 8192 * 64 * 4  # only wte is 2 MB or more
