@@ -33,11 +33,13 @@ def lm(seed=0):
 
 def test_generate_moves_the_big_weights_once_and_decodes_the_same(monkeypatch, tmp_path):
     moved, kept = lm(), lm()
-    kept._gpt2kit_hugepages = True  # the reference stays where it was built
     ids = torch.randint(0, 8192, (2, 5), generator=torch.Generator().manual_seed(1))
     kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
     with torch.inference_mode():  # as a user would call it: the moved weights must still be trainable
-        a, b = moved.generate(ids, **kw), kept.generate(ids, **kw)
+        monkeypatch.setenv("GPT2KIT_HUGEPAGES", "0")  # the reference stays where it was built
+        b = kept.generate(ids, **kw)
+        monkeypatch.delenv("GPT2KIT_HUGEPAGES")
+        a = moved.generate(ids, **kw)
     assert torch.equal(a, b)
     wte = moved.transformer.wte.weight
     assert hugepages.in_huge_pages(wte) and not hugepages.in_huge_pages(kept.transformer.wte.weight)
@@ -63,3 +65,24 @@ def test_turned_off_by_the_environment(monkeypatch):
     assert not hugepages.in_huge_pages(model.transformer.wte.weight)
     monkeypatch.delenv("GPT2KIT_HUGEPAGES")
     assert hugepages.adopt(model) == 8192 * 64 * 4  # only wte is 2 MB or more
+
+
+def test_aliased_or_shared_parameters_stay_where_they_are():
+    model = lm()
+    flat = torch.zeros(2 * 8192 * 64)
+    model.transformer.wte.weight.data = flat[: 8192 * 64].view(8192, 64)  # a view into a flat buffer
+    model.transformer.wpe.weight = torch.nn.Parameter(torch.zeros(1024, 1024))
+    model.lm_head.extra = torch.nn.Parameter(model.transformer.wpe.weight.data)  # two Parameters, one storage
+    assert hugepages.adopt(model) == 0
+    assert model.transformer.wte.weight.data_ptr() == flat.data_ptr()
+    assert model.lm_head.extra.data_ptr() == model.transformer.wpe.weight.data_ptr()
+    shared = lm()
+    shared.share_memory()
+    assert hugepages.adopt(shared) == 0 and shared.transformer.wte.weight.is_shared()
+
+
+def test_a_moved_weight_saves_at_its_own_size(tmp_path):
+    t = hugepages.copy(torch.randn(1024, 1024))
+    assert t.untyped_storage().nbytes() == 4 << 20  # no alignment padding in the storage
+    torch.save(t, tmp_path / "t.pt")
+    assert (tmp_path / "t.pt").stat().st_size < (4 << 20) + 4096

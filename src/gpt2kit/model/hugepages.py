@@ -7,26 +7,41 @@ dev VM (AMD EPYC, 2 threads, THP in "madvise" mode), 124M float32 greedy decodin
 loaded side by side in one process and timed interleaved: 20.6 ms a step from the memory map, 19.9 in plain
 anonymous memory, 18.6 in huge pages (lower in 5 of 5 reps).
 
-`adopt(model)` does this once per model, for float parameters of at least 2 MB; generate() and the server's
-engine call it (generate() at batch 1: 19.2 -> 17.7 ms a step, same comparison; batch 8: 44.2 -> 42.9). Where
-the OS has no transparent huge pages (not Linux, or THP "never") nothing is copied; `GPT2KIT_HUGEPAGES=0`
-turns it off. While it copies, the file's pages and the copy are both resident (the file's are clean page
-cache, released with the map when nothing else holds the loaded tensors). The copies are ordinary tensors
-for everything else (training, saving, state_dict).
+`adopt(model)` does this for float parameters of at least one huge page (2 MB on x86-64), and gives the
+smaller ones plain copies, so that no tensor keeps the file mapped; generate() and the server's engine call
+it (generate() at batch 1: 19.2 -> 17.7 ms a step, same comparison; batch 8: 44.2 -> 42.9). Parameters that
+share their storage (with another Parameter, a flat buffer, or other processes through share_memory) are
+left as they are. Where the OS has no transparent huge pages (not Linux, or THP "never") nothing is copied;
+`GPT2KIT_HUGEPAGES=0` turns it off. The memory the weights take stays the same after the copy (the file's
+pages become reclaimable page cache); while copying, both are resident. Workers that load the same file no
+longer share its pages.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+import threading
 
 import torch
 from torch import nn
 
-ALIGN = 2 << 20  # a huge page on x86-64 and on ARM with 4 KB base pages
+
+def _pmd_size() -> int:
+    """The huge page size the kernel uses for anonymous memory (2 MB on x86-64; 512 MB on arm64 with 64 KB
+    base pages)."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return 2 << 20
+
+
+ALIGN = _pmd_size()
 MIN_BYTES = ALIGN  # smaller tensors cannot fill a huge page
 
 _available: bool | None = None
+_lock = threading.Lock()
 
 
 def available() -> bool:
@@ -51,41 +66,68 @@ def enabled() -> bool:
 
 
 def copy(t: torch.Tensor) -> torch.Tensor:
-    """A contiguous copy of the CPU tensor t in memory marked for huge pages (2 MB aligned)."""
+    """A contiguous copy of the CPU tensor t in memory marked for huge pages, starting on a huge-page boundary.
+    Its storage is exactly t's size (saving or sharing it copies no padding)."""
     n = t.numel() * t.element_size()
-    # Over-allocate by one huge page to start on a 2 MB boundary: untouched pages cost no memory.
+    # Over-allocate by one huge page to start on a boundary: untouched pages cost no memory.
     buf = mmap.mmap(-1, n + ALIGN, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     buf.madvise(mmap.MADV_HUGEPAGE)
-    raw = torch.frombuffer(buf, dtype=torch.uint8)  # the tensor keeps the mapping alive
-    start = -raw.data_ptr() % ALIGN
-    out = raw[start : start + n].view(t.dtype).view(t.shape)
+    start = -torch.frombuffer(buf, dtype=torch.uint8, count=1).data_ptr() % ALIGN
+    raw = torch.frombuffer(buf, dtype=torch.uint8, offset=start, count=n)  # keeps the mapping alive
+    out = raw.view(t.dtype).view(t.shape)
     out.copy_(t)
     return out
 
 
 def in_huge_pages(t: torch.Tensor) -> bool:
-    """Whether t starts where copy() puts a tensor (a 2 MB boundary): what adopt() checks to skip it."""
+    """Whether t starts where copy() puts a tensor (a huge-page boundary): how adopt() recognises its copies.
+    (Alignment alone does not prove the kernel gave huge pages.)"""
     return t.data_ptr() % ALIGN == 0
 
 
+def _movable(p: torch.Tensor, owners: dict[int, int]) -> bool:
+    """A float CPU parameter that owns its whole storage alone: replacing its data cannot break an alias (two
+    Parameters on one storage, a view into a flat buffer, shared memory another process reads). owners:
+    storage address -> how many of the model's parameters use it."""
+    storage = p.untyped_storage()
+    return (
+        owners[storage.data_ptr()] == 1
+        and p.device.type == "cpu"
+        and p.is_floating_point()
+        and p.is_contiguous()
+        and p.storage_offset() == 0
+        and storage.nbytes() == p.numel() * p.element_size()
+        and not p.is_shared()
+        and not p.is_inference()
+    )
+
+
 def adopt(model: nn.Module) -> int:
-    """Move the model's float CPU parameters of >= 2 MB into huge pages, once per model; returns the bytes
-    moved (0 when done before, turned off, or unavailable)."""
-    if getattr(model, "_gpt2kit_hugepages", False) or not enabled():
+    """Move the model's float CPU parameters into memory of their own: those of >= MIN_BYTES into huge pages,
+    the rest into plain copies (so that nothing keeps a loaded file's memory map alive); returns the bytes
+    moved into huge pages. Parameters already moved, aliased or shared are left alone. Cheap when nothing
+    changed since the last call (a signature of the parameters' addresses and dtypes)."""
+    if not enabled():
+        return 0
+    signature = tuple((p.data_ptr(), p.dtype) for p in model.parameters())
+    if getattr(model, "_gpt2kit_hugepages", None) == signature:
         return 0
     moved = 0
-    with torch.inference_mode(False), torch.no_grad():
-        for p in model.parameters():  # a tied weight is one Parameter: moved once
+    with _lock, torch.inference_mode(False), torch.no_grad():
+        params = list(model.parameters())  # a tied weight is one Parameter: moved once
+        owners: dict[int, int] = {}
+        for p in params:
+            key = p.untyped_storage().data_ptr()
+            owners[key] = owners.get(key, 0) + 1
+        for p in params:
+            if not _movable(p, owners) or in_huge_pages(p):
+                continue
             nbytes = p.numel() * p.element_size()
-            if (
-                p.device.type == "cpu"
-                and p.is_floating_point()
-                and nbytes >= MIN_BYTES
-                and p.is_contiguous()
-                and not p.is_inference()
-                and not in_huge_pages(p)
-            ):
+            if nbytes >= MIN_BYTES:
                 p.data = copy(p.data)
                 moved += nbytes
-    model._gpt2kit_hugepages = True
+            elif not getattr(p, "_gpt2kit_owned", False):
+                p.data = p.data.clone()
+            p._gpt2kit_owned = True
+        model._gpt2kit_hugepages = tuple((p.data_ptr(), p.dtype) for p in model.parameters())
     return moved

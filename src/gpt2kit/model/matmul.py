@@ -203,7 +203,8 @@ def io_copy(weight: torch.Tensor) -> torch.Tensor:
     version, ptr = _version(weight), weight.data_ptr()
     if hit is not None and hit[0]() is weight and hit[1] == version and hit[2] == ptr and hit[3] is not None:
         return hit[3]
-    copy = hugepages.copy(weight.detach().t()) if hugepages.enabled() else weight.detach().t().contiguous()
+    huge = hugepages.enabled() and weight.numel() * weight.element_size() >= hugepages.MIN_BYTES
+    copy = hugepages.copy(weight.detach().t()) if huge else weight.detach().t().contiguous()
     if hit is None or hit[0]() is not weight:
         weakref.finalize(weight, _io_copies.pop, key, None)
     _io_copies[key] = (weakref.ref(weight), version, ptr, copy)
