@@ -74,7 +74,12 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> tuple[torch.Tens
     # random_() on int32 fills [0, 2^31): bits 0-14 and 16-30 of each draw are two independent 15-bit levels.
     bits = torch.empty((n + 1) // 2, dtype=torch.int32, device="cpu").random_().view(torch.int16)[:n]
     keep = bits.bitwise_and_(_LEVELS - 1) >= level
-    return keep.view(shape), _LEVELS / (_LEVELS - level)
+    return keep.view(shape), _keep_scale(p)
+
+
+def _keep_scale(p: float) -> float:
+    """1 / the keep rate of keep_mask's masks: the scale that keeps the expected value."""
+    return _LEVELS / (_LEVELS - _threshold(p))
 
 
 class _Dropout(torch.autograd.Function):
@@ -203,7 +208,7 @@ if hasattr(torch.library, "custom_op"):
         q, k, v, _, scale, p = inputs
         _, probs, keep = output
         ctx.save_for_backward(q, k, v, probs, keep)
-        ctx.scale, ctx.keep_scale = scale, _LEVELS / (_LEVELS - _threshold(p))
+        ctx.scale, ctx.keep_scale = scale, _keep_scale(p)
         ctx.mark_non_differentiable(probs, keep)
 
     def _op_backward(ctx, gy, *_):

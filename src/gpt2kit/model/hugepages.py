@@ -79,6 +79,13 @@ def copy(t: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def owned_copy(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of t: in huge pages where enabled and t fills at least one, else a plain one."""
+    if enabled() and t.numel() * t.element_size() >= MIN_BYTES:
+        return copy(t)
+    return t.contiguous() if not t.is_contiguous() else t.clone()
+
+
 def in_huge_pages(t: torch.Tensor) -> bool:
     """Whether t starts where copy() puts a tensor (a huge-page boundary): how adopt() recognises its copies.
     (Alignment alone does not prove the kernel gave huge pages.)"""
@@ -123,11 +130,9 @@ def adopt(model: nn.Module) -> int:
             if not _movable(p, owners) or in_huge_pages(p):
                 continue
             nbytes = p.numel() * p.element_size()
-            if nbytes >= MIN_BYTES:
-                p.data = copy(p.data)
-                moved += nbytes
-            elif not getattr(p, "_gpt2kit_owned", False):
-                p.data = p.data.clone()
+            if nbytes >= MIN_BYTES or not getattr(p, "_gpt2kit_owned", False):
+                p.data = owned_copy(p.data)
+                moved += nbytes if nbytes >= MIN_BYTES else 0
             p._gpt2kit_owned = True
         model._gpt2kit_hugepages = tuple((p.data_ptr(), p.dtype) for p in model.parameters())
     return moved

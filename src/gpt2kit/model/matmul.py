@@ -114,10 +114,14 @@ def _decision(x2: torch.Tensor, weight: torch.Tensor) -> tuple[str, str]:
 def _key(x2: torch.Tensor, weight: torch.Tensor) -> tuple[str, int, int, str]:
     """(layout, K, N, row bucket): what a decision depends on besides the machine."""
     n, k = weight.shape
-    # (in, out) storage seen through .t() (GPT-2's projections) or (out, in) (the LM head): oneDNN reads
-    # them differently, and on AVX2 the layout decided which kernel won.
-    layout = "io" if weight.stride(0) == 1 and n > 1 else "oi"
-    return layout, k, n, kernels.row_bucket(x2.shape[0])
+    return _layout(weight), k, n, kernels.row_bucket(x2.shape[0])
+
+
+def _layout(weight: torch.Tensor) -> str:
+    """ "io": (in, out) storage seen through .t() (GPT-2's projections); "oi": stored (out, in) (the LM head).
+    oneDNN reads them differently, on AVX2 the layout decided which kernel won, and a weight gradient is
+    cheapest computed in the weight's own layout."""
+    return "io" if weight.stride(0) == 1 and weight.shape[0] > 1 else "oi"
 
 
 def _candidates(rows: int, weight: torch.Tensor) -> dict[str, object]:
@@ -203,8 +207,7 @@ def io_copy(weight: torch.Tensor) -> torch.Tensor:
     version, ptr = _version(weight), weight.data_ptr()
     if hit is not None and hit[0]() is weight and hit[1] == version and hit[2] == ptr and hit[3] is not None:
         return hit[3]
-    huge = hugepages.enabled() and weight.numel() * weight.element_size() >= hugepages.MIN_BYTES
-    copy = hugepages.copy(weight.detach().t()) if huge else weight.detach().t().contiguous()
+    copy = hugepages.owned_copy(weight.detach().t())
     if hit is None or hit[0]() is not weight:
         weakref.finalize(weight, _io_copies.pop, key, None)
     _io_copies[key] = (weakref.ref(weight), version, ptr, copy)
@@ -329,7 +332,7 @@ class _OneDNNLinear(torch.autograd.Function):
         need_x, need_w = ctx.needs_input_grad[:2]
         ctx.save_for_backward(x if need_w else None, w if need_x else None)
         ctx.has_bias = b is not None
-        ctx.in_out = w.stride(0) == 1 and w.shape[0] > 1  # (in, out) storage seen through .t()
+        ctx.in_out = _layout(w) == "io"
         return _lp(x, w, b)
 
     @staticmethod
