@@ -7,7 +7,7 @@ intra_threads), next to two quality figures against transformers fp32.
 
     hf-fp32          transformers GPT2LMHeadModel.generate(), fp32: the baseline every ratio is against
     gpt2kit-fp32     gpt2kit.GPT2LMHeadModel.from_pretrained() + generate(), the default path
-    gpt2kit-packed   the same after gpt2kit.pack_weights(model)
+    gpt2kit-packed   the same after gpt2kit.pack_weights(model, batch_size=B) for the batch B it decodes
     gpt2kit-int8     the fp32 model after gpt2kit.quantize_int8(model)
     gpt2kit-fp32-torch-kernels   gpt2kit-fp32 under GPT2KIT_CPU_MATMUL=torch (the floor the default must beat)
     gpt2kit-int8-eager   (opt-in) gpt2kit-int8 with GPT2KIT_TRACE_DECODE=0: no recorded decode step
@@ -245,6 +245,28 @@ def gpt2kit_model():
     return gpt2kit.GPT2LMHeadModel.from_pretrained(CKPT)
 
 
+class PackedSide(TorchSide):
+    """gpt2kit after pack_weights laid out for the batch it decodes, as `gpt2kit generate` packs for its own
+    batch: a model per batch size, packed at its first (untimed, warm-up) call."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.models: dict[int, object] = {}
+
+    def _for(self, batch: int) -> None:
+        if batch not in self.models:
+            self.models[batch] = gpt2kit.pack_weights(gpt2kit_model().eval(), batch_size=batch)
+        self.model = self.models[batch]
+
+    def generate(self, prompt: np.ndarray, new: int) -> np.ndarray:
+        self._for(len(prompt))
+        return super().generate(prompt, new)
+
+    def top1(self, seq: np.ndarray, prompt_len: int) -> np.ndarray:
+        self._for(len(seq))
+        return super().top1(seq, prompt_len)
+
+
 def load_hf(threads: int) -> TorchSide:
     """Every loader takes the thread count; torch's is process-wide (torch.set_num_threads) already."""
     import transformers
@@ -255,7 +277,6 @@ def load_hf(threads: int) -> TorchSide:
 # gpt2kit's variants: one line each (name -> model loader).
 GPT2KIT_SIDES = {
     "gpt2kit-fp32": lambda: gpt2kit_model(),
-    "gpt2kit-packed": lambda: gpt2kit.pack_weights(gpt2kit_model()),
     "gpt2kit-int8": lambda: gpt2kit.quantize_int8(gpt2kit_model()),
 }
 
@@ -272,6 +293,7 @@ def _eager_decode(model):
 SIDES = {
     "hf-fp32": load_hf,
     **{name: (lambda threads, load=load: TorchSide(load())) for name, load in GPT2KIT_SIDES.items()},
+    "gpt2kit-packed": lambda threads: PackedSide(),
     "gpt2kit-fp32-torch-kernels": lambda threads: TorchKernelsSide(gpt2kit_model()),
     # opt-in: int8 without the recorded decode step (generation/traced.py), to show what the replay saves
     "gpt2kit-int8-eager": lambda threads: TorchSide(_eager_decode(gpt2kit.quantize_int8(gpt2kit_model()))),

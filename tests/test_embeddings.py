@@ -109,7 +109,7 @@ def test_packed_weights_match_transformers(ckpt, tok, monkeypatch, pooling):
     if not packed.packing_available():
         pytest.skip("this torch build cannot pack weights")
     hf, folder = ckpt
-    monkeypatch.setattr(packed, "_packing_wins", lambda layer, rows: True)
+    monkeypatch.setattr(packed, "_packed_rows", lambda layer, rows: rows)
     emb = Embedder.from_pretrained(folder, pooling=pooling, batch_tokens=80)
     mlp = emb.model.h[0].mlp
     assert type(mlp.c_fc).__name__ == "_PackedTanhGelu" and type(mlp.c_proj).__name__ == "PackedLinear"

@@ -17,6 +17,7 @@ import torch
 
 import gpt2kit
 from gpt2kit.model import kernels, matmul
+from gpt2kit.model import packed as pack_module
 from gpt2kit.model.linear import Linear
 from gpt2kit.model.packed import PackedLinear, pack_weights, packing_available
 from gpt2kit.model.quant import DynamicInt8Linear, Int8Linear, dynamic_engines, quantize_int8
@@ -261,24 +262,36 @@ def lm(n_embd=256, vocab=512):
 
 
 @pytest.mark.skipif(not packing_available(), reason="no oneDNN packing in this torch")
-@pytest.mark.parametrize("winner", ["plain", "packed"])
-def test_pack_weights_packs_only_layers_that_measured_faster(table, monkeypatch, winner):
+@pytest.mark.parametrize("batch", [1, 8])
+@pytest.mark.parametrize("winner", ["plain", "packed", "packed-blocked"])
+def test_pack_weights_packs_only_layers_that_measured_faster(table, monkeypatch, winner, batch):
+    """Each layer is packed in the layout that measured fastest, or left plain. For one row oneDNN's
+    one-row layout and its blocked layout (asked for as 8 rows) are both candidates: on a Zen 5 EPYC the
+    blocked one ran one-row products 1.3-1.7x faster."""
     times = {
         "plain": 1.0,
         "packed": 0.5 if winner == "packed" else 2.0,
+        "packed-blocked": 0.4 if winner == "packed-blocked" else 3.0,
         "torch": 1.0,
         "onednn": 1.0,
         "splitk": 1.0,
         "splitk-io": 1.0,
     }
-    fake_timings(monkeypatch, times)
-    model = lm()
+    offered = fake_timings(monkeypatch, times)
+    model = lm(n_embd=512)  # every product >= kernels.MIN_MACS at one row: each layer is timed
     x = torch.randint(0, 512, (2, 9))
     with torch.inference_mode():
         want = model(x).logits
-        packed = pack_weights(copy.deepcopy(model), batch_size=8)
-        n_packed = sum(isinstance(m, PackedLinear) for m in packed.modules())
-        assert n_packed == packed.packed == (2 * 4 + 1 if winner == "packed" else 0)
+        packed = pack_weights(copy.deepcopy(model), batch_size=batch)
+        layers = [m for m in packed.modules() if isinstance(m, PackedLinear)]
+        assert ("packed-blocked" in offered) == (batch == 1)  # 2+ rows get the blocked layout anyway
+        if winner == "plain" or (winner == "packed-blocked" and batch > 1):
+            assert layers == [] and packed.packed == 0
+        else:
+            assert len(layers) == packed.packed == 2 * 4 + 1
+            want_rows = pack_module.BLOCKED_ROWS if winner == "packed-blocked" else batch
+            assert {m.layout_rows for m in layers} == {want_rows}
+            assert f"prepacked for {want_rows} row" in repr(layers[0])
         torch.testing.assert_close(packed(x).logits, want, rtol=1e-4, atol=1e-4)
 
 
@@ -379,14 +392,29 @@ def test_hardware_names_the_isa_and_keys_on_the_limits(monkeypatch):
     assert hw.cpu in hw.describe() and hw.isa in hw.describe()
 
 
+def test_two_generations_with_one_cpu_name_are_two_machines():
+    """A VM's /proc/cpuinfo said "AMD EPYC" on a Zen 4 and on a Zen 5 host, with nearly the same flags; their
+    fastest kernels differ, so the family / model / stepping is part of the cache key."""
+    zen4 = {"model name": "AMD EPYC", "cpu family": "25", "model": "17", "stepping": "1"}
+    zen5 = {**zen4, "cpu family": "26", "model": "2"}
+    assert kernels._cpu_id(zen5) == "family 26 model 2 stepping 1"
+    arm = {"CPU implementer": "0x41", "CPU part": "0xd40", "CPU variant": "0x1", "CPU revision": "1"}
+    assert kernels._cpu_id(arm) == "implementer 0x41 part 0xd40 variant 0x1 revision 1"
+    assert kernels._cpu_id({}) == ""
+    hw = kernels.hardware()
+    a = kernels.Hardware(**{**vars(hw), "cpu_id": kernels._cpu_id(zen4)})
+    b = kernels.Hardware(**{**vars(hw), "cpu_id": kernels._cpu_id(zen5)})
+    assert a.key() != b.key() and "family 26 model 2" in b.describe()
+
+
 def test_info_hardware_prints_the_isa_and_the_chosen_kernels(tmp_path, table, capsys, monkeypatch):
     from gpt2kit.cli import main
     from gpt2kit.model import packed
 
     timed = []  # the layers packing is timed on: the LM head must be the model's class (its own kernels)
-    real = packed._packing_wins
+    real = packed._packed_rows
     monkeypatch.setattr(
-        packed, "_packing_wins", lambda layer, rows: timed.append(type(layer)) or real(layer, rows)
+        packed, "_packed_rows", lambda layer, rows: timed.append(type(layer)) or real(layer, rows)
     )
     config = gpt2kit.GPT2Config(vocab_size=1024, n_positions=32, n_layer=1, n_embd=128, n_head=2)
     config.save_pretrained(tmp_path / "m")

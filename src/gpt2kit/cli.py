@@ -576,6 +576,7 @@ def _hardware(args: argparse.Namespace) -> int:
     decisions = measure_kernels(config, remeasure=args.remeasure)
     summary = {
         "cpu": hw.cpu,
+        "cpu_id": hw.cpu_id,
         "isa": hw.isa,
         "flags": list(hw.flags),
         "native_bf16": hw.native_bf16,
@@ -591,7 +592,7 @@ def _hardware(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    print(f"cpu         {hw.cpu} ({hw.machine})")
+    print(f"cpu         {hw.cpu} ({hw.machine}{', ' + hw.cpu_id if hw.cpu_id else ''})")
     print(f"isa         {hw.isa}; flags {' '.join(hw.flags) or '-'}")
     print(f"bf16        {'native' if hw.native_bf16 else 'emulated (slower than float32 here)'}")
     print(f"torch       {hw.torch_version}, ATen {hw.aten_capability}, {hw.threads} threads")

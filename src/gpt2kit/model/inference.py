@@ -67,7 +67,7 @@ def measure_kernels(config, rows: tuple[int, ...] = (1, 8, 64), remeasure: bool 
     the values. remeasure forgets this machine's earlier decisions first."""
     from gpt2kit.model import kernels, matmul
     from gpt2kit.model.linear import Linear, layout, out_in_weight
-    from gpt2kit.model.packed import _packing_wins, packing_available
+    from gpt2kit.model.packed import _packed_rows, packing_available
     from gpt2kit.model.quant import _choose, dynamic_engines
 
     if remeasure:
@@ -97,7 +97,7 @@ def measure_kernels(config, rows: tuple[int, ...] = (1, 8, 64), remeasure: bool 
                     keys.append(kernels.decision_key(f"fp32-{lay}", k, n, m))
             if packing_available():
                 for m in (r for r in rows if r <= 16):
-                    _packing_wins(layer, m)
+                    _packed_rows(layer, m)
                     keys.append(kernels.decision_key(f"pack-float32-{lay}", k, n, m))
             if dynamic_engines():
                 _choose(layer, torch.float32, "auto")

@@ -59,8 +59,9 @@ BUDGET_S = 0.06
 NOISE = 1.5
 # Part of every cache key: bump it when the candidates or the way they are timed change, so decisions
 # taken without a new candidate are measured again (2: split-K for float32; cold weights for few rows;
-# 3: split-K on an (in, out) copy of an (out, in) weight, the LM head).
-CANDIDATES_VERSION = 3
+# 3: split-K on an (in, out) copy of an (out, in) weight, the LM head; 4: oneDNN's blocked layout for one-row
+# packed products, and the CPU's family / model / stepping in the key).
+CANDIDATES_VERSION = 4
 
 _ISA_FLAGS = (
     "avx2",
@@ -111,6 +112,9 @@ class Hardware:
     threads: int
     torch_version: str
     cuda: str | None = None
+    # The CPU's generation ("family 26 model 2 stepping 1"; ARM's implementer / part): virtual machines often
+    # report one name ("AMD EPYC") for several generations, whose fastest kernels differ.
+    cpu_id: str = ""
 
     @property
     def isa(self) -> str:
@@ -128,13 +132,14 @@ class Hardware:
 
     def key(self) -> str:
         """What makes a measurement valid: the same CPU, ISA limits, torch and thread count."""
-        parts = [self.cpu, self.machine, ",".join(self.flags), self.aten_capability, self.onednn_max_isa]
+        parts = [self.cpu, self.cpu_id, self.machine, ",".join(self.flags), self.aten_capability]
+        parts.append(self.onednn_max_isa)
         parts += [str(self.threads), self.torch_version, f"v{CANDIDATES_VERSION}"]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
     def describe(self) -> str:
         return (
-            f"{self.cpu} ({self.machine}), ISA {self.isa}, flags {' '.join(self.flags) or '-'}, "
+            f"{self.cpu} ({self.machine}{', ' + self.cpu_id if self.cpu_id else ''}), ISA {self.isa}, flags {' '.join(self.flags) or '-'}, "
             f"torch {self.torch_version} (ATen {self.aten_capability}), {self.threads} threads"
             + (f", CUDA {self.cuda}" if self.cuda else "")
         )
@@ -162,6 +167,13 @@ def _flags() -> tuple[str, ...]:
     return tuple(f for f in wanted if f in raw)
 
 
+def _cpu_id(info: dict[str, str]) -> str:
+    """The CPU's generation from /proc/cpuinfo: x86's family, model and stepping, ARM's implementer, part
+    and revision ("" where there is no /proc/cpuinfo)."""
+    fields = ("cpu family", "model", "stepping", "CPU implementer", "CPU part", "CPU variant", "CPU revision")
+    return " ".join(f"{f.removeprefix('cpu ').removeprefix('CPU ')} {info[f]}" for f in fields if f in info)
+
+
 _hardware: Hardware | None = None
 
 
@@ -186,6 +198,7 @@ def hardware() -> Hardware:
             threads=torch.get_num_threads(),
             torch_version=torch.__version__,
             cuda=cuda,
+            cpu_id=_cpu_id(info),
         )
     if _hardware.threads != torch.get_num_threads():
         _hardware = dataclasses.replace(_hardware, threads=torch.get_num_threads())
