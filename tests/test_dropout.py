@@ -282,3 +282,23 @@ def test_compiled_training_runs_the_same_attention_dropout_op(small_tensors_too)
     assert not torch.equal(other, eager_loss)  # the masks matter: another seed, another loss
     for a, b in zip(compiled_grads, eager_grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["float32", "bf16-autocast"])
+def test_a_compiled_training_step_is_one_graph(small_tensors_too, precision):
+    """dynamo traces the whole training forward and loss without a graph break (fullgraph=True raises at
+    one). Two split it before: kernels.native_bf16() read torch.get_num_threads() (untraceable) in every
+    layer's attention under bf16 autocast, so each layer's attention became a frame of its own, recompiled
+    per layer past dynamo's limit of 8 (a 124M model's last layers then ran uncompiled); and the LM loss's
+    label check was a data-dependent bool(). The "eager" backend: dynamo's tracing is what is tested."""
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=97, n_positions=32, attn_pdrop=0.1)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(config).train()
+    ids = torch.randint(0, 97, (3, 20), generator=torch.Generator().manual_seed(1))
+    torch._dynamo.reset()
+    step = torch.compile(model, backend="eager", fullgraph=True)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-autocast")
+    with autocast:
+        loss = step(ids, labels=ids).loss
+    loss.backward()
+    assert torch.isfinite(loss) and model.lm_head.weight.grad is not None

@@ -95,8 +95,10 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     plain = logits.dim() != 3 or logits.shape[1] < 2 or labels.shape != logits.shape[:2]
     plain = plain or labels.dtype != torch.long
     # On a GPU the caching allocator reuses blocks and the fused kernel is one launch: nothing to gain.
-    plain = plain or logits.device.type != "cpu" or _out_of_range(labels[:, 1:], logits.shape[-1])
-    if plain or is_compiling() or _transformed(logits):
+    # Compiled code takes F.cross_entropy, and asks nothing of the labels' values first (a data-dependent
+    # bool() there is a graph break).
+    plain = plain or is_compiling() or logits.device.type != "cpu"
+    if plain or _transformed(logits) or _out_of_range(labels[:, 1:], logits.shape[-1]):
         shift_logits = logits[..., :-1, :].float()
         shift_labels = labels[..., 1:].to(logits.device)
         return F.cross_entropy(
