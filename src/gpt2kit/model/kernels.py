@@ -145,7 +145,7 @@ class Hardware:
         )
 
 
-def _constant_under_compile(fn: Callable[[], bool]) -> Callable[[], bool]:
+def constant_under_compile(fn: Callable[[], bool]) -> Callable[[], bool]:
     """fn's answer, a fact of the machine, taken as a constant when torch.compile traces a caller: hardware()
     reads /proc/cpuinfo and torch.get_num_threads(), which dynamo cannot trace, and a graph break there split
     a compiled training step at every layer's attention (then recompiled per layer, past dynamo's limit)."""
@@ -153,7 +153,7 @@ def _constant_under_compile(fn: Callable[[], bool]) -> Callable[[], bool]:
     return assume(fn) if assume is not None else fn
 
 
-@_constant_under_compile
+@constant_under_compile
 def native_bf16() -> bool:
     """Whether bfloat16 products run natively here (AVX512-BF16, AMX or AVX-NE-CONVERT on x86, as oneDNN
     reports under any ONEDNN_MAX_CPU_ISA limit; BF16 on ARM). Elsewhere bf16 is emulated and slower than

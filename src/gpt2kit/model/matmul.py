@@ -231,15 +231,17 @@ def _autocast_on() -> bool:
 def fp32_linear(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
     """x2 (M, in) @ weight (out, in).T + bias by oneDNN, when that is the float32 kernel chosen; else None.
 
-    None also while torch.compile traces (inductor chooses its kernels; checked first, so tracing never
-    reaches the choice below), under autocast (which casts the operands for torch's own kernels), with
+    Under torch.compile, the oneDNN op for many-row products (linear_op) where that was measured faster,
+    else None (see _compiled_linear). None also under autocast (which casts the operands for torch's own
+    kernels), with
     oneDNN switched off (torch.backends.mkldnn.flags(enabled=False)), under torch.func transforms and
     forward-mode AD (which this op does not implement), and for anything but float32 CPU tensors.
     """
+    if is_compiling():
+        return _compiled_linear(x2, weight, bias)
     if (
-        is_compiling()
         # an exported trace must run anywhere: torch's kernels (see recording_decode for the exception)
-        or (torch.jit.is_tracing() and not getattr(_recording, "on", False))
+        (torch.jit.is_tracing() and not getattr(_recording, "on", False))
         or x2.dtype is not torch.float32
         or weight.dtype is not torch.float32
         or x2.device.type != "cpu"
@@ -264,6 +266,77 @@ def fp32_linear(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     if torch.jit.is_tracing():  # the tracer records the op itself, not the autograd.Function around it
         return _lp(x2, weight, None if bias is None else bias.contiguous())
     return _OneDNNLinear.apply(x2, weight, None if bias is None else bias.contiguous())
+
+
+def _compiled_linear(
+    x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor | None:
+    """fp32_linear while torch.compile traces: linear_op where oneDNN measured faster for this many-row
+    product, else None (the caller's torch op, which inductor runs on torch's kernel: MKL's sgemm, 200-230
+    GFLOP/s on the AMD EPYCs where oneDNN runs ~480, so a compiled float32 training step ran 1.8x slower than
+    the eager one). Not while exporting (torch.export: the graph must run anywhere), not for dynamic shapes
+    (the choice is per shape), and not for a few rows: decoding, where a Python op's call costs more than
+    the kernel saves."""
+    exporting = getattr(torch.compiler, "is_exporting", None)
+    if (
+        linear_op is None
+        or (exporting is not None and exporting())
+        or x2.dtype is not torch.float32
+        or weight.dtype is not torch.float32
+        or (bias is not None and bias.dtype is not torch.float32)
+        or x2.device.type != "cpu"
+        or _autocast_on()
+    ):
+        return None
+    m, (n, k) = x2.shape[0], weight.shape
+    if not all(isinstance(d, int) for d in (m, n, k)) or m <= SPLITK_MAX_ROWS:
+        return None
+    if _compiled_choice(_layout(weight), k, n, m) != "onednn":
+        return None
+    return linear_op(x2, weight, None if bias is None else bias.contiguous())
+
+
+@kernels.constant_under_compile
+def _compiled_choice(layout: str, k: int, n: int, m: int) -> str:
+    """The kernel for (layout, K, N, m rows) where a gradient reaches the weight, decided (measured, where this
+    machine has no decision yet) on a stand-in weight of that shape and layout: a constant to dynamo."""
+    if not (torch.backends.mkldnn.enabled and onednn_linear_available()):
+        return "torch"
+    weight = torch.empty(k, n).t() if layout == "io" else torch.empty(n, k)
+    with torch.no_grad():
+        return _decision(torch.empty(m, k), weight.normal_())[1]
+
+
+# The float32 product as one op compiled code calls (torch.library.custom_op exists from torch 2.4; before,
+# compiled code keeps torch's kernels). Its backward is written with it, as _OneDNNLinear's is.
+linear_op = None
+if hasattr(torch.library, "custom_op"):
+
+    @torch.library.custom_op("gpt2kit::onednn_linear", mutates_args=())
+    def linear_op(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        return _lp(x, w, b)
+
+    @linear_op.register_fake
+    def _(x, w, b):
+        return x.new_empty(x.shape[0], w.shape[0])
+
+    def _linear_setup(ctx, inputs, output) -> None:
+        x, w, b = inputs
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = b is not None
+        ctx.in_out = _layout(w) == "io"
+
+    def _linear_backward(ctx, gy: torch.Tensor):
+        x, w = ctx.saved_tensors
+        gx = linear_op(gy, w.t(), None) if ctx.needs_input_grad[0] else None
+        gw = None
+        if ctx.needs_input_grad[1]:
+            # In the weight's own layout, as _OneDNNLinear.backward computes it.
+            gw = linear_op(x.t(), gy.t(), None).t() if ctx.in_out else linear_op(gy.t(), x.t(), None)
+        gb = gy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gx, gw, gb
+
+    linear_op.register_autograd(_linear_backward, setup_context=_linear_setup)
 
 
 def _transformed(*tensors: torch.Tensor | None) -> bool:
