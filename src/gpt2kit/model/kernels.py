@@ -17,8 +17,8 @@ next, so every choice here is a measurement:
   default by more than the timing noise.
 
 Decisions are cached in memory and in `$GPT2KIT_KERNEL_CACHE` (default `~/.cache/gpt2kit/kernels.json`), keyed by
-the machine: CPU model, its ISA flags, the torch version, the thread count, and the oneDNN/ATen ISA limits
-(ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY). A new machine, a new torch or another thread count measures again;
+the machine: CPU model (name and family / model / stepping), its ISA flags, the torch version, the thread
+count, and the oneDNN/ATen ISA limits (ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY). A new machine, a new torch or another thread count measures again;
 the same one reuses the file (atomic writes; an unreadable file is ignored and rewritten).
 GPT2KIT_KERNEL_CACHE=0 keeps decisions in memory only; `gpt2kit info --hardware --remeasure` times again
 (a decision measured while other programs loaded the CPU can be wrong: the timer takes the best of
