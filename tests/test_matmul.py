@@ -190,8 +190,68 @@ def test_compiled_training_runs_the_chosen_kernel(choice, monkeypatch, policy):
 
 
 @needs_op
+def test_compiled_products_leave_exports_and_func_transforms_to_torch(choice, monkeypatch):
+    """What compiled code may run: the op for a many-row float32 product, but not in an exported graph
+    (which must run anywhere), not under torch.func (the op has no vmap or jvp rule: compile(vmap) failed
+    and compile(jvp) gave zero tangents), not for decoding rows."""
+    choice("onednn")
+    torch.manual_seed(0)
+    x, w = torch.randn(32, 64), torch.randn(48, 64)
+    torch.testing.assert_close(matmul._compiled_linear(x, w, None), x @ w.t(), rtol=1e-4, atol=1e-4)
+    assert matmul._compiled_linear(x[:8], w, None) is None  # few rows: decoding
+    lin = Linear(64, 48)
+    torch.nn.init.normal_(lin.weight, std=0.1)
+    for name, transform in [
+        ("vmap", lambda f: torch.func.vmap(f)(x.view(2, 16, 64))),
+        ("jvp", lambda f: torch.func.jvp(f, (x,), (torch.ones_like(x),))[1]),
+    ]:
+        torch._dynamo.reset()
+        got = torch.compile(lambda t, tf=transform: tf(lin), backend="aot_eager", fullgraph=True)(x)
+        want = transform(lin)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=name)
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    assert matmul._compiled_linear(x, w, None) is None
+    torch._dynamo.reset()
+
+
+@needs_op
+def test_compiled_code_follows_the_policy_and_dynamic_shapes(choice, monkeypatch):
+    """The choice is a constant to dynamo, so set_cpu_matmul() and torch.backends.mkldnn.flags() must reach
+    compiled code (it compiles again); a dynamic row count (the second length of torch.compile's default
+    dynamic=None, or dynamic=True) must trace too (fullgraph failed on it)."""
+    torch.manual_seed(0)
+    lin = Linear(64, 48)
+    torch.nn.init.normal_(lin.weight, std=0.1)  # Linear's weight starts as torch.empty
+    calls = []
+    real = matmul._lp
+    monkeypatch.setattr(matmul, "_lp", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    torch._dynamo.reset()
+    f = torch.compile(lin, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        choice("onednn")
+        f(torch.randn(32, 64))
+        assert calls == [32]
+        choice("torch")
+        f(torch.randn(32, 64))
+        assert calls == [32]
+        choice("onednn")
+        with torch.backends.mkldnn.flags(enabled=False):
+            f(torch.randn(32, 64))
+        assert calls == [32]
+        for rows in (40, 56):  # dynamo makes the rows symbolic at the second length
+            x = torch.randn(rows, 64)
+            got = f(x)
+            assert calls[-1] == rows
+            choice("torch")
+            torch.testing.assert_close(got, lin(x), rtol=1e-5, atol=1e-5)  # eager, torch's kernel
+            choice("onednn")
+    torch._dynamo.reset()
+
+
+@needs_op
 def test_export_keeps_torchs_kernels(choice):
-    """torch.export's graph must run anywhere: no gpt2kit op in it, whatever this machine chose."""
+    """torch.export's graph must run anywhere: no gpt2kit op in it, whatever this machine chose (end to
+    end; torch.export also switches oneDNN off while it traces, so the guard of its own is tested above)."""
     choice("onednn")
     config = GPT2Config(n_layer=1, n_embd=64, n_head=2, vocab_size=300, n_positions=32)
     model = GPT2LMHeadModel(config).eval()

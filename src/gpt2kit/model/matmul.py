@@ -14,8 +14,9 @@ It sums in another order than MKL, so results agree to float32 rounding (~1e-6 r
 
 GPT2KIT_CPU_MATMUL=auto (default) | onednn | torch, read at the first float32 CPU product of the process
 (set it before that; set_cpu_matmul() changes it any time); onednn and torch force one kernel everywhere.
-torch's kernels still run under autocast, inside torch.compile, under torch.func transforms and forward-mode
-AD, and for double backward's second pass.
+torch's kernels still run under autocast, under torch.func transforms and forward-mode AD, for double
+backward's second pass, and inside torch.compile except for many-row products, where compiled code calls
+oneDNN through the custom op gpt2kit::onednn_linear where it was chosen (_compiled_linear).
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ from gpt2kit.model import hugepages, kernels
 
 CHOICES = ("auto", "onednn", "torch")
 _choice: str | None = None  # one of CHOICES, once read
-# (layout, K, N, row bucket) -> (kernel, the best kernel other than splitk-io): the hot path's copy of
+# (layout, K, N, row bucket, threads) -> (kernel, the best kernel other than splitk-io): the hot path's copy of
 # kernels.TABLE's decisions. The second runs where a gradient must reach the weight, which splitk-io's copy
 # cannot pass on.
-_fast: dict[tuple[str, int, int, str], tuple[str, str]] = {}
+_fast: dict[tuple[str, int, int, str, int], tuple[str, str]] = {}
 # .on is True while generation/traced.py records a decode step (in this thread) to replay in this process.
 _recording = threading.local()
 
@@ -97,7 +98,7 @@ def _decision(x2: torch.Tensor, weight: torch.Tensor) -> tuple[str, str]:
     key = _key(x2, weight)
     hit = _fast.get(key)
     if hit is None:
-        layout, k, n, bucket = key
+        layout, k, n, bucket, _ = key
         if k * n * kernels.timing_rows(bucket, k, n) < kernels.MIN_MACS:
             hit = ("torch", "torch")
         else:
@@ -111,10 +112,11 @@ def _decision(x2: torch.Tensor, weight: torch.Tensor) -> tuple[str, str]:
     return hit
 
 
-def _key(x2: torch.Tensor, weight: torch.Tensor) -> tuple[str, int, int, str]:
-    """(layout, K, N, row bucket): what a decision depends on besides the machine."""
+def _key(x2: torch.Tensor, weight: torch.Tensor) -> tuple[str, int, int, str, int]:
+    """(layout, K, N, row bucket, threads): what a decision depends on (kernels.TABLE keys its decisions by
+    the thread count too: set_num_threads changes which kernel wins)."""
     n, k = weight.shape
-    return _layout(weight), k, n, kernels.row_bucket(x2.shape[0])
+    return _layout(weight), k, n, kernels.row_bucket(x2.shape[0]), torch.get_num_threads()
 
 
 def _layout(weight: torch.Tensor) -> str:
@@ -274,37 +276,50 @@ def _compiled_linear(
     """fp32_linear while torch.compile traces: linear_op where oneDNN measured faster for this many-row
     product, else None (the caller's torch op, which inductor runs on torch's kernel: MKL's sgemm, 200-230
     GFLOP/s on the AMD EPYCs where oneDNN runs ~480, so a compiled float32 training step ran 1.8x slower than
-    the eager one). Not while exporting (torch.export: the graph must run anywhere), not for dynamic shapes
-    (the choice is per shape), and not for a few rows: decoding, where a Python op's call costs more than
-    the kernel saves."""
+    the eager one). Not while exporting (torch.export: the graph must run anywhere), not under torch.func
+    transforms (the op has no vmap or jvp rule), and not for a few rows: decoding, where a Python op's call
+    costs more than the kernel saves. The row count is only compared (a symbolic one under dynamic shapes
+    becomes a guard): above SPLITK_MAX_ROWS every product falls in the "many" row bucket."""
     exporting = getattr(torch.compiler, "is_exporting", None)
     if (
         linear_op is None
         or (exporting is not None and exporting())
+        or _functorch_active()
         or x2.dtype is not torch.float32
         or weight.dtype is not torch.float32
         or (bias is not None and bias.dtype is not torch.float32)
         or x2.device.type != "cpu"
         or _autocast_on()
+        or x2.shape[0] <= SPLITK_MAX_ROWS
     ):
         return None
-    m, (n, k) = x2.shape[0], weight.shape
-    if not all(isinstance(d, int) for d in (m, n, k)) or m <= SPLITK_MAX_ROWS:
-        return None
-    if _compiled_choice(_layout(weight), k, n, m) != "onednn":
+    n, k = weight.shape  # a parameter's: static
+    # The policy and the oneDNN switch are read here, in traced code, so that dynamo guards on them and
+    # compiles again when set_cpu_matmul() or torch.backends.mkldnn.flags() changes them.
+    choice = _compiled_choice(_layout(weight), int(k), int(n), cpu_matmul(), torch.backends.mkldnn.enabled)
+    if choice != "onednn":
         return None
     return linear_op(x2, weight, None if bias is None else bias.contiguous())
 
 
+def _functorch_active() -> bool:
+    """Whether a torch.func transform (grad, vmap, jvp) is active: traceable by dynamo, unlike _transformed."""
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(active()) if active is not None else False
+
+
 @kernels.constant_under_compile
-def _compiled_choice(layout: str, k: int, n: int, m: int) -> str:
-    """The kernel for (layout, K, N, m rows) where a gradient reaches the weight, decided (measured, where this
-    machine has no decision yet) on a stand-in weight of that shape and layout: a constant to dynamo."""
-    if not (torch.backends.mkldnn.enabled and onednn_linear_available()):
+def _compiled_choice(layout: str, k: int, n: int, policy: str, onednn_enabled: bool) -> str:
+    """The kernel for a many-row product by a (layout, K, N) weight where a gradient reaches the weight,
+    decided (measured, where this machine has no decision yet) on a stand-in weight of that shape and layout,
+    under this policy: a constant to dynamo."""
+    if not (onednn_enabled and onednn_linear_available()):
         return "torch"
-    weight = torch.empty(k, n).t() if layout == "io" else torch.empty(n, k)
+    if policy != "auto":
+        return policy
+    weight = kernels.random_input(k, n).t() if layout == "io" else kernels.random_input(n, k)
     with torch.no_grad():
-        return _decision(torch.empty(m, k), weight.normal_())[1]
+        return _decision(torch.empty(SPLITK_MAX_ROWS + 1, k), weight)[1]
 
 
 # The float32 product as one op compiled code calls (torch.library.custom_op exists from torch 2.4; before,
