@@ -368,9 +368,7 @@ def train(args: argparse.Namespace) -> int:
         summary["output"] = result.output_dir
         print(json.dumps(summary))
     if dist.owns_group:
-        import torch.distributed
-
-        torch.distributed.destroy_process_group()
+        dist.close()
     return 0
 
 

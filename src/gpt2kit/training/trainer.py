@@ -85,6 +85,16 @@ class _Dist:
         if self.world > 1:
             dist.barrier()
 
+    def close(self) -> None:
+        """Destroy the process group this process created, once every rank is done with it. Left to the
+        interpreter's exit, or destroyed while the other rank still talked to it, gloo's threads could abort
+        the process (SIGABRT, "terminate called without an active exception") after its work was saved: a
+        torchrun test failed 1 run in 8-12 that way on the 2-core VM."""
+        if self.owns_group and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+            self.owns_group = False
+
     def mean(self, values: list[float]) -> list[float]:
         """Averages over processes (for logging)."""
         if self.world == 1:
