@@ -264,3 +264,33 @@ def test_export_keeps_torchs_kernels(choice):
 def _linear_sum(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     out = matmul.fp32_linear(x, w, None)
     return (out if out is not None else torch.nn.functional.linear(x, w)).sum()
+
+
+_FRESH = """
+import torch
+from gpt2kit import GPT2Config, GPT2LMHeadModel
+from gpt2kit.model import matmul
+assert matmul._choice is None  # nothing has read the policy yet
+torch.manual_seed(0)
+model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=64, n_head=2, vocab_size=300, n_positions=64)).train()
+ids = torch.randint(0, 300, (2, 32))
+loss = torch.compile(model, backend="aot_eager", fullgraph=True)(ids, labels=ids).loss
+loss.backward()
+print(matmul._choice, float(loss))
+"""
+
+
+@needs_op
+def test_a_fresh_process_compiles_before_any_product_ran():
+    """The first product of a process resolves the policy (GPT2KIT_CPU_MATMUL), which asks torch whether
+    oneDNN is there: dynamo refuses to trace that, so a fullgraph compile before any eager product failed."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "GPT2KIT_CPU_MATMUL"}
+    done = subprocess.run(
+        [sys.executable, "-c", _FRESH], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[0] in ("auto", "torch")

@@ -296,7 +296,8 @@ def _compiled_linear(
     n, k = weight.shape  # a parameter's: static
     # The policy and the oneDNN switch are read here, in traced code, so that dynamo guards on them and
     # compiles again when set_cpu_matmul() or torch.backends.mkldnn.flags() changes them.
-    choice = _compiled_choice(_layout(weight), int(k), int(n), cpu_matmul(), torch.backends.mkldnn.enabled)
+    policy = _choice if _choice is not None else _first_policy()
+    choice = _compiled_choice(_layout(weight), int(k), int(n), policy, torch.backends.mkldnn.enabled)
     if choice != "onednn":
         return None
     return linear_op(x2, weight, None if bias is None else bias.contiguous())
@@ -306,6 +307,14 @@ def _functorch_active() -> bool:
     """Whether a torch.func transform (grad, vmap, jvp) is active: traceable by dynamo, unlike _transformed."""
     active = getattr(torch._C, "_are_functorch_transforms_active", None)
     return bool(active()) if active is not None else False
+
+
+@kernels.constant_under_compile
+def _first_policy() -> str:
+    """cpu_matmul() where no product has read the policy yet: resolving it asks torch whether oneDNN is
+    there (torch.backends.mkldnn.is_available, which dynamo refuses to trace), so it runs at trace time;
+    once set, `_choice` is read in traced code (dynamo guards on it)."""
+    return cpu_matmul()
 
 
 @kernels.constant_under_compile

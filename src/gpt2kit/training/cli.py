@@ -358,7 +358,9 @@ def train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if getattr(args, "space", None) is not None:  # gpt2kit tune: train's setup, then a search
-        return _tune(args, trainer)
+        code = _tune(args, trainer)
+        dist.close()
+        return code
     result = trainer.fit()
     if dist.main:
         summary = {"steps": result.steps, "epochs": round(result.epochs, 3), "train_loss": result.train_loss}
@@ -367,8 +369,7 @@ def train(args: argparse.Namespace) -> int:
             summary["stopped_early"] = True
         summary["output"] = result.output_dir
         print(json.dumps(summary))
-    if dist.owns_group:
-        dist.close()
+    dist.close()  # (only a group this process created)
     return 0
 
 
