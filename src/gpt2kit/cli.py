@@ -592,7 +592,7 @@ def _hardware(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    print(f"cpu         {hw.cpu} ({hw.machine}{', ' + hw.cpu_id if hw.cpu_id else ''})")
+    print(f"cpu         {hw.label}")
     print(f"isa         {hw.isa}; flags {' '.join(hw.flags) or '-'}")
     print(f"bf16        {'native' if hw.native_bf16 else 'emulated (slower than float32 here)'}")
     print(f"torch       {hw.torch_version}, ATen {hw.aten_capability}, {hw.threads} threads")

@@ -18,8 +18,8 @@ next, so every choice here is a measurement:
 
 Decisions are cached in memory and in `$GPT2KIT_KERNEL_CACHE` (default `~/.cache/gpt2kit/kernels.json`), keyed by
 the machine: CPU model (name and family / model / stepping), its ISA flags, the torch version, the thread
-count, and the oneDNN/ATen ISA limits (ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY). A new machine, a new torch or another thread count measures again;
-the same one reuses the file (atomic writes; an unreadable file is ignored and rewritten).
+count, and the oneDNN/ATen ISA limits (ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY). A new machine, a new torch or
+another thread count measures again; the same one reuses the file (atomic writes; an unreadable file is ignored and rewritten).
 GPT2KIT_KERNEL_CACHE=0 keeps decisions in memory only; `gpt2kit info --hardware --remeasure` times again
 (a decision measured while other programs loaded the CPU can be wrong: the timer takes the best of
 several interleaved runs, which resists short hiccups, not a machine busy for the whole measurement).
@@ -133,13 +133,17 @@ class Hardware:
     def key(self) -> str:
         """What makes a measurement valid: the same CPU, ISA limits, torch and thread count."""
         parts = [self.cpu, self.cpu_id, self.machine, ",".join(self.flags), self.aten_capability]
-        parts.append(self.onednn_max_isa)
-        parts += [str(self.threads), self.torch_version, f"v{CANDIDATES_VERSION}"]
+        parts += [self.onednn_max_isa, str(self.threads), self.torch_version, f"v{CANDIDATES_VERSION}"]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        """The CPU's name, architecture and generation: "AMD EPYC (x86_64, family 26 model 2 stepping 1)"."""
+        return f"{self.cpu} ({self.machine}{', ' + self.cpu_id if self.cpu_id else ''})"
 
     def describe(self) -> str:
         return (
-            f"{self.cpu} ({self.machine}{', ' + self.cpu_id if self.cpu_id else ''}), ISA {self.isa}, flags {' '.join(self.flags) or '-'}, "
+            f"{self.label}, ISA {self.isa}, flags {' '.join(self.flags) or '-'}, "
             f"torch {self.torch_version} (ATen {self.aten_capability}), {self.threads} threads"
             + (f", CUDA {self.cuda}" if self.cuda else "")
         )

@@ -244,11 +244,8 @@ def fp32_linear(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     if (
         # an exported trace must run anywhere: torch's kernels (see recording_decode for the exception)
         (torch.jit.is_tracing() and not getattr(_recording, "on", False))
-        or x2.dtype is not torch.float32
-        or weight.dtype is not torch.float32
-        or x2.device.type != "cpu"
+        or not _float32_cpu(x2, weight)
         or x2.shape[0] == 0
-        or _autocast_on()
         or not torch.backends.mkldnn.enabled
         or _transformed(x2, weight, bias)
     ):
@@ -270,6 +267,17 @@ def fp32_linear(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return _OneDNNLinear.apply(x2, weight, None if bias is None else bias.contiguous())
 
 
+def _float32_cpu(x2: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Float32 CPU operands outside autocast (which casts them for torch's own kernels): what oneDNN's float32
+    product is for."""
+    return (
+        x2.dtype is torch.float32
+        and weight.dtype is torch.float32
+        and x2.device.type == "cpu"
+        and not _autocast_on()
+    )
+
+
 def _compiled_linear(
     x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor | None:
@@ -285,11 +293,8 @@ def _compiled_linear(
         linear_op is None
         or (exporting is not None and exporting())
         or _functorch_active()
-        or x2.dtype is not torch.float32
-        or weight.dtype is not torch.float32
+        or not _float32_cpu(x2, weight)
         or (bias is not None and bias.dtype is not torch.float32)
-        or x2.device.type != "cpu"
-        or _autocast_on()
         or x2.shape[0] <= SPLITK_MAX_ROWS
     ):
         return None
@@ -352,13 +357,7 @@ if hasattr(torch.library, "custom_op"):
 
     def _linear_backward(ctx, gy: torch.Tensor):
         x, w = ctx.saved_tensors
-        gx = linear_op(gy, w.t(), None) if ctx.needs_input_grad[0] else None
-        gw = None
-        if ctx.needs_input_grad[1]:
-            # In the weight's own layout, as _OneDNNLinear.backward computes it.
-            gw = linear_op(x.t(), gy.t(), None).t() if ctx.in_out else linear_op(gy.t(), x.t(), None)
-        gb = gy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return gx, gw, gb
+        return _linear_grads(lambda a, bt: linear_op(a, bt, None), ctx, gy, x, w)
 
     linear_op.register_autograd(_linear_backward, setup_context=_linear_setup)
 
@@ -436,16 +435,27 @@ class _OneDNNLinear(torch.autograd.Function):
     def backward(ctx, gy: torch.Tensor):
         x, w = ctx.saved_tensors
         # With create_graph (double backward) use differentiable ops: oneDNN's op has no derivative.
-        mm = (lambda a, bt: a.mm(bt.t())) if torch.is_grad_enabled() else _lp
-        gx = mm(gy, w.t()) if ctx.needs_input_grad[0] else None  # gy @ w
-        gw = None
-        if ctx.needs_input_grad[1]:
-            if ctx.in_out and not torch.is_grad_enabled():
-                # (in, out) storage (GPT-2's projections): x.T @ gy comes out in that layout. gy.T @ x made oneDNN
-                # copy gy.T (M x out) to contiguous first and the gradient then needed a transposing copy into
-                # the parameter's layout: ~10 ms a layer of a 124M float32 step at 4 x 256 tokens, same bits.
-                gw = _lp(x.t(), gy.t()).t()
-            else:
-                gw = mm(gy.t(), x.t())  # gy.T @ x
-        gb = gy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return gx, gw, gb
+        return _linear_grads(_mm_t if torch.is_grad_enabled() else _lp, ctx, gy, x, w)
+
+
+def _mm_t(a: torch.Tensor, bt: torch.Tensor) -> torch.Tensor:
+    """a @ bt.T with differentiable ops (double backward: oneDNN's op has no derivative)."""
+    return a.mm(bt.t())
+
+
+def _linear_grads(product, ctx, gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> tuple:
+    """The gradients of y = x @ w.T + b, with product(a, bt) = a @ bt.T: the eager backward's (oneDNN, or
+    differentiable ops under create_graph) and the compiled op's (linear_op). ctx: needs_input_grad, in_out,
+    has_bias."""
+    gx = product(gy, w.t()) if ctx.needs_input_grad[0] else None  # gy @ w
+    gw = None
+    if ctx.needs_input_grad[1]:
+        if ctx.in_out and product is not _mm_t:
+            # (in, out) storage (GPT-2's projections): x.T @ gy comes out in that layout. gy.T @ x made oneDNN
+            # copy gy.T (M x out) to contiguous first and the gradient then needed a transposing copy into
+            # the parameter's layout: ~10 ms a layer of a 124M float32 step at 4 x 256 tokens, same bits.
+            gw = product(x.t(), gy.t()).t()
+        else:
+            gw = product(gy.t(), x.t())  # gy.T @ x
+    gb = gy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+    return gx, gw, gb
