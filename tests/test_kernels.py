@@ -367,6 +367,49 @@ def test_quantize_int8_auto_keeps_the_measured_winner_per_layer(table, monkeypat
     assert q.quantized == "int8 (float x9)" and isinstance(q.lm_head, torch.nn.Linear)
 
 
+@needs_dynamic
+def test_int8_kernels_are_timed_on_weights_read_from_memory(table, monkeypatch):
+    """As for float32 (above): each int8 candidate, and the float layer it must beat, cycles through copies
+    of its weights, so a decision is not taken on weights that sit in the cache (a 768 x 3072 int8 weight
+    timed over and over multiplied 2.4x faster than read from memory, on a Zen 5 EPYC)."""
+    model = lm()  # 256 wide, vocabulary 512: the first int8 decision is the LM head's, 512 x 256
+    monkeypatch.setattr(kernels, "working_set_bytes", lambda: 8 * 512 * 256)  # 8 int8 copies, 2 float ones
+    monkeypatch.setattr(kernels, "last_level_cache_bytes", lambda: 4096)  # the model does not fit in it
+    used: dict[str, set[int]] = {}
+    current = [""]
+    for cls in (DynamicInt8Linear, type(model.lm_head)):
+        forward = cls.forward
+
+        def spy(self, x, forward=forward):
+            if current[0]:  # a timed call (not the accuracy probe before timing)
+                used.setdefault(current[0], set()).add(id(self))
+            return forward(self, x)
+
+        monkeypatch.setattr(cls, "forward", spy)
+
+    def fake(calls):
+        if not used and any(name.startswith("dynamic-") for name in calls):  # the first int8 decision
+            for name, call in calls.items():
+                current[0] = name
+                for _ in range(16):
+                    call()
+            current[0] = ""
+        return {name: [1.0 if name == "float" else 0.5] * 3 for name in calls}
+
+    monkeypatch.setattr(kernels, "time_candidates", fake)
+    quantize_int8(model)
+    assert len(used.pop("float")) == 2 and len(used) == len(dynamic_engines())
+    assert all(len(ids) == 8 for ids in used.values()), {k: len(v) for k, v in used.items()}
+    assert all("in-cache" not in key for key in table.decisions())
+    # A model whose int8 weights all fit in the last-level cache is read from there: timed there, no copies,
+    # and a decision of its own (the same shape in a bigger model is timed cold).
+    monkeypatch.setattr(kernels, "last_level_cache_bytes", lambda: 64 << 20)
+    used.clear()
+    quantize_int8(lm())
+    assert used and all(len(ids) == 1 for ids in used.values())
+    assert kernels.decision_key("int8-auto-float32-oi-in-cache", 256, 512, 1) in table.decisions()
+
+
 def test_quantize_int8_methods(table):
     model = lm()
     wo = quantize_int8(copy.deepcopy(model), method="weight-only")

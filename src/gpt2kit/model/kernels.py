@@ -60,8 +60,8 @@ NOISE = 1.5
 # Part of every cache key: bump it when the candidates or the way they are timed change, so decisions
 # taken without a new candidate are measured again (2: split-K for float32; cold weights for few rows;
 # 3: split-K on an (in, out) copy of an (out, in) weight, the LM head; 4: oneDNN's blocked layout for one-row
-# packed products, and the CPU's family / model / stepping in the key).
-CANDIDATES_VERSION = 4
+# packed products, and the CPU's family / model / stepping in the key; 5: int8 kernels timed on cold weights).
+CANDIDATES_VERSION = 5
 
 _ISA_FLAGS = (
     "avx2",
@@ -244,16 +244,19 @@ def random_input(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tenso
     return torch.randn(*shape, generator=_inputs).to(dtype)
 
 
-def working_set_bytes() -> int:
-    """Bytes of weights to cycle through when timing few-row products: twice the last-level cache (from
-    sysfs; 32 MiB where unknown), so each call reads its weight from memory as a decode step does."""
-    size = 32 << 20
+def last_level_cache_bytes() -> int:
+    """The last-level cache's size (from sysfs; 32 MiB where unknown)."""
     try:
         text = Path("/sys/devices/system/cpu/cpu0/cache/index3/size").read_text().strip().upper()
-        size = int(text.rstrip("KMG")) << {"K": 10, "M": 20, "G": 30}.get(text[-1:], 0)
+        return int(text.rstrip("KMG")) << {"K": 10, "M": 20, "G": 30}.get(text[-1:], 0)
     except (OSError, ValueError):
-        pass
-    return min(2 * size, 512 << 20)
+        return 32 << 20
+
+
+def working_set_bytes() -> int:
+    """Bytes of weights to cycle through when timing few-row products: twice the last-level cache, so each
+    call reads its weight from memory as a decode step does."""
+    return min(2 * last_level_cache_bytes(), 512 << 20)
 
 
 def cold_copies(first: object, make: Callable[[], object], nbytes: int, rows: int) -> list:
