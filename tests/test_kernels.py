@@ -339,6 +339,33 @@ def test_dynamic_int8_linear_is_close_to_the_float_product(engine, rows):
         assert float((DynamicInt8Linear.from_float(head, engine)(x) - head(x)).norm() / head(x).norm()) < 0.03
 
 
+@pytest.mark.skipif(
+    "fbgemm" not in torch.backends.quantized.supported_engines, reason="no fbgemm in this torch"
+)
+def test_an_engine_that_cannot_run_on_this_cpu_is_no_candidate(table, monkeypatch):
+    """torch lists the engines its build has: an aarch64 build lists fbgemm, whose prepack raises "unknown
+    architecure" there (seen under qemu's Neoverse N1). Such an engine is neither listed nor timed."""
+    from gpt2kit.model import quant
+
+    real = torch.ops.quantized.linear_prepack
+
+    def prepack(weight, bias):
+        if torch.backends.quantized.engine == "fbgemm":
+            raise RuntimeError("unknown architecure")
+        return real(weight, bias)
+
+    quant._engine_runs.cache_clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.ops.quantized, "linear_prepack", prepack)
+        assert "fbgemm" not in dynamic_engines()
+        seconds = {"dynamic-onednn": 0.5, "float": 2.0, "torch": 1, "onednn": 1, "splitk": 1, "splitk-io": 1}
+        offered = fake_timings(monkeypatch, seconds)
+        model = quantize_int8(lm())
+        assert "dynamic-fbgemm" not in offered and model.quantized == "int8 (dynamic-onednn x9)"
+    quant._engine_runs.cache_clear()  # asked again, with fbgemm's prepack back: it runs on this CPU
+    assert "fbgemm" in dynamic_engines()
+
+
 @needs_dynamic
 def test_quantize_int8_auto_keeps_the_measured_winner_per_layer(table, monkeypatch):
     engine = dynamic_engines()[0]
@@ -448,6 +475,44 @@ def test_two_generations_with_one_cpu_name_are_two_machines():
     a = kernels.Hardware(**{**vars(hw), "cpu_id": kernels._cpu_id(zen4)})
     b = kernels.Hardware(**{**vars(hw), "cpu_id": kernels._cpu_id(zen5)})
     assert a.key() != b.key() and "family 26 model 2" in b.describe()
+
+
+def test_arm_cores_and_macs_are_named_and_their_bf16_seen(monkeypatch):
+    """Linux on ARM names no CPU ("model name" is x86's): the core comes from implementer / part. A Mac has
+    no /proc/cpuinfo: sysctl gives the chip's name and features (an Apple M2's bf16 read as emulated)."""
+    n1 = {"CPU implementer": "0x41", "CPU part": "0xd0c", "Features": "fp asimd crc32 atomics asimddp"}
+    assert kernels._cpu_name(n1) == "Arm Neoverse N1"
+    assert kernels._cpu_name({**n1, "CPU part": "0xd4f"}) == "Arm Neoverse V2"
+    monkeypatch.setattr(kernels.platform, "processor", lambda: "")
+    assert kernels._cpu_name({**n1, "CPU part": "0xfff"}) == "unknown CPU"
+    assert kernels._cpu_name({"model name": "AMD EPYC", **n1}) == "AMD EPYC"
+
+    def no_proc(path, *args, **kwargs):
+        raise FileNotFoundError(path)
+
+    def mac(m2: bool):
+        answers = {
+            "machdep.cpu.brand_string": "Apple M2 Pro" if m2 else "Apple M1",
+            "hw.optional.AdvSIMD": "1",
+            "hw.optional.arm.FEAT_BF16": "1" if m2 else "0",
+            "hw.optional.arm.FEAT_I8MM": "1" if m2 else "0",
+        }
+        monkeypatch.setattr(kernels, "_sysctl", lambda name: answers.get(name, ""))
+        info = kernels._cpuinfo()
+        flags = kernels._flags(info)
+        hw = kernels.Hardware(
+            **{**vars(kernels.hardware()), "cpu": kernels._cpu_name(info), "machine": "arm64", "flags": flags}
+        )
+        return hw, kernels._detect_native_bf16(set(flags), "arm64")
+
+    monkeypatch.setattr(kernels, "open", no_proc, raising=False)
+    monkeypatch.setattr(kernels.platform, "system", lambda: "Darwin")
+    (m2, m2_bf16), (m1, m1_bf16) = mac(True), mac(False)
+    assert m2.cpu == "Apple M2 Pro" and m2.flags == ("asimd", "bf16", "i8mm") and m2_bf16
+    assert m1.cpu == "Apple M1" and m1.flags == ("asimd",) and not m1_bf16
+    assert m2.isa == "NEON+BF16" and m1.isa == "NEON"
+    sve = kernels.Hardware(**{**vars(m2), "aten_capability": "SVE256"})  # a Graviton 3: ATen's SVE kernels
+    assert sve.isa == "SVE256+BF16"
 
 
 def test_info_hardware_prints_the_isa_and_the_chosen_kernels(tmp_path, table, capsys, monkeypatch):

@@ -34,6 +34,7 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
@@ -82,7 +83,8 @@ _ISA_FLAGS = (
 
 
 def _cpuinfo() -> dict[str, str]:
-    """The first processor's fields of /proc/cpuinfo ({} where there is none: macOS, Windows)."""
+    """The first processor's fields of /proc/cpuinfo; on macOS the same fields from sysctl ({} where neither
+    answers: Windows)."""
     info: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
@@ -94,8 +96,60 @@ def _cpuinfo() -> dict[str, str]:
                 key, _, value = line.partition(":")
                 info.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
+        if platform.system() == "Darwin":
+            return _darwin_cpuinfo()
     return info
+
+
+# macOS's names for the ARM features gpt2kit's kernels care about (Apple M2 and later have BF16 and I8MM).
+_DARWIN_FEATURES = {
+    "hw.optional.AdvSIMD": "asimd",
+    "hw.optional.arm.FEAT_BF16": "bf16",
+    "hw.optional.arm.FEAT_I8MM": "i8mm",
+}
+
+
+def _sysctl(name: str) -> str:
+    try:
+        out = subprocess.run(["sysctl", "-n", name], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def _darwin_cpuinfo() -> dict[str, str]:
+    """/proc/cpuinfo's fields for a Mac: the chip's name ("Apple M2 Pro") and its features as ARM Linux
+    lists them, so that an Apple M2's native bf16 is seen (without /proc/cpuinfo it read as emulated)."""
+    features = [flag for name, flag in _DARWIN_FEATURES.items() if _sysctl(name) == "1"]
+    info = {"Features": " ".join(features)}
+    brand = _sysctl("machdep.cpu.brand_string")
+    if brand:
+        info["model name"] = brand
+    return info
+
+
+# ARM cores by (CPU implementer, CPU part) of /proc/cpuinfo, which names none of them: Linux on ARM has no
+# "model name". Graviton 2 / 3 / 4 are Neoverse N1 / V1 / V2; Ampere Altra is Neoverse N1.
+_ARM_CORES = {
+    ("0x41", "0xd03"): "Arm Cortex-A53",
+    ("0x41", "0xd05"): "Arm Cortex-A55",
+    ("0x41", "0xd08"): "Arm Cortex-A72",
+    ("0x41", "0xd0b"): "Arm Cortex-A76",
+    ("0x41", "0xd0c"): "Arm Neoverse N1",
+    ("0x41", "0xd40"): "Arm Neoverse V1",
+    ("0x41", "0xd49"): "Arm Neoverse N2",
+    ("0x41", "0xd4f"): "Arm Neoverse V2",
+    ("0x48", "0xd01"): "HiSilicon Kunpeng 920",
+}
+
+
+def _cpu_name(info: dict[str, str]) -> str:
+    """The CPU's name: x86's (and macOS's) model name, else an ARM core's from its implementer and part."""
+    name = info.get("model name") or info.get("Model")
+    if name:
+        return name
+    core = _ARM_CORES.get((info.get("CPU implementer", "").lower(), info.get("CPU part", "").lower()))
+    return core or platform.processor() or "unknown CPU"
 
 
 @dataclass(frozen=True)
@@ -120,7 +174,10 @@ class Hardware:
     def isa(self) -> str:
         """One word for the fastest instruction set the kernels may use here."""
         if self.machine in ("aarch64", "arm64"):
-            return "NEON" + ("+BF16" if "bf16" in self.flags else "")
+            vector = (
+                self.aten_capability.upper() if self.aten_capability.upper().startswith("SVE") else "NEON"
+            )
+            return vector + ("+BF16" if "bf16" in self.flags else "")
         if self.aten_capability.upper().startswith("AVX512") or "avx512f" in self.flags:
             limited = self.onednn_max_isa.upper().startswith(("AVX2", "SSE"))
             if limited or self.aten_capability.upper() in ("AVX2", "DEFAULT"):
@@ -173,8 +230,8 @@ def _detect_native_bf16(flags: set[str], machine: str) -> bool:
     return onednn_ok and bool(flags & {"avx512_bf16", "amx_bf16", "avx_ne_convert"})
 
 
-def _flags() -> tuple[str, ...]:
-    info = _cpuinfo()
+def _flags(info: dict[str, str] | None = None) -> tuple[str, ...]:
+    info = _cpuinfo() if info is None else info
     raw = set((info.get("flags") or info.get("Features") or "").split())
     wanted = _ISA_FLAGS + ("asimd", "bf16", "i8mm", "sve", "sve2")
     return tuple(f for f in wanted if f in raw)
@@ -195,12 +252,12 @@ def hardware() -> Hardware:
     global _hardware
     if _hardware is None:
         info = _cpuinfo()
-        cpu = info.get("model name") or info.get("Model") or platform.processor() or "unknown CPU"
+        cpu = _cpu_name(info)
         get_cap = getattr(torch.backends.cpu, "get_cpu_capability", None)
         cuda = None
         if torch.cuda.is_available():
             cuda = torch.cuda.get_device_name(0)
-        flags, machine = _flags(), platform.machine().lower()
+        flags, machine = _flags(info), platform.machine().lower()
         _hardware = Hardware(
             cpu=cpu,
             machine=machine,

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import itertools
 import logging
 import warnings
@@ -108,7 +109,28 @@ _ENGINES = ("fbgemm", "onednn", "qnnpack")
 def dynamic_engines() -> list[str]:
     """The quantized engines of this torch build that can run dynamic int8 linears here."""
     supported = set(torch.backends.quantized.supported_engines)
-    return [e for e in _ENGINES if e in supported and (e != "qnnpack" or _arm())]
+    return [e for e in _ENGINES if e in supported and (e != "qnnpack" or _arm()) and _engine_runs(e)]
+
+
+@functools.cache
+def _engine_runs(engine: str) -> bool:
+    """Whether engine's dynamic int8 linear runs on this CPU, tried once on a tiny layer: torch lists
+    an engine its build has, not one the CPU can run (an aarch64 build lists fbgemm, whose prepack then
+    raises "unknown architecure")."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scales = torch.full((4,), 0.1, dtype=torch.double)
+            weight = torch._make_per_channel_quantized_tensor(
+                torch.ones(4, 8, dtype=torch.int8), scales, torch.zeros(4, dtype=torch.long), 0
+            )
+            with _engine(engine):
+                packed = torch.ops.quantized.linear_prepack(weight, None)
+                torch.ops.quantized.linear_dynamic(torch.ones(1, 8), packed, False)
+    except (RuntimeError, NotImplementedError) as e:
+        logger.debug("quantized engine %s does not run here: %s", engine, e)
+        return False
+    return True
 
 
 def _arm() -> bool:
