@@ -15,6 +15,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import torch
+import torch.utils._pytree as pytree
+
+from gpt2kit.model.outputs import _register_pytree
 
 LegacyCache = tuple[tuple[torch.Tensor, torch.Tensor], ...]
 
@@ -99,6 +102,22 @@ class DynamicCache(Cache):
         """Drop cached positions beyond max_length."""
         self.keys = [k[..., :max_length, :] for k in self.keys]
         self.values = [v[..., :max_length, :] for v in self.values]
+
+
+# A pytree node of its per-layer keys and values, so that torch.export can trace a forward that returns one
+# (use_cache=True, the default) or takes one as past_key_values.
+_register_pytree(
+    DynamicCache,
+    lambda c: ([c.keys, c.values], None),
+    lambda children, _: _cache_of(*children),
+    lambda c: ([(pytree.GetAttrKey("keys"), c.keys), (pytree.GetAttrKey("values"), c.values)], None),
+)
+
+
+def _cache_of(keys: list[torch.Tensor], values: list[torch.Tensor]) -> DynamicCache:
+    cache = DynamicCache()
+    cache.keys, cache.values = list(keys), list(values)
+    return cache
 
 
 class StaticCache(Cache):

@@ -6,16 +6,44 @@ over its fields that are set (`out[0]`), so code written against transformers ke
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 
 Tensors = tuple[torch.Tensor, ...]
 
 
+def _register_pytree(cls: type, flatten, unflatten, flatten_with_keys) -> None:
+    """Make cls a pytree node (a second registration, as a module reload makes, is skipped)."""
+    with contextlib.suppress(ValueError):  # already registered
+        pytree.register_pytree_node(
+            cls,
+            flatten,
+            unflatten,
+            serialized_type_name=f"{cls.__module__}.{cls.__qualname__}",
+            flatten_with_keys_fn=flatten_with_keys,
+        )
+
+
 class ModelOutput:
-    """Attribute, key and index access over a dataclass's fields; None fields are skipped like in HF."""
+    """Attribute, key and index access over a dataclass's fields; None fields are skipped like in HF.
+
+    Each subclass is a pytree node (its set fields, by name), as transformers' ModelOutput is: torch.export
+    and torch.utils._pytree see the tensors inside (without it `torch.export.export(model, (ids,))` failed on
+    the output type, where transformers' models export).
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _register_pytree(
+            cls,
+            lambda out: (out.values(), out.keys()),
+            lambda values, keys: cls(**dict(zip(keys, values))),
+            lambda out: ([(pytree.GetAttrKey(k), v) for k, v in out.items()], out.keys()),
+        )
 
     def to_tuple(self) -> tuple[Any, ...]:
         return tuple(v for _, v in self.items())
