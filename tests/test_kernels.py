@@ -355,14 +355,17 @@ def test_an_engine_that_cannot_run_on_this_cpu_is_no_candidate(table, monkeypatc
         return real(weight, bias)
 
     quant._engine_runs.cache_clear()
-    with monkeypatch.context() as patch:
-        patch.setattr(torch.ops.quantized, "linear_prepack", prepack)
-        assert "fbgemm" not in dynamic_engines()
-        seconds = {f"dynamic-{e}": 0.6 for e in dynamic_engines()} | {"dynamic-onednn": 0.5, "float": 2.0}
-        offered = fake_timings(monkeypatch, seconds | {"torch": 1, "onednn": 1, "splitk": 1, "splitk-io": 1})
-        model = quantize_int8(lm())
-        assert "dynamic-fbgemm" not in offered and model.quantized == "int8 (dynamic-onednn x9)"
-    quant._engine_runs.cache_clear()  # asked again, with fbgemm's prepack back: it runs on this CPU
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(torch.ops.quantized, "linear_prepack", prepack)
+            assert "fbgemm" not in dynamic_engines()
+            seconds = {f"dynamic-{e}": 0.6 for e in dynamic_engines()} | {"dynamic-onednn": 0.5, "float": 2.0}
+            seconds |= {"torch": 1, "onednn": 1, "splitk": 1, "splitk-io": 1}
+            offered = fake_timings(monkeypatch, seconds)
+            model = quantize_int8(lm())
+            assert "dynamic-fbgemm" not in offered and model.quantized == "int8 (dynamic-onednn x9)"
+    finally:
+        quant._engine_runs.cache_clear()  # asked again, with fbgemm's prepack back: it runs on this CPU
     assert "fbgemm" in dynamic_engines()
 
 
@@ -470,13 +473,20 @@ def test_int8_kernels_are_timed_on_weights_read_from_memory(table, monkeypatch):
     assert len(used.pop("float")) == 2 and len(used) == len(dynamic_engines())
     assert all(len(ids) == 8 for ids in used.values()), {k: len(v) for k, v in used.items()}
     assert all("in-cache" not in key for key in table.decisions())
-    # A model whose int8 weights all fit in the last-level cache is read from there: timed there, no copies,
-    # and a decision of its own (the same shape in a bigger model is timed cold).
-    monkeypatch.setattr(kernels, "last_level_cache_bytes", lambda: 64 << 20)
-    used.clear()
-    quantize_int8(lm())
-    assert used and all(len(ids) == 1 for ids in used.values())
-    assert kernels.decision_key("int8-auto-float32-oi-in-cache", 256, 512, 1) in table.decisions()
+    # A model whose weights fit in the last-level cache is read from there: timed there, no copies, and a
+    # decision of its own (the same shape in a bigger model is timed cold). Its int8 weights may fit where its
+    # float ones (4x) do not: lm()'s are 1.7 MB in int8 and 6.8 MB in float32.
+    for llc, int8_copies, float_copies, family in (
+        (2 << 20, 1, 2, "-int8-in-cache"),
+        (64 << 20, 1, 1, "-in-cache"),
+    ):
+        monkeypatch.setattr(kernels, "last_level_cache_bytes", lambda llc=llc: llc)
+        used.clear()
+        quantize_int8(lm())
+        assert len(used.pop("float")) == float_copies and all(
+            len(ids) == int8_copies for ids in used.values()
+        )
+        assert kernels.decision_key(f"int8-auto-float32-oi{family}", 256, 512, 1) in table.decisions()
 
 
 def test_quantize_int8_methods(table):
@@ -542,9 +552,13 @@ def test_arm_cores_and_macs_are_named_and_their_bf16_seen(monkeypatch):
         monkeypatch.setattr(kernels, "_sysctl", lambda name: answers.get(name, ""))
         info = kernels._cpuinfo()
         flags = kernels._flags(info)
-        hw = kernels.Hardware(
-            **{**vars(kernels.hardware()), "cpu": kernels._cpu_name(info), "machine": "arm64", "flags": flags}
-        )
+        mac = {
+            "cpu": kernels._cpu_name(info),
+            "machine": "arm64",
+            "flags": flags,
+            "aten_capability": "DEFAULT",
+        }
+        hw = kernels.Hardware(**{**vars(kernels.hardware()), **mac})
         return hw, kernels._detect_native_bf16(set(flags), "arm64")
 
     monkeypatch.setattr(kernels, "open", no_proc, raising=False)

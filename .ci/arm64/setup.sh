@@ -14,7 +14,9 @@ V=$BASE/venv              # venv created by the emulated python
 mkdir -p "$BASE" "$W" "$BASE/debs" "$BASE/bin" "$BASE/cache"
 
 # 1. qemu-user-static (Debian 12: qemu 7.2).  The only change to the host system.
-command -v qemu-aarch64-static >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y qemu-user-static
+command -v qemu-aarch64-static >/dev/null || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y qemu-user-static
+}
 
 # 2. Private arm64 apt configuration so `apt-get download` fetches arm64 .debs without adding arm64 to host dpkg.
 mkdir -p "$A/state/lists/partial" "$A/cache/archives/partial" "$A/etc/sources.list.d" "$A/etc/preferences.d"
@@ -76,11 +78,11 @@ done
 #    GPT2KIT_KERNEL_CACHE: keep gpt2kit's kernel autotune cache out of the shared ~/.cache.
 cat > "$BASE/bin/py" <<EOF
 #!/usr/bin/env bash
-export QEMU_LD_PREFIX=$R
+export QEMU_LD_PREFIX="$R"
 export PYTHONDONTWRITEBYTECODE=\${PYTHONDONTWRITEBYTECODE:-1}
-export GPT2KIT_KERNEL_CACHE=\${GPT2KIT_KERNEL_CACHE:-$BASE/cache/kernels.json}
+export GPT2KIT_KERNEL_CACHE="\${GPT2KIT_KERNEL_CACHE:-$BASE/cache/kernels.json}"
 export QEMU_CPU=\${ARM64_CPU:-max}   # qemu-user reads the CPU model from here: subprocesses get it too
-exec qemu-aarch64-static $V/bin/python "\$@"
+exec qemu-aarch64-static "$V/bin/python" "\$@"
 EOF
 chmod +x "$BASE/bin/py"
 

@@ -68,7 +68,7 @@ def measure_kernels(config, rows: tuple[int, ...] = (1, 8, 64), remeasure: bool 
     from gpt2kit.model import kernels, matmul
     from gpt2kit.model.linear import Linear, layout, out_in_weight
     from gpt2kit.model.packed import _packed_rows, packing_available
-    from gpt2kit.model.quant import _choose, dynamic_engines, int8_family
+    from gpt2kit.model.quant import _choose, dynamic_engines, in_cache, int8_family
 
     if remeasure:
         kernels.TABLE.clear()
@@ -85,9 +85,7 @@ def measure_kernels(config, rows: tuple[int, ...] = (1, 8, 64), remeasure: bool 
     head = matmul.LMHead(c, config.vocab_size, bias=False)
     nn.init.normal_(head.weight, std=0.02)
     layers.append(head)
-    # as quantize_int8 decides: int8 weights that all fit in the last-level cache are timed there
-    int8_bytes = config.n_layer * sum(k * n for k, n in shapes) + c * config.vocab_size
-    in_cache = int8_bytes <= kernels.last_level_cache_bytes()
+    cached = in_cache(config, torch.float32)  # as quantize_int8 decides: weights in the cache are timed there
     keys = []
     with torch.no_grad():
         for layer in layers:
@@ -103,8 +101,8 @@ def measure_kernels(config, rows: tuple[int, ...] = (1, 8, 64), remeasure: bool 
                     _packed_rows(layer, m)
                     keys.append(kernels.decision_key(f"pack-float32-{lay}", k, n, m))
             if dynamic_engines():
-                _choose(layer, torch.float32, "auto", in_cache)
-                family = int8_family("auto", torch.float32, lay, in_cache)
+                _choose(layer, torch.float32, "auto", cached)
+                family = int8_family("auto", torch.float32, lay, cached)
                 keys.append(kernels.decision_key(family, k, n, 1))
     found = kernels.TABLE.decisions()
     return {key: vars(found[key]) for key in keys if key in found}

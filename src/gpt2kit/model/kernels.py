@@ -110,11 +110,14 @@ _DARWIN_FEATURES = {
 
 
 def _sysctl(name: str) -> str:
-    try:
-        out = subprocess.run(["sysctl", "-n", name], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return out.stdout.strip() if out.returncode == 0 else ""
+    # /usr/sbin is not on every PATH (cron, some IDEs): there first, then wherever PATH finds it
+    for exe in ("/usr/sbin/sysctl", "sysctl"):
+        try:
+            out = subprocess.run([exe, "-n", name], capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        return out.stdout.strip() if out.returncode == 0 else ""
+    return ""
 
 
 def _darwin_cpuinfo() -> dict[str, str]:

@@ -121,13 +121,15 @@ def _engine_runs(engine: str) -> bool:
     and -cpu max) multiplies right only at the row count of a weight's first call: one row after four gave
     a relative error of 0.57, four after one 0.70 (QNNPACK: 0.01). So the try multiplies 1, 5 and 1 rows."""
     gen = torch.Generator().manual_seed(0)  # not the global RNG: deciding must not move it
-    weight = torch.randn(24, 64, generator=gen)
+    # on the CPU whatever the default device (torch.set_default_device("cuda"), a meta-device block): the
+    # answer is kept for the process
+    weight = torch.randn(24, 64, generator=gen, device="cpu")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             layer = DynamicInt8Linear(weight, None, engine)
             for rows in (1, 5, 1):
-                x = torch.randn(rows, 64, generator=gen)
+                x = torch.randn(rows, 64, generator=gen, device="cpu")
                 if _relative_error(layer(x), x @ weight.T) > 0.05:
                     logger.info("quantized engine %s multiplies wrongly here; not used", engine)
                     return False
@@ -197,7 +199,7 @@ class DynamicInt8Linear(nn.Module):
         q, scales = quantize_weight(w)
         with warnings.catch_warnings():  # torch deprecates quantized tensors; its dynamic kernels need one
             warnings.simplefilter("ignore")
-            zeros = torch.zeros(scales.shape, dtype=torch.long)
+            zeros = torch.zeros(scales.shape, dtype=torch.long, device=q.device)
             wq = torch._make_per_channel_quantized_tensor(q, scales.double(), zeros, 0)
             b = bias.detach().float().contiguous() if bias is not None else None
             with _engine(engine):
@@ -243,16 +245,33 @@ def _builders(dtype: torch.dtype, method: str) -> dict[str, object]:
     return out
 
 
-def int8_family(method: str, dtype: torch.dtype, weight_layout: str, in_cache: bool) -> str:
-    """The kernel table's family of an int8 decision (kernels.decision_key)."""
-    return f"int8-{method}-{str(dtype).removeprefix('torch.')}-{weight_layout}" + ("-in-cache" * in_cache)
+def in_cache(config, dtype: torch.dtype, lm_head: bool = True) -> frozenset[str]:
+    """Which forms of a decode step's weights fit in the last-level cache, so that a step reads them from
+    there: "int8" (the int8 projections, and the LM head, float where lm_head=False) and "float" (all of them
+    in dtype). Empty for a model without a GPT2Config (timed as read from memory)."""
+    try:
+        c, inner, layers, vocab = config.n_embd, config.inner_dim, config.n_layer, config.vocab_size
+    except AttributeError:
+        return frozenset()
+    blocks, head, size = layers * (c * 3 * c + c * c + 2 * c * inner), vocab * c, dtype.itemsize
+    llc = kernels.last_level_cache_bytes()
+    fits = {"int8": blocks + head * (1 if lm_head else size) <= llc, "float": (blocks + head) * size <= llc}
+    return frozenset(kind for kind, ok in fits.items() if ok)
 
 
-def _choose(layer: nn.Module, dtype: torch.dtype, method: str, in_cache: bool = False) -> nn.Module:
+def int8_family(method: str, dtype: torch.dtype, weight_layout: str, cached: frozenset[str]) -> str:
+    """The kernel table's family of an int8 decision (kernels.decision_key): one per cache situation."""
+    where = "-in-cache" if "float" in cached else ("-int8-in-cache" if "int8" in cached else "")
+    return f"int8-{method}-{str(dtype).removeprefix('torch.')}-{weight_layout}{where}"
+
+
+def _choose(
+    layer: nn.Module, dtype: torch.dtype, method: str, cached: frozenset[str] = frozenset()
+) -> nn.Module:
     """The fastest int8 version of layer measured on this machine, or the layer itself when none is faster
-    (method auto), or the requested kind's fastest (dynamic / weight-only). in_cache: the model's int8
-    weights all fit in the last-level cache, so a decode step reads them from there, and they are timed
-    there (a decision of its own)."""
+    (method auto), or the requested kind's fastest (dynamic / weight-only). cached (in_cache): the forms of
+    the model's weights that fit in the last-level cache, so that a decode step reads them from there; they
+    are timed there (a decision of its own)."""
     builders = _builders(dtype, method)
     if not builders:
         raise RuntimeError(
@@ -260,7 +279,7 @@ def _choose(layer: nn.Module, dtype: torch.dtype, method: str, in_cache: bool = 
             f"{', '.join(torch.backends.quantized.supported_engines) or 'none'}); use method='weight-only'"
         )
     n, k = out_in_weight(layer, "quantize").shape
-    family = int8_family(method, dtype, layout(layer), in_cache)
+    family = int8_family(method, dtype, layout(layer), cached)
     # Decoding dominates generation time: choose at a batch-1 step's single row.
     known = kernels.TABLE.get(kernels.decision_key(family, k, n, 1))
     if known is not None:  # this shape was decided (an earlier layer, or an earlier run): build only that
@@ -293,15 +312,15 @@ def _choose(layer: nn.Module, dtype: torch.dtype, method: str, in_cache: bool = 
         # bytes (the float layer).
         x = kernels.random_input(m, k, dtype=dtype)
 
-        def cycle(first: nn.Module, make, nbytes: int):
-            return itertools.cycle([first] if in_cache else kernels.cold_copies(first, make, nbytes, m))
+        def cycle(first: nn.Module, make, nbytes: int, hot: bool):
+            return itertools.cycle([first] if hot else kernels.cold_copies(first, make, nbytes, m))
 
         calls = {}
         for name, c in built.items():
-            copies = cycle(c, lambda b=builders[name]: b(layer), n * k)
+            copies = cycle(c, lambda b=builders[name]: b(layer), n * k, "int8" in cached)
             calls[name] = lambda p=copies: next(p)(x)
         if method == "auto":
-            plain = cycle(layer, lambda: copy.deepcopy(layer), n * k * dtype.itemsize)
+            plain = cycle(layer, lambda: copy.deepcopy(layer), n * k * dtype.itemsize, "float" in cached)
             calls["float"] = lambda: next(plain)(x)
         return calls
 
@@ -350,12 +369,10 @@ def quantize_int8(model: nn.Module, lm_head: bool = True, method: str = "auto") 
             "step on an AVX-512 EPYC); use method='auto' or 'dynamic', or a bfloat16 model"
         )
     used: dict[str, int] = {}
-    # int8 bytes of the weights (the token embedding standing for a tied head): in the cache, or not
-    int8_bytes = sum(p.numel() for p in model.parameters() if p.dim() == 2)
-    in_cache = int8_bytes <= kernels.last_level_cache_bytes()
+    cached = in_cache(getattr(model, "config", None), dtype, lm_head)
 
     def make(layer: nn.Module) -> nn.Module:
-        new = _choose(layer, dtype, method, in_cache) if on_cpu else Int8Linear.from_float(layer, dtype)
+        new = _choose(layer, dtype, method, cached) if on_cpu else Int8Linear.from_float(layer, dtype)
         if new is layer:
             kind = "float"
         elif isinstance(new, DynamicInt8Linear):
