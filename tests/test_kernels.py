@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 
 import pytest
@@ -51,6 +52,27 @@ def fake_timings(monkeypatch, seconds: dict[str, float]) -> list[str]:
 def two(rows):
     x = torch.randn(rows, 4)
     return {"torch": lambda: x + 1, "onednn": lambda: x * 2}
+
+
+def test_a_decision_timed_while_the_cpus_were_crowded_is_not_kept(table, monkeypatch):
+    """Another program busy for the whole measurement slows threaded kernels steadily (steady() cannot see
+    it); more runnable tasks than CPUs while timing mark the decision as this process's only."""
+    cpus = os.cpu_count() or 1
+
+    def saved() -> set[str]:
+        path = kernels.cache_path()
+        if path is None or not path.is_file():
+            return set()
+        return set(json.loads(path.read_text())[kernels.hardware().key()]["decisions"])
+
+    monkeypatch.setattr(kernels, "runnable_tasks", lambda: cpus + 2)
+    crowded = table.decide("f", 64, 64, 1, two)
+    assert not crowded.steady and kernels.decision_key("f", 64, 64, 1) not in saved()
+    monkeypatch.setattr(kernels, "runnable_tasks", lambda: cpus)
+    quiet = table.decide("f", 64, 64, 8, two)
+    assert quiet.steady and kernels.decision_key("f", 64, 64, 8) in saved()
+    assert kernels.crowded([cpus + 1, cpus + 3, cpus]) and not kernels.crowded([cpus + 1, cpus, cpus])
+    assert not kernels.crowded([])  # no /proc/stat (macOS, Windows): steady() alone decides
 
 
 def test_the_fastest_wins_but_only_by_more_than_the_margin(table, monkeypatch):

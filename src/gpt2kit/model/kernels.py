@@ -352,7 +352,35 @@ def time_candidates(calls: dict[str, Callable[[], object]]) -> dict[str, list[fl
                 dt = time.perf_counter() - t0
                 spent[name] += dt
                 units[name].append(dt / repeats[name])
+                running = runnable_tasks()
+                if running is not None:
+                    _running.append(running)
     return units
+
+
+# runnable_tasks() after each timed unit of the decision being measured (decide() reads and clears it).
+_running: list[int] = []
+
+
+def runnable_tasks() -> int | None:
+    """Tasks running or waiting for a CPU on this machine now (/proc/stat's procs_running; None elsewhere)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("procs_running"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def crowded(samples: list[int]) -> bool:
+    """Whether more tasks wanted a CPU than there are while timing (the median of the samples): another
+    program was then taking turns with the timed kernels' threads. Its interference can be steady for the
+    whole measurement, which steady() cannot see: an emulated ARM test run beside the timing made oneDNN's
+    two-thread product measure 1 GFLOP/s against torch's one-thread 14 (Zen 5, 2 CPUs), and the decode step
+    that decision chose ran 15.0 ms instead of 11.5."""
+    return bool(samples) and statistics.median(samples) > (os.cpu_count() or 1)
 
 
 def steady(units: dict[str, list[float]]) -> bool:
@@ -464,9 +492,10 @@ class KernelTable:
                 decision = Decision(next(iter(calls)))
             else:
                 t0 = time.perf_counter()
+                _running.clear()
                 units = time_candidates(calls)
                 seconds = {name: min(u) for name, u in units.items()}
-                persist = steady(units)
+                persist = steady(units) and not crowded(_running)
                 gflops = {name: round(2 * m * k * n / s / 1e9, 1) for name, s in seconds.items()}
                 base = seconds.get(floor)
                 best = min(seconds, key=seconds.__getitem__)
