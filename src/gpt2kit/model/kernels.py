@@ -377,9 +377,9 @@ def runnable_tasks() -> int | None:
 def crowded(samples: list[int]) -> bool:
     """Whether more tasks wanted a CPU than there are while timing (the median of the samples): another
     program was then taking turns with the timed kernels' threads. Its interference can be steady for the
-    whole measurement, which steady() cannot see: an emulated ARM test run beside the timing made oneDNN's
-    two-thread product measure 1 GFLOP/s against torch's one-thread 14 (Zen 5, 2 CPUs), and the decode step
-    that decision chose ran 15.0 ms instead of 11.5."""
+    whole measurement, which steady() cannot see: with other jobs running on the dev VM's 2 CPUs, oneDNN's
+    two-thread one-row product measured 1 GFLOP/s against torch's one-thread 14 (Zen 5), and the cached
+    decisions made a batch-1 decode step 15.0 ms instead of 12.2."""
     return bool(samples) and statistics.median(samples) > (os.cpu_count() or 1)
 
 
