@@ -402,11 +402,13 @@ def test_an_engine_right_only_at_its_first_row_count_is_not_used(table, monkeypa
 
     real_prepack, real_linear = torch.ops.quantized.linear_prepack, torch.ops.quantized.linear_dynamic
     first_rows: dict[int, int | None] = {}  # oneDNN's packed weights -> the rows of their first call
+    alive = []  # and the weights themselves, so that no other weight gets one of their ids
 
     def prepack(weight, bias):
         packed = real_prepack(weight, bias)
         if torch.backends.quantized.engine == "onednn":
             first_rows[id(packed)] = None
+            alive.append(packed)
         return packed
 
     def linear(x, packed, reduce_range):
