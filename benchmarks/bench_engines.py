@@ -430,6 +430,9 @@ def bench_batch(sides: dict, batch: int, args) -> list[dict]:
     prompt = rng.integers(0, EOS, (batch, args.prompt_len), dtype=np.int64)
     tokens = {}
     for name in names:  # two warm-up calls (the second's tokens are the ones the quality figures use)
+        # idle first, as before a timed call: gpt2kit measures its kernels in its first call (where this
+        # machine has no decisions yet), and another engine's spinning threads would crowd that measurement
+        time.sleep(args.pause)
         timed(sides[name], prompt, args.new)
         tokens[name] = timed(sides[name], prompt, args.new)[1]
     times: dict[str, list[float]] = {name: [] for name in names}
