@@ -513,6 +513,24 @@ def test_int8_kernels_are_timed_on_weights_read_from_memory(table, monkeypatch):
         assert kernels.decision_key(f"int8-auto-float32-oi{family}", 256, 512, 1) in table.decisions()
 
 
+@needs_dynamic
+def test_a_copy_of_a_dynamic_int8_model_compiles_after_the_original_is_gone():
+    """Compiled code reaches a layer's packed weight by the layer's handle; a deepcopy shared the original's,
+    so compiling the copy after the original was collected raised KeyError."""
+    import gc
+
+    model = quantize_int8(lm(), method="dynamic")
+    twin = copy.deepcopy(model)
+    assert twin.lm_head.handle != model.lm_head.handle
+    ids = torch.randint(0, 512, (1, 20))
+    with torch.no_grad():
+        want = model(ids).logits
+        del model
+        gc.collect()
+        got = torch.compile(twin, backend="eager")(ids).logits
+    torch.testing.assert_close(got, want)
+
+
 def test_quantize_int8_methods(table):
     model = lm()
     wo = quantize_int8(copy.deepcopy(model), method="weight-only")

@@ -204,11 +204,20 @@ class DynamicInt8Linear(nn.Module):
             b = bias.detach().float().contiguous() if bias is not None else None
             with _engine(engine):
                 self._packed = torch.ops.quantized.linear_prepack(wq, b)
+        self._register()
+
+    def _register(self) -> None:
         # torch.compile cannot trace the prepacked weight (a TorchScript object), so compiled code reaches it
         # through the gpt2kit::dynamic_int8_linear op by this handle; eager calls skip the op's dispatch cost.
         self.handle = next(_handles)
         _PACKED[self.handle] = self._packed
         weakref.finalize(self, _PACKED.pop, self.handle, None)
+
+    def __setstate__(self, state: dict) -> None:
+        # A copy (copy.deepcopy, unpickling) gets its own handle: it shared the original's, and compiled code
+        # of a copy whose original was gone raised KeyError.
+        super().__setstate__(state)
+        self._register()
 
     @classmethod
     def from_float(cls, module: nn.Module, engine: str) -> DynamicInt8Linear:
