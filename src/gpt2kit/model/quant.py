@@ -219,6 +219,16 @@ class DynamicInt8Linear(nn.Module):
         super().__setstate__(state)
         self._register()
 
+    def __deepcopy__(self, memo: dict) -> DynamicInt8Linear:
+        # The packed weight packs itself again when copied, on the current engine: on aarch64 torch's
+        # default engine is not the one it was packed on (fbgemm's prepack raises there), so copy on its own.
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        with _engine(self.engine):
+            state = copy.deepcopy(self.__dict__, memo)
+        new.__setstate__(state)
+        return new
+
     @classmethod
     def from_float(cls, module: nn.Module, engine: str) -> DynamicInt8Linear:
         return cls(out_in_weight(module, "quantize"), module.bias, engine)
