@@ -22,7 +22,8 @@ count, and the oneDNN/ATen ISA limits (ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY).
 another thread count measures again; the same one reuses the file (atomic writes; an unreadable file is ignored and rewritten).
 GPT2KIT_KERNEL_CACHE=0 keeps decisions in memory only; `gpt2kit info --hardware --remeasure` times again
 (a decision measured while other programs loaded the CPU can be wrong: the timer takes the best of
-several interleaved runs, which resists short hiccups, not a machine busy for the whole measurement).
+several interleaved runs, which resists short hiccups, and a decision timed while more tasks wanted a CPU
+than there are is used but not cached; a load that /proc/stat does not show can still mislead it).
 """
 
 from __future__ import annotations
@@ -233,8 +234,7 @@ def _detect_native_bf16(flags: set[str], machine: str) -> bool:
     return onednn_ok and bool(flags & {"avx512_bf16", "amx_bf16", "avx_ne_convert"})
 
 
-def _flags(info: dict[str, str] | None = None) -> tuple[str, ...]:
-    info = _cpuinfo() if info is None else info
+def _flags(info: dict[str, str]) -> tuple[str, ...]:
     raw = set((info.get("flags") or info.get("Features") or "").split())
     wanted = _ISA_FLAGS + ("asimd", "bf16", "i8mm", "sve", "sve2")
     return tuple(f for f in wanted if f in raw)
