@@ -20,7 +20,9 @@ same examples per step as one process with grad_accum N*A. Only rank 0 writes fi
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -28,7 +30,9 @@ import os
 import random
 import re
 import shutil
+import sys
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,7 +93,9 @@ class _Dist:
         """Destroy the process group this process created, once every rank is done with it. Left to the
         interpreter's exit, or destroyed while the other rank still talked to it, gloo's threads could abort
         the process (SIGABRT, "terminate called without an active exception") after its work was saved: a
-        torchrun test failed 1 run in 8-12 that way on the 2-core VM."""
+        torchrun test failed 1 run in 8-12 that way on the 2-core VM. (Why: a finished barrier's work is freed
+        on gloo's worker thread and frees the collectives it waited for, whose tensors are Python objects;
+        during the interpreter's shutdown that thread cannot take the GIL, and exits mid-destructor.)"""
         if self.owns_group and dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
@@ -108,6 +114,20 @@ class _Dist:
             t = t.to(self.device)
             dist.all_reduce(t)
         return t
+
+
+# Multi-process trainers, closed at the interpreter's exit (Trainer.close) unless their last call raised or the
+# interpreter is exiting on an uncaught exception (sys.last_value is set before atexit runs).
+_CLOSE_AT_EXIT: weakref.WeakSet[Trainer] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_trainers_at_exit() -> None:
+    if getattr(sys, "last_value", None) is not None:
+        return
+    for trainer in list(_CLOSE_AT_EXIT):
+        if trainer._returned:
+            trainer.close()
 
 
 def _setup_dist(device: str | torch.device | None) -> _Dist:
@@ -332,6 +352,9 @@ class Trainer:
         # a run and its resume in a new process (or after other compiled models in this one) would then
         # compute the same step with different graphs, and the resume would no longer be exact.
         self._step_model: Any = torch.compile(self.ddp, dynamic=False) if cfg.compile else self.ddp
+        self._depth, self._returned = 0, True
+        if self.dist.world > 1:
+            _CLOSE_AT_EXIT.add(self)
         self._vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
         d = self.dist
         self.micro_per_epoch = len(
@@ -361,8 +384,42 @@ class Trainer:
 
     # --- public --------------------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _across_processes(self) -> Iterator[None]:
+        """Brackets fit() and evaluate(): whether the last one returned (then closing at exit is safe) and a
+        clear error after close()."""
+        if self.dist.world > 1 and not dist.is_initialized():
+            raise RuntimeError(
+                "this Trainer's process group was destroyed (Trainer.close() or destroy_process_group()); "
+                "make a new Trainer to train or evaluate across processes again"
+            )
+        self._depth += 1
+        self._returned = False
+        try:
+            yield
+        finally:
+            self._depth -= 1
+        self._returned = self._depth == 0  # not reached when the call raised
+
+    def close(self) -> None:
+        """Free what this trainer holds across processes: its DDP wrapper, and the process group if the
+        trainer created it (after a barrier, so every rank calls this). gpt2kit calls it at the interpreter's
+        exit for a multi-process trainer whose last fit()/evaluate() returned: a group left to the
+        interpreter's shutdown can abort the process (see _Dist.close). After a call that raised it is not
+        called, as the other ranks may be stuck in a collective and the barrier would wait for them."""
+        if self.ddp is not self.model:
+            self.ddp = self._step_model = self.model
+        self.dist.close()
+        # The DDP wrapper and its reducer hold the group: once they are freed, the group's destructor joins
+        # gloo's threads, while Python is still fully alive.
+        gc.collect()
+
     def fit(self) -> TrainResult:
         """Train until max_steps / epochs are done or early stopping says stop; save the final model."""
+        with self._across_processes():
+            return self._fit()
+
+    def _fit(self) -> TrainResult:
         cfg, d = self.config, self.dist
         torch.manual_seed(cfg.seed + d.rank)
         random.seed(cfg.seed + d.rank)
@@ -459,9 +516,13 @@ class Trainer:
             tokens_per_second=(all_tokens * d.world / elapsed) if all_tokens else None,
         )
 
-    @torch.no_grad()
     def evaluate(self, data: Dataset | None = None) -> dict[str, float]:
         """Loss, perplexity and next-token accuracy (LM), or loss, accuracy and F1 (classification)."""
+        with self._across_processes():
+            return self._evaluate(data)
+
+    @torch.no_grad()
+    def _evaluate(self, data: Dataset | None) -> dict[str, float]:
         data = data if data is not None else self.eval_data
         if data is None:
             raise ValueError("no evaluation data: pass eval_data to Trainer or data to evaluate()")
