@@ -12,6 +12,8 @@ intra_threads), next to two quality figures against transformers fp32.
     gpt2kit-fp32-torch-kernels   gpt2kit-fp32 under GPT2KIT_CPU_MATMUL=torch (the floor the default must beat)
     gpt2kit-int8-eager   (opt-in) gpt2kit-int8 with GPT2KIT_TRACE_DECODE=0: no recorded decode step
     gpt2kit-int8-compiled   (opt-in) gpt2kit-int8 with generate(compile=True)
+    gpt2kit-fp32-compiled   (opt-in) gpt2kit-fp32 with generate(compile="max-autotune"): weights frozen into
+                     the compiled step, inductor's C++ GEMMs where they time faster than torch's
     ort-fp32         ONNX Runtime (ORT_ENABLE_ALL) on gpt2kit's ONNX export (gpt2kit.export.onnx, the decoder
                      with past key/values: one graph for prefill and decode), greedy loop in numpy
     ort-int8         the same export after onnxruntime.quantization.quantize_dynamic (QInt8 weights,
@@ -281,7 +283,7 @@ GPT2KIT_SIDES = {
 }
 
 # Sides run only when named in --sides (compiling adds minutes; the eager one is a comparison).
-OPT_IN = ("gpt2kit-int8-eager", "gpt2kit-int8-compiled")
+OPT_IN = ("gpt2kit-int8-eager", "gpt2kit-int8-compiled", "gpt2kit-fp32-compiled")
 
 
 def _eager_decode(model):
@@ -299,6 +301,9 @@ SIDES = {
     "gpt2kit-int8-eager": lambda threads: TorchSide(_eager_decode(gpt2kit.quantize_int8(gpt2kit_model()))),
     # opt-in: the decode step under torch.compile (the warm-up call compiles, ~20 s per batch size)
     "gpt2kit-int8-compiled": lambda threads: TorchSide(gpt2kit.quantize_int8(gpt2kit_model()), compile=True),
+    # opt-in: float32 with generate(compile="max-autotune"): on a CPU the weights frozen into the step and
+    # inductor's own C++ GEMMs (the warm-up call compiles and times kernels, ~1-3 min per batch size)
+    "gpt2kit-fp32-compiled": lambda threads: TorchSide(gpt2kit_model(), compile="max-autotune"),
     "ort-fp32": lambda threads: OrtSide(onnx_export(), threads),
     "ort-int8": lambda threads: OrtSide(onnx_int8(), threads),
     "ct2-fp32": lambda threads: Ct2Side(ct2_convert("float32"), "float32", threads),

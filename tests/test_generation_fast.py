@@ -7,6 +7,8 @@ numbers on purpose, so it is held to its kernel's arithmetic and to a top-1 agre
 from __future__ import annotations
 
 import copy
+import gc
+import weakref
 
 import pytest
 import torch
@@ -98,6 +100,67 @@ def test_compiled_step_gives_the_eager_tokens(model):
     a = model.generate(x, attention_mask=mask, pad_token_id=0, max_new_tokens=12)
     b = model.generate(x, attention_mask=mask, pad_token_id=0, max_new_tokens=12, compile=True)
     assert torch.equal(a, b), (a, b)
+
+
+def test_max_autotune_on_a_cpu_freezes_one_step_per_model_and_weights(model):
+    """compile="max-autotune" on a CPU bakes the weights into the compiled code: a step is kept per model and
+    weights version (a change in place gets a new step, not the old constants). torch.compile is lazy: nothing
+    compiles here."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    auto = search.compile_options("max-autotune")
+    assert search.freezes(auto, cpu) and search.freezes(
+        search.compile_options("max-autotune-no-cudagraphs"), cpu
+    )
+    assert not search.freezes(auto, cuda)  # inductor's CUDA max-autotune is left as torch has it
+    assert not search.freezes(search.compile_options(True), cpu)
+    assert not search.freezes(search.compile_options({"mode": "max-autotune", "backend": "eager"}), cpu)
+    assert not search.freezes({**auto, "options": {"freezing": False}}, cpu)  # (torch takes mode or options)
+
+    m = copy.deepcopy(model).eval()
+    step = search.compiled_step(auto, m)
+    assert step is search.compiled_step(auto, m)
+    assert step is not search.compiled_step(auto, copy.deepcopy(model).eval())  # each model its own
+    assert step is not search.compiled_step(search.compile_options(True), m)  # the shared, unfrozen one
+    with torch.no_grad():
+        m.transformer.h[0].mlp.c_fc.weight.mul_(2.0)
+    again = search.compiled_step(auto, m)
+    assert again is not step and again is search.compiled_step(auto, m)
+    assert again.__wrapped__.__code__ is not step.__wrapped__.__code__  # dynamo's cache is per code object
+    m.load_state_dict(copy.deepcopy(model).state_dict())
+    assert search.compiled_step(auto, m) is not again
+
+
+@pytest.mark.slow
+def test_max_autotune_step_gives_the_eager_tokens_before_and_after_a_weight_change(model, caplog):
+    """inductor max-autotune with frozen weights and its C++ GEMMs (~1-2 min on a 2-core CPU): the eager
+    tokens, and after the weights change in place, the new eager tokens (a frozen step kept across the change
+    gave the old model's)."""
+    m = copy.deepcopy(model).eval()
+    x, mask = prompts()
+    kw = dict(attention_mask=mask, pad_token_id=0, max_new_tokens=8)
+    assert torch.equal(m.generate(x, **kw, compile="max-autotune"), m.generate(x, **kw))
+    with torch.no_grad():
+        m.lm_head.weight.copy_(torch.randn_like(m.lm_head.weight))
+    changed = m.generate(x, **kw)
+    with caplog.at_level("WARNING", logger="gpt2kit.generation.search"):
+        assert torch.equal(m.generate(x, **kw, compile="max-autotune"), changed)
+    assert "compiling the step again" in caplog.text
+
+    # A collected model's frozen weights go once dynamo's cache is reset (inductor's module cache kept them,
+    # and packed copies, to the process's end), and a model with the same weights as one whose step was
+    # dropped compiles and decodes right.
+    weight = weakref.ref(m.lm_head.weight)
+    del m
+    gc.collect()
+    torch._dynamo.reset()
+    gc.collect()
+    assert weight() is None
+    again = copy.deepcopy(model).eval()
+    assert torch.equal(again.generate(x, **kw, compile="max-autotune"), again.generate(x, **kw))
+    del again
+    gc.collect()
+    twin = copy.deepcopy(model).eval()
+    assert torch.equal(twin.generate(x, **kw, compile="max-autotune"), twin.generate(x, **kw))
 
 
 # --- int8 -----------------------------------------------------------------------------------------------
@@ -200,8 +263,6 @@ def test_dynamic_int8_decode_step_compiles_whole(model, backend):
     assert torch.equal(a, b), (a, b)
     handle = qm.lm_head.handle
     del qm, b
-    import gc
-
     gc.collect()
     assert handle not in quant._PACKED  # a dropped model releases its prepacked weights
 

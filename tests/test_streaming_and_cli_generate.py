@@ -201,6 +201,24 @@ def test_cli_generate_weight_formats(folder, capsys, monkeypatch):
     assert len(json.loads(capsys.readouterr().out)["ids"]) == 6
     assert main([*base, "--weights", "packed", "--compile"]) == 2
     assert "--compile" in capsys.readouterr().err
+    assert main([*base, "--weights", "packed", "--compile-mode", "max-autotune"]) == 2  # implies --compile
+    assert "--compile" in capsys.readouterr().err
+
+
+def test_cli_compile_mode_reaches_generate(folder, capsys, monkeypatch):
+    """--compile-mode MODE is generate(compile=MODE); the CLI's list of modes (torch-free, for --help) is
+    generation.search's."""
+    from gpt2kit import cli
+    from gpt2kit.generation import search
+
+    assert cli._COMPILE_MODES == search.COMPILE_MODES
+    seen = []
+    real = search.compile_options
+    monkeypatch.setattr(search, "compile_options", lambda c: seen.append(c) or real({"backend": "eager"}))
+    base = ["generate", "--model", str(folder), "Hello", "--max-new-tokens", "3", "--no-stream"]
+    assert main([*base, "--compile-mode", "max-autotune"]) == 0
+    assert main([*base, "--compile"]) == 0
+    assert seen == ["max-autotune", "default"]
 
 
 def test_cli_generate_takes_a_device(folder, capsys):

@@ -156,6 +156,10 @@ def _whole_tokens(blocks: Iterator[str]) -> Iterator[str]:
 # --- generate ---------------------------------------------------------------------------------------------
 
 
+# generation.search.COMPILE_MODES, repeated here so that --help imports no torch (a test keeps them equal)
+_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", nargs="*", help="prompt text(s); or use --input, or pipe prompts on stdin")
     p.add_argument("--model", required=True, help="a model folder (with its tokenizer files)")
@@ -250,6 +254,13 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="torch.compile the decode step (first call costs 15-90 s on CPU)",
     )
+    p.add_argument(
+        "--compile-mode",
+        choices=_COMPILE_MODES,
+        help="the torch.compile mode (implies --compile; default: default). max-autotune on a CPU freezes "
+        "the weights into the step and multiplies with inductor's own C++ GEMM kernels: the fastest "
+        "float32 decoding, after minutes of compilation",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="prompts per batch (file input)")
     p.add_argument("--truncate-prompt", action="store_true", help="drop a too-long prompt's left part")
     p.add_argument("--json", action="store_true", help="one JSON object per completion: text, ids, logprobs")
@@ -314,11 +325,12 @@ def _generate(args: argparse.Namespace) -> int:
     # Packing only changes the order the products sum in (logits equal to ~1e-6), and it is what makes a
     # CPU decode step fast; --compile traces the float weights instead.
     device = args.device or "cpu"
-    args.weights = resolve_weights(args.weights, device, compile=args.compile)
-    if args.compile:
+    compile = args.compile_mode or ("default" if args.compile else None)
+    args.weights = resolve_weights(args.weights, device, compile=compile is not None)
+    if compile is not None:
         if args.weights == "packed":
             raise ValueError("--compile cannot trace --weights packed; choose one of them")
-        options["compile"] = True
+        options["compile"] = compile
     from gpt2kit.progress import loading
 
     with loading(args.model):

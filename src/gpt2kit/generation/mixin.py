@@ -49,7 +49,9 @@ class GenerationMixin:
         frequency_penalty= (OpenAI's, on generated tokens), compile= (False by default; True, a
         torch.compile mode name or a dict of torch.compile arguments runs the one-token decode step
         compiled, with fixed shapes: the first call per batch size and cache length pays the compilation,
-        ~1-2 min for the 124M model on a 2-core CPU, and the tokens are the eager loop's).
+        ~1-2 min for the 124M model on a 2-core CPU, and the tokens are the eager loop's;
+        compile="max-autotune" on a CPU also freezes the weights into the step and lets inductor multiply
+        with its own C++ GEMM kernels: the fastest float32 decoding, compiled again if the weights change).
         For the fastest CPU decoding, quantize the weights first: gpt2kit.model.quant.quantize_int8(model).
 
         Forward inputs pass on to the model as in transformers: token_type_ids (B, T) (each new token takes

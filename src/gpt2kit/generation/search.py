@@ -11,8 +11,12 @@ and beam search return exactly its tokens for the same checkpoint.
 from __future__ import annotations
 
 import copy
+import functools
+import itertools
 import logging
 import time
+import types
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -191,6 +195,7 @@ def compile_options(compile: bool | str | dict | None) -> dict[str, Any] | None:
 
     False / None: eager. True: torch.compile(mode="default", fullgraph=True, dynamic=False). A mode name
     (one of COMPILE_MODES), or a dict of torch.compile arguments (mode, fullgraph, dynamic, backend, options).
+    A max-autotune mode on a CPU also freezes the weights into the step (CPU_MAX_AUTOTUNE, frozen_step).
 
     >>> compile_options(True)
     {'fullgraph': True, 'dynamic': False, 'mode': 'default'}
@@ -222,16 +227,102 @@ def compile_options(compile: bool | str | dict | None) -> dict[str, Any] | None:
     return opts
 
 
-def compiled_step(options: dict[str, Any]):
-    """decode_one_token_static under torch.compile with these options, built once per option set.
+def compiled_step(options: dict[str, Any], model=None):
+    """decode_one_token_static under torch.compile with these options, built once per option set (and, for a
+    step with frozen weights, per model and weights: see frozen_step).
 
     Compilation itself happens on the first call for each (batch size, cache length, dtype), and again
     whenever one of those changes (up to torch._dynamo's recompile limit, then it runs eagerly).
     """
+    if model is not None and freezes(options, next(model.parameters()).device):
+        return frozen_step(model, options)
     key = repr(sorted(options.items()))
     if key not in _compiled_steps:
         _compiled_steps[key] = torch.compile(decode_one_token_static, **options)
     return _compiled_steps[key]
+
+
+# compile="max-autotune" on a CPU: inductor's max-autotune with the weights frozen into the step, so that it
+# can lay them out at compile time and multiply with its own C++ GEMM kernels ("CPP"), each product's kernel
+# chosen against torch's ("ATEN") by timing. Without freezing it has no CPU GEMM of its own to choose. Measured
+# (benchmarks/RESULTS.md, session 10): 124M fp32 batch 1, 8.0 ms/step against 10.1 with pack_weights and 9.2
+# for ONNX Runtime fp32, the same greedy tokens.
+# They are set around each call (inductor reads some while dynamo traces, before torch.compile's options apply:
+# as options, `freezing` did nothing and the others left the 124M step at 11.6 ms instead of 8.1).
+CPU_MAX_AUTOTUNE = {"max_autotune": True, "freezing": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+_frozen_steps: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, tuple[tuple, Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def freezes(options: dict[str, Any], device: torch.device) -> bool:
+    """Whether these compile options get CPU_MAX_AUTOTUNE: a max-autotune mode, inductor, no options of the
+    caller's own (torch.compile takes a mode or options, not both), the model on a CPU."""
+    return (
+        device.type == "cpu"
+        and str(options.get("mode", "default")).startswith("max-autotune")
+        and options.get("backend", "inductor") == "inductor"
+        and "options" not in options
+    )
+
+
+def weights_version(model: torch.nn.Module) -> tuple:
+    """What changes when a model's weights do: each parameter's and buffer's storage and version counter
+    (bumped by every in-place write: an optimizer step, load_state_dict, `p.data.mul_()`...)."""
+    return tuple((t.data_ptr(), t._version) for t in itertools.chain(model.parameters(), model.buffers()))
+
+
+def frozen_step(model: torch.nn.Module, options: dict[str, Any]):
+    """The max-autotune step of CPU_MAX_AUTOTUNE for this model as its weights are now. Frozen weights are
+    constants of the compiled code: a step compiled before the weights changed in place would go on computing
+    with the old ones (measured: other tokens, silently), so a change gets a step of its own, compiled again.
+    Each is a copy of decode_one_token_static with its own code object, since dynamo keeps compiled code per
+    code object and would find the old graph for the same model again.
+
+    Memory: dynamo's cache holds a frozen step's weights (the model's own tensors) until torch._dynamo.reset(),
+    also after the model is collected or its weights changed; their packed copies in inductor's module cache
+    go when the step does (_drop_frozen_weights), which that reset alone would not free."""
+    key = repr(sorted(options.items()))
+    version = weights_version(model)
+    held = _frozen_steps.setdefault(model, {})
+    if key in held and held[key][0] == version:
+        return held[key][1]
+    if key in held:
+        logger.warning(
+            "the model's weights changed since its decode step was compiled with them frozen in "
+            "(compile=%r on a CPU): compiling the step again",
+            options.get("mode"),
+        )
+    f = decode_one_token_static
+    fn = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__, f.__closure__)
+    kwargs = {k: v for k, v in options.items() if k != "mode"}
+    compiled = torch.compile(fn, **kwargs)
+    from torch._inductor import config as inductor_config
+    from torch._inductor.codecache import PyCodeCache
+
+    loaded: list = []  # the inductor modules this step's compilations loaded
+
+    @functools.wraps(fn)
+    def step(*args):
+        n = len(PyCodeCache.modules)
+        with inductor_config.patch(CPU_MAX_AUTOTUNE):
+            out = compiled(*args)
+        loaded.extend(PyCodeCache.modules[n:])
+        return out
+
+    weakref.finalize(step, _drop_frozen_weights, loaded)
+    held[key] = (version, step)
+    return step
+
+
+def _drop_frozen_weights(modules: list) -> None:
+    """Once a frozen step is gone (its model collected, or its weights changed): its compiled modules' frozen
+    weights and packed copies, which inductor's module cache (PyCodeCache) would keep until the process ends.
+    Nothing calls those modules again: only the step reached their code."""
+    for module in modules:
+        for name, value in list(vars(module).items()):
+            if isinstance(value, torch.Tensor):
+                delattr(module, name)
 
 
 def choose(scores: torch.Tensor, do_sample: bool, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -829,7 +920,7 @@ def _step_function(
 
         return step
 
-    fn = compiled_step(plan.compile)
+    fn = compiled_step(plan.compile, model)
     B, S = shape = (plan.input_ids.shape[0], cache.max_length)
     key_ok = torch.ones(shape, dtype=torch.bool, device=plan.input_ids.device)
     if mask is not None:
