@@ -127,7 +127,16 @@ def test_max_autotune_on_a_cpu_freezes_one_step_per_model_and_weights(model):
     assert again is not step and again is search.compiled_step(auto, m)
     assert again.__wrapped__.__code__ is not step.__wrapped__.__code__  # dynamo's cache is per code object
     m.load_state_dict(copy.deepcopy(model).state_dict())
-    assert search.compiled_step(auto, m) is not again
+    loaded = search.compiled_step(auto, m)
+    assert loaded is not again
+    m.transformer.ln_f.weight.data.copy_(torch.rand_like(m.transformer.ln_f.weight))  # bumps no version
+    by_data = search.compiled_step(auto, m)
+    assert by_data is not loaded and by_data is search.compiled_step(auto, m)
+    with torch.inference_mode():  # inference tensors have no version counter
+        made_inside = copy.deepcopy(model).eval()
+        made_inside.load_state_dict(model.state_dict())
+        inference_step = search.compiled_step(auto, made_inside)
+    assert inference_step is search.compiled_step(auto, made_inside)
 
 
 @pytest.mark.slow

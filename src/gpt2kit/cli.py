@@ -329,7 +329,8 @@ def _generate(args: argparse.Namespace) -> int:
     args.weights = resolve_weights(args.weights, device, compile=compile is not None)
     if compile is not None:
         if args.weights == "packed":
-            raise ValueError("--compile cannot trace --weights packed; choose one of them")
+            flag = "--compile-mode" if args.compile_mode else "--compile"
+            raise ValueError(f"{flag} cannot trace --weights packed; choose one of them")
         options["compile"] = compile
     from gpt2kit.progress import loading
 

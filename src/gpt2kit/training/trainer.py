@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import datetime
 import gc
 import json
 import logging
@@ -89,15 +90,23 @@ class _Dist:
         if self.world > 1:
             dist.barrier()
 
-    def close(self) -> None:
-        """Destroy the process group this process created, once every rank is done with it. Left to the
+    def close(self, barrier_timeout: float | None = None) -> None:
+        """Destroy the process group this process created, once every rank is done with it (barrier_timeout:
+        seconds to wait for them at most, then destroy anyway; gloo's monitored barrier, no barrier on
+        other backends, whose exit needs none). Left to the
         interpreter's exit, or destroyed while the other rank still talked to it, gloo's threads could abort
         the process (SIGABRT, "terminate called without an active exception") after its work was saved: a
         torchrun test failed 1 run in 8-12 that way on the 2-core VM. (Why: a finished barrier's work is freed
         on gloo's worker thread and frees the collectives it waited for, whose tensors are Python objects;
         during the interpreter's shutdown that thread cannot take the GIL, and exits mid-destructor.)"""
         if self.owns_group and dist.is_initialized():
-            dist.barrier()
+            if barrier_timeout is None:
+                dist.barrier()
+            elif dist.get_backend() == "gloo":
+                try:
+                    dist.monitored_barrier(timeout=datetime.timedelta(seconds=barrier_timeout))
+                except RuntimeError as e:  # a rank still busy, or gone: destroy this one's group anyway
+                    logger.warning("closing the process group without every rank: %s", str(e).splitlines()[0])
             dist.destroy_process_group()
             self.owns_group = False
 
@@ -126,8 +135,11 @@ def _close_trainers_at_exit() -> None:
     if getattr(sys, "last_value", None) is not None:
         return
     for trainer in list(_CLOSE_AT_EXIT):
-        if trainer._returned:
-            trainer.close()
+        if trainer._returned and not trainer._closed:
+            try:
+                trainer.close(barrier_timeout=60.0)
+            except Exception as e:  # (the next trainer is still closed)
+                logger.warning("closing a trainer's process group at exit failed: %s", e)
 
 
 def _setup_dist(device: str | torch.device | None) -> _Dist:
@@ -352,9 +364,7 @@ class Trainer:
         # a run and its resume in a new process (or after other compiled models in this one) would then
         # compute the same step with different graphs, and the resume would no longer be exact.
         self._step_model: Any = torch.compile(self.ddp, dynamic=False) if cfg.compile else self.ddp
-        self._depth, self._returned = 0, True
-        if self.dist.world > 1:
-            _CLOSE_AT_EXIT.add(self)
+        self._depth, self._returned, self._closed = 0, True, False
         self._vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
         d = self.dist
         self.micro_per_epoch = len(
@@ -381,6 +391,8 @@ class Trainer:
         self.reports = Reporters(
             cfg.report_to, self.out, run_name=cfg.run_name, params=run_params(cfg, model)
         )
+        if self.dist.world > 1:  # (last: a trainer whose construction raised is not closed at exit)
+            _CLOSE_AT_EXIT.add(self)
 
     # --- public --------------------------------------------------------------------------------------------
 
@@ -388,10 +400,10 @@ class Trainer:
     def _across_processes(self) -> Iterator[None]:
         """Brackets fit() and evaluate(): whether the last one returned (then closing at exit is safe) and a
         clear error after close()."""
-        if self.dist.world > 1 and not dist.is_initialized():
+        if self.dist.world > 1 and (self._closed or not dist.is_initialized()):
             raise RuntimeError(
-                "this Trainer's process group was destroyed (Trainer.close() or destroy_process_group()); "
-                "make a new Trainer to train or evaluate across processes again"
+                "this Trainer was closed or its process group destroyed (Trainer.close() or "
+                "destroy_process_group()); make a new Trainer to train or evaluate across processes again"
             )
         self._depth += 1
         self._returned = False
@@ -401,15 +413,17 @@ class Trainer:
             self._depth -= 1
         self._returned = self._depth == 0  # not reached when the call raised
 
-    def close(self) -> None:
+    def close(self, barrier_timeout: float | None = None) -> None:
         """Free what this trainer holds across processes: its DDP wrapper, and the process group if the
         trainer created it (after a barrier, so every rank calls this). gpt2kit calls it at the interpreter's
-        exit for a multi-process trainer whose last fit()/evaluate() returned: a group left to the
-        interpreter's shutdown can abort the process (see _Dist.close). After a call that raised it is not
-        called, as the other ranks may be stuck in a collective and the barrier would wait for them."""
+        exit for a multi-process trainer whose last fit()/evaluate() returned, with the barrier bounded to
+        60 s (gloo; none on other backends): a group left to the interpreter's shutdown can abort the process
+        (see _Dist.close), and a rank may still be busy with work of its own (rank 0 generating, say). After
+        a call that raised it is not called, as the other ranks may be stuck in a collective."""
+        self._closed = True
         if self.ddp is not self.model:
             self.ddp = self._step_model = self.model
-        self.dist.close()
+        self.dist.close(barrier_timeout)
         # The DDP wrapper and its reducer hold the group: once they are freed, the group's destructor joins
         # gloo's threads, while Python is still fully alive.
         gc.collect()
@@ -518,6 +532,8 @@ class Trainer:
 
     def evaluate(self, data: Dataset | None = None) -> dict[str, float]:
         """Loss, perplexity and next-token accuracy (LM), or loss, accuracy and F1 (classification)."""
+        if data is None and self.eval_data is None:  # (before any collective: no rank is left waiting)
+            raise ValueError("no evaluation data: pass eval_data to Trainer or data to evaluate()")
         with self._across_processes():
             return self._evaluate(data)
 
