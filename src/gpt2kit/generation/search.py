@@ -16,6 +16,7 @@ import itertools
 import logging
 import time
 import types
+import warnings
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -249,7 +250,14 @@ def compiled_step(options: dict[str, Any], model=None):
 # for ONNX Runtime fp32, the same greedy tokens.
 # They are set around each call (inductor reads some while dynamo traces, before torch.compile's options apply:
 # as options, `freezing` did nothing and the others left the 124M step at 11.6 ms instead of 8.1).
-CPU_MAX_AUTOTUNE = {"max_autotune": True, "freezing": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+# The last two keep inductor's per-product timing tables (~8 lines each, dozens of products) off stderr.
+CPU_MAX_AUTOTUNE = {
+    "max_autotune": True,
+    "freezing": True,
+    "max_autotune_gemm_backends": "CPP,ATEN",
+    "autotune_num_choices_displayed": 0,
+    "max_autotune_report_choices_stats": False,
+}
 _frozen_steps: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, tuple[tuple, Any]]] = (
     weakref.WeakKeyDictionary()
 )
@@ -312,6 +320,9 @@ def frozen_step(model: torch.nn.Module, options: dict[str, Any]):
     fn = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__, f.__closure__)
     kwargs = {k: v for k, v in options.items() if k != "mode"}
     compiled = torch.compile(fn, **kwargs)
+    # inductor's autotuner calls a deprecated torch API on each product (its own business, nothing the user
+    # can act on): that one warning only, only from inductor.
+    warnings.filterwarnings("ignore", "TypedStorage is deprecated", UserWarning, r"torch\._inductor")
     from torch._inductor import config as inductor_config
     from torch._inductor.codecache import PyCodeCache
 
