@@ -248,8 +248,8 @@ def compiled_step(options: dict[str, Any], model=None):
 # chosen against torch's ("ATEN") by timing. Without freezing it has no CPU GEMM of its own to choose. Measured
 # (benchmarks/RESULTS.md, session 10): 124M fp32 batch 1, 8.0 ms/step against 10.1 with pack_weights and 9.2
 # for ONNX Runtime fp32, the same greedy tokens.
-# They are set around each call (inductor reads some while dynamo traces, before torch.compile's options apply:
-# as options, `freezing` did nothing and the others left the 124M step at 11.6 ms instead of 8.1).
+# They are set around each call: inductor reads `freezing` while dynamo traces, before torch.compile's options
+# apply (passed as an option it did nothing: the LM head's product stayed on MKL, 8.9 ms against 3.0).
 # The last two keep inductor's per-product timing tables (~8 lines each, dozens of products) off stderr.
 CPU_MAX_AUTOTUNE = {
     "max_autotune": True,
