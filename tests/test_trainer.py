@@ -346,6 +346,10 @@ _DDP_SCRIPT = textwrap.dedent(
     model = lm(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     c = cfg(Path(sys.argv[1]), max_steps=3, batch_size=2, grad_accum=1, lr=1e-2, log_every=1,
             compile=sys.argv[2] == "compile")
+    if sys.argv[2] == "orphan":  # the trainer that creates the group is collected; the next one uses it
+        Trainer(lm(), Rows(8), config=c)
+        import gc
+        gc.collect()
     trainer = Trainer(model, Rows(8), config=c)
     trainer.fit()
     if sys.argv[2] == "compile":  # closed by hand here; in eager mode by gpt2kit at exit
@@ -364,7 +368,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("mode", ["eager", "compile"])
+@pytest.mark.parametrize("mode", ["eager", "compile", "orphan"])
 def test_ddp_two_processes_equal_one_process_with_accumulation(tmp_path, mode):
     script = tmp_path / "ddp.py"
     script.write_text(_DDP_SCRIPT.format(tests=str(Path(__file__).parent)))

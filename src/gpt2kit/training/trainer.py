@@ -128,18 +128,28 @@ class _Dist:
 # Multi-process trainers, closed at the interpreter's exit (Trainer.close) unless their last call raised or the
 # interpreter is exiting on an uncaught exception (sys.last_value is set before atexit runs).
 _CLOSE_AT_EXIT: weakref.WeakSet[Trainer] = weakref.WeakSet()
+_CREATED_GROUP = False  # whether _setup_dist created the default process group in this process
 
 
 @atexit.register
 def _close_trainers_at_exit() -> None:
     if getattr(sys, "last_value", None) is not None:
         return
-    for trainer in list(_CLOSE_AT_EXIT):
+    trainers = list(_CLOSE_AT_EXIT)
+    for trainer in trainers:
         if trainer._returned and not trainer._closed:
             try:
                 trainer.close(barrier_timeout=60.0)
             except Exception as e:  # (the next trainer is still closed)
                 logger.warning("closing a trainer's process group at exit failed: %s", e)
+    # A group gpt2kit created whose owner is gone (the trainer that made it was collected, and a later one
+    # used it): nobody else destroys it.
+    if _CREATED_GROUP and dist.is_initialized() and all(t._returned for t in trainers):
+        try:
+            _Dist(owns_group=True).close(barrier_timeout=60.0)
+            gc.collect()
+        except Exception as e:
+            logger.warning("closing the process group at exit failed: %s", e)
 
 
 def _setup_dist(device: str | torch.device | None) -> _Dist:
@@ -160,6 +170,8 @@ def _setup_dist(device: str | torch.device | None) -> _Dist:
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)
         d.owns_group = True
+        global _CREATED_GROUP
+        _CREATED_GROUP = True
     return d
 
 
