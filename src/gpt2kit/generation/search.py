@@ -237,10 +237,18 @@ def compiled_step(options: dict[str, Any], model=None):
     """
     if model is not None and freezes(options, next(model.parameters()).device):
         return frozen_step(model, options)
-    key = repr(sorted(options.items()))
+    key = _options_key(options)
     if key not in _compiled_steps:
         _compiled_steps[key] = torch.compile(decode_one_token_static, **options)
     return _compiled_steps[key]
+
+
+def _options_key(options: dict[str, Any]) -> str:
+    return repr(sorted(options.items()))
+
+
+def _weights(model: torch.nn.Module) -> list[torch.Tensor]:
+    return list(itertools.chain(model.parameters(), model.buffers()))
 
 
 # compile="max-autotune" on a CPU: inductor's max-autotune with the weights frozen into the step, so that it
@@ -283,7 +291,7 @@ def weights_version(model: torch.nn.Module) -> tuple:
     no_grad) and 64 of its elements spread evenly (writes through `p.data` or NumPy bump no counter; an
     inference tensor has none). A change through `.data` that misses all 64 elements of every tensor goes
     unseen: torch._dynamo.reset() then drops the frozen step. Costs ~1 ms a generate() call (124M)."""
-    tensors = list(itertools.chain(model.parameters(), model.buffers()))
+    tensors = _weights(model)
     with torch.no_grad():
         views = []
         for t in tensors:
@@ -305,7 +313,7 @@ def frozen_step(model: torch.nn.Module, options: dict[str, Any]):
     Memory: dynamo's cache holds a frozen step's weights (the model's own tensors) until torch._dynamo.reset(),
     also after the model is collected or its weights changed; their packed copies in inductor's module cache
     go when the step does (_drop_frozen_weights), which that reset alone would not free."""
-    key = repr(sorted(options.items()))
+    key = _options_key(options)
     version = weights_version(model)
     held = _frozen_steps.setdefault(model, {})
     if key in held and held[key][0] == version:
@@ -329,7 +337,7 @@ def frozen_step(model: torch.nn.Module, options: dict[str, Any]):
     loaded: list = []  # the inductor modules this step's compilations loaded
     # Its weights, by id: a module loaded during a call is this step's only if it holds one of them as a
     # frozen constant (another thread may compile at the same time; its modules are not ours to empty).
-    own = {id(t) for t in itertools.chain(model.parameters(), model.buffers())}
+    own = {id(t) for t in _weights(model)}
 
     @functools.wraps(fn)
     def step(*args):

@@ -551,9 +551,7 @@ class Trainer:
 
     @torch.no_grad()
     def _evaluate(self, data: Dataset | None) -> dict[str, float]:
-        data = data if data is not None else self.eval_data
-        if data is None:
-            raise ValueError("no evaluation data: pass eval_data to Trainer or data to evaluate()")
+        data = data if data is not None else self.eval_data  # (evaluate() checked that one is there)
         cfg, d = self.config, self.dist
         was_training = self.model.training
         self.model.eval()
