@@ -333,8 +333,14 @@ _DDP_SCRIPT = textwrap.dedent(
     import atexit, os, sys
     from pathlib import Path
 
+    def comm(task):  # a thread that ends while it is listed has no comm left to read
+        try:
+            return Path(task, "comm").read_text().strip()
+        except OSError:
+            return ""
+
     def threads_left():  # runs after gpt2kit's exit handler (atexit runs the last registered first)
-        names = [Path(t, "comm").read_text().strip() for t in Path("/proc/self/task").iterdir()]
+        names = [comm(t) for t in Path("/proc/self/task").iterdir()]
         Path(sys.argv[1], "threads-" + os.environ["RANK"]).write_text(" ".join(names))
 
     if sys.platform == "linux":
@@ -389,7 +395,9 @@ def test_ddp_two_processes_equal_one_process_with_accumulation(tmp_path, mode):
         # The trainer closed its group at exit: gloo's worker threads were joined while Python was alive
         # (left to the interpreter's shutdown, they aborted the process 1 run in ~10).
         for rank in (0, 1):
-            threads = (tmp_path / "ddp" / f"threads-{rank}").read_text().split()
+            probe = tmp_path / "ddp" / f"threads-{rank}"
+            assert probe.exists(), done.stderr[-3000:]  # (the probe's own failure is in the ranks' stderr)
+            threads = probe.read_text().split()
             assert not [t for t in threads if "gloo" in t], threads
     if mode == "compile":
         assert "make a new Trainer" in (tmp_path / "ddp" / "after-close-1").read_text()
