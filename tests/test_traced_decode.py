@@ -118,6 +118,48 @@ def test_replay_gives_the_eager_logits_bit_for_bit(folder, fmt, padded, record_n
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
+@pytest.mark.parametrize("fmt", [f for f in formats() if f in ("float", "int8")])
+@pytest.mark.parametrize("padded", [False, True])
+def test_greedy_replay_chooses_the_tokens_itself(folder, fmt, padded, record_now, monkeypatch):
+    """Greedy decoding that keeps no scores records the eos masks and the argmax with the step
+    (traced._PickStep): the loop then only reads the tokens. Rows end at different steps, some while
+    min_new_tokens still forbids eos: the same sequences as the eager loop and as transformers."""
+    import transformers
+
+    from gpt2kit.generation import search
+
+    model = gpt2kit.GPT2LMHeadModel.from_pretrained(folder).eval()
+    if fmt == "int8":
+        quantize_int8(model, method="dynamic")
+    x, mask = prompts(padded)
+    kw = dict(attention_mask=mask, max_new_tokens=12, pad_token_id=0)
+    free = model.generate(x, **kw)[:, x.shape[1] :]
+    # eos: the token greedy decoding picks most often without one, so that it ends rows early and the mask
+    # has something to forbid during the first min_new_tokens steps
+    eos = int(free[:, :-1].flatten().mode().values)
+    assert (free[:, :4] == eos).any() and (free[:, 4:] == eos).any()
+    kw.update(eos_token_id=eos, min_new_tokens=4)
+    monkeypatch.setenv("GPT2KIT_TRACE_DECODE", "0")
+    want = model.generate(x, **kw)
+    monkeypatch.setenv("GPT2KIT_TRACE_DECODE", "1")
+    choices = []
+    real_choose = search.choose
+    monkeypatch.setattr(search, "choose", lambda *a, **k: choices.append(1) or real_choose(*a, **k))
+    got = model.generate(x, **kw)
+    assert recordings(model) == 1
+    (key,) = traced._recordings[model]
+    assert key[-1] is True, "the recording does not make the choice"
+    assert torch.equal(got, want)
+    assert len(choices) == 1  # only the prompt's token is chosen in Python; every later one in the replay
+    assert (got[:, x.shape[1] :] == 0).any(), "no row ended early: the test checks nothing about eos"
+    if fmt == "float":
+        hf = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+        assert torch.equal(got, hf.generate(x, **kw))
+    # the same call keeping its scores runs the processors in Python, with the same tokens
+    out = model.generate(x, return_dict_in_generate=True, output_scores=True, **kw)
+    assert torch.equal(out.sequences, want)
+
+
 def test_beam_search_replays_too(folder, record_now, monkeypatch):
     """Beam search reorders the cache rows between steps; the replay reads the reordered buffers."""
     model = gpt2kit.GPT2LMHeadModel.from_pretrained(folder).eval()
