@@ -140,6 +140,86 @@ def test_sampling_is_reproducible_under_manual_seed(models):
     assert torch.equal(ours.generate(x, generator=g1, **kw), ours.generate(x, generator=g2, **kw))
 
 
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(top_k=0, temperature=1.5),
+        dict(top_k=20, top_p=0.9, temperature=0.8),
+        dict(top_k=0, min_new_tokens=6),
+    ],
+)
+@pytest.mark.parametrize("seeded", ["manual_seed", "generator"])
+def test_sampling_draws_the_tokens_transformers_draws_under_the_same_seed(models, kw, seeded):
+    """search.multinomial_one draws what torch.multinomial draws (transformers' sampler), token for token."""
+    hf, ours = models
+    x, mask = prompts()
+    kw = dict(attention_mask=mask, do_sample=True, max_new_tokens=12, pad_token_id=0, **kw)
+    eos = frequent_token(hf, x, mask)  # rows end at different steps: the draws after a row ends count too
+
+    def sample(model):
+        if seeded == "manual_seed":
+            torch.manual_seed(11)
+            return model.generate(x, eos_token_id=eos, **kw)
+        return model.generate(x, eos_token_id=eos, generator=torch.Generator().manual_seed(11), **kw)
+
+    with torch.no_grad():
+        want = sample(hf) if seeded == "manual_seed" else None
+    got = sample(ours)
+    if want is None:  # transformers' generate() takes no generator: the same seed through torch.manual_seed
+        torch.manual_seed(11)
+        with torch.no_grad():
+            want = hf.generate(x, eos_token_id=eos, **kw)
+    assert torch.equal(got, want)
+
+
+def test_multinomial_one_is_torch_multinomial():
+    """The same token and the same generator state after, at batch 1 and 5, with masked (zero) and
+    unnormalized weights; torch.multinomial's own error for a nan row; torch.multinomial itself where the
+    draws were found to differ."""
+    import platform
+
+    from gpt2kit.generation import search
+
+    if platform.machine() in ("x86_64", "AMD64"):  # measured there; elsewhere either way is right
+        assert search._same_draws(), "the fast draw differs from torch.multinomial on this machine"
+    g = torch.Generator().manual_seed(0)
+    for B in (1, 5):
+        w = torch.rand(B, 50257, generator=g) ** 8
+        w[:, ::3] = 0.0
+        for seed in range(10):
+            a, b = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+            for _ in range(3):
+                assert torch.equal(
+                    search.multinomial_one(w, b), torch.multinomial(w, 1, generator=a).squeeze(1)
+                )
+            assert torch.equal(a.get_state(), b.get_state())
+        torch.manual_seed(4)
+        want = torch.multinomial(w, 1).squeeze(1)
+        torch.manual_seed(4)
+        assert torch.equal(search.multinomial_one(w), want)
+    nan = torch.full((1, 10), float("nan"))
+    with pytest.raises(RuntimeError) as theirs:
+        torch.multinomial(nan, 1)
+    with pytest.raises(RuntimeError) as ours:
+        search.multinomial_one(nan)
+    assert str(ours.value) == str(theirs.value)
+
+
+def test_multinomial_one_falls_back_where_the_draws_differ(monkeypatch):
+    from gpt2kit.generation import search
+
+    calls = []
+    real = torch.multinomial
+    monkeypatch.setattr(torch, "multinomial", lambda *a, **k: calls.append(1) or real(*a, **k))
+    w = torch.rand(2, 100)
+    search.multinomial_one(w)
+    assert not calls or not search._same_draws()  # the fast draw, where it draws the same
+    calls.clear()
+    monkeypatch.setattr(search, "_same_draws", lambda: False)
+    search.multinomial_one(w)
+    assert calls == [1]
+
+
 def test_sampling_draws_from_the_processed_distribution(models):
     """4000 draws of the first token against softmax(top-k(logits / T)): every draw inside the top k, and a
     chi-square statistic far below what a wrong distribution gives."""

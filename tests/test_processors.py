@@ -109,6 +109,54 @@ def test_top_p_drops_a_tail_of_mass_exactly_one_minus_top_p():
     assert torch.isfinite(got).tolist() == [[False, False, True, True]]
 
 
+def gpt2_scores_after_top_k(seed: int, batch: int, top_k: int, ties: bool = False) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if ties:  # a few distinct values: ties across top-p's cut
+        scores = torch.randint(0, 12, (batch, 50257), generator=g).float()
+    else:
+        scores = torch.randn(batch, 50257, generator=g) * (0.5 + seed % 3)
+    return hf.TopKLogitsWarper(top_k)(None, scores)
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("top_k", [1, 3, 50, 400])
+def test_top_p_after_top_k_is_transformers_bit_for_bit(batch, top_k, monkeypatch):
+    """With few finite scores (after top-k) top-p skips sorting the whole row (_after_top_k): the same
+    tensor as transformers' sort of all GPT-2's 50257 scores, and no sort; ties across the cut sort."""
+    sorts = []
+    real_sort = torch.sort
+    ids = torch.zeros(batch, 1, dtype=torch.long)
+    for seed in range(4):
+        for top_p in (0.05, 0.5, 0.9, 0.99):
+            for keep in (1, 5):
+                scores = gpt2_scores_after_top_k(seed, batch, top_k)
+                want = hf.TopPLogitsWarper(top_p, min_tokens_to_keep=keep)(ids, scores.clone())
+                monkeypatch.setattr(torch, "sort", lambda *a, **k: sorts.append(1) or real_sort(*a, **k))
+                got = ours.TopPLogitsWarper(top_p, min_tokens_to_keep=keep)(ids, scores)
+                monkeypatch.setattr(torch, "sort", real_sort)
+                assert torch.equal(got, want), (seed, top_p, keep)
+    assert not sorts, "the path without the full sort did not run"
+    if top_k == 1:
+        return
+    for seed in range(4):  # ties across the cut: the full sort, whose order among equal scores decides
+        scores = gpt2_scores_after_top_k(seed, batch, top_k, ties=True)
+        want = hf.TopPLogitsWarper(0.5)(ids, scores.clone())
+        monkeypatch.setattr(torch, "sort", lambda *a, **k: sorts.append(1) or real_sort(*a, **k))
+        got = ours.TopPLogitsWarper(0.5)(ids, scores)
+        monkeypatch.setattr(torch, "sort", real_sort)
+        assert torch.equal(got, want)
+    assert sorts, "no tie across the cut: the fallback went untested"
+
+
+def test_top_p_after_top_k_with_nan_is_transformers():
+    scores = gpt2_scores_after_top_k(0, 2, 50)
+    scores[1, 7] = float("nan")
+    ids = torch.zeros(2, 1, dtype=torch.long)
+    want = hf.TopPLogitsWarper(0.9)(ids, scores.clone())
+    got = ours.TopPLogitsWarper(0.9)(ids, scores)
+    assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+
+
 @pytest.mark.parametrize("min_p", [0.0, 0.05, 0.3, 0.9, 1.0])
 @pytest.mark.parametrize("keep", [1, 3])
 def test_min_p(min_p, keep):
