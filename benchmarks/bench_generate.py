@@ -1,6 +1,7 @@
 """generate(): gpt2kit vs transformers 4.57 on the 124M GPT-2 configuration (random weights), side by side.
 
-Greedy, a 32-token prompt, exactly 128 new tokens (eos_token_id=None, so the length is fixed), batch 1 and 8.
+Greedy (or --sample: top-k 50, top-p 0.95, temperature 0.8, the same seed on every side), a 32-token prompt,
+exactly 128 new tokens (eos_token_id=None, so the length is fixed), batch 1 and 8.
 Sides (all loaded at once, on the same weights, run in one process in an order that rotates every
 repetition, after a warm-up that also pays any compilation):
 
@@ -15,7 +16,7 @@ is reported next to the memory-bandwidth bound: a step reads every weight it use
 bytes read per step / bandwidth (--bandwidth-gbs, 19 GB/s measured on the dev VM; a 1 GiB sum probe is
 printed too, and overstates what a GEMV achieves). Load averages are recorded at the start and the end.
 
-    python benchmarks/bench_generate.py [--reps 2] [--new 128] [--compile] [--packed] [--int8]
+    python benchmarks/bench_generate.py [--reps 2] [--new 128] [--compile] [--packed] [--int8] [--sample]
     python benchmarks/bench_generate.py --sides hf-fp32,bf16-packed,bf16-packed+compile   (any side names)
 """
 
@@ -118,6 +119,12 @@ def main() -> None:
     ap.add_argument(
         "--int8", action="store_true", help="add the int8 side (weight-only int8, bf16 activations)"
     )
+    ap.add_argument(
+        "--sample",
+        action="store_true",
+        help="sample (top_k=50, top_p=0.95, temperature=0.8) instead of greedy; every side draws under the "
+        "same torch.manual_seed, so the tokens still compare",
+    )
     ap.add_argument("--sides", default=None, help="comma-separated side names, overriding the flags above")
     ap.add_argument("--bandwidth-gbs", type=float, default=19.0)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -135,8 +142,12 @@ def main() -> None:
         names += ["int8"]
     if args.sides:
         names = args.sides.split(",")
+    from gpt2kit.model import kernels
+
     report: dict = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": kernels.hardware().describe(),  # the CPU, its ISA flags, torch's capability, threads
+        "sampling": bool(args.sample),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "load_average_start": load_average(),
@@ -148,9 +159,12 @@ def main() -> None:
     for batch in (int(b) for b in args.batches.split(",")):
         x = torch.randint(0, 50257, (batch, args.prompt), generator=torch.Generator().manual_seed(batch))
         kw = dict(max_new_tokens=args.new, eos_token_id=None, do_sample=False, pad_token_id=0)
+        if args.sample:
+            kw.update(do_sample=True, top_k=50, top_p=0.95, temperature=0.8)
 
-        def run(name, x=x, kw=kw):
+        def run(name, x=x, kw=kw, seed=0):
             model, extra = sides[name]
+            torch.manual_seed(seed)  # the same draws on every side (sampling)
             t0 = time.perf_counter()
             with torch.inference_mode():
                 out = model.generate(x, attention_mask=torch.ones_like(x), **kw, **extra)
@@ -164,7 +178,7 @@ def main() -> None:
         for i in range(args.reps):
             shift = i % len(names)
             for name in names[shift:] + names[:shift]:
-                times[name].append(run(name)[0])
+                times[name].append(run(name, seed=i + 1)[0])
         ref = outs.get("hf-fp32")
         for name in names:
             model = sides[name][0]
@@ -204,7 +218,8 @@ def main() -> None:
 def table(report: dict) -> str:
     """The results as a markdown table."""
     lines = [
-        f"{report['date']}, torch {report['torch']}, {report['threads']} threads, load average "
+        f"{report['date']}, {report.get('machine', '')}, "
+        f"{'sampling' if report.get('sampling') else 'greedy'}, torch {report['torch']}, {report['threads']} threads, load average "
         f"{report['load_average_start']} (start) / {report['load_average_end']} (end), bound at "
         f"{report['bandwidth_gbs']:g} GB/s (1 GiB read probe: {report['read_probe_gbs']:.1f} GB/s)",
         "",
