@@ -6,12 +6,14 @@ processors and the argmax, and Python between them. This script generates 128 to
 torch's profiler for each weight format and sums the self CPU time of the product ops against the whole
 step; the rest is the decode overhead (the target: under 20% of a step on the fastest setting).
 
-    python benchmarks/profile_decode.py [--formats float,packed,int8] [--new 128] [--batch 1] [--replay]
+    python benchmarks/profile_decode.py [--formats float,packed,int8] [--new 128] [--batch 1] [--replay] [--loop]
 
 --replay adds, per format, the recorded decode step alone (generation/traced.py's replay, one flat graph):
 its op count and, under the profiler, the self time and calls per step of each op kind, replayed at the
 middle cache length of the call; next to the unprofiled replay time and the products alone (the same
 weights, one call each), so the step's non-product time is the difference of two unprofiled times.
+--loop adds generate()'s time outside the step per token (the loop: processors, the choice, eos checks;
+the prefill spread over the tokens), greedy and sampling, unprofiled.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def profile_replay(model, batch: int, new: int, reps: int = 50) -> dict:
     from gpt2kit.generation import traced
     from gpt2kit.model.cache import StaticCache
 
-    (recording,) = list(traced._recordings[model].values())[-1:]
+    key, recording = list(traced._recordings[model].items())[-1]
     length = 32 + new // 2
     cache = StaticCache.for_model(model.config, batch, 32 + new)
     for buf in (*cache.k, *cache.v):
@@ -99,6 +101,8 @@ def profile_replay(model, batch: int, new: int, reps: int = 50) -> dict:
         cache.v,
         torch.empty(length),
     )
+    if key[-1]:  # the greedy step that also chooses (traced._PickStep): the ids min_new_tokens forbids
+        args += (torch.tensor([50256]),)
 
     def step():
         with torch.jit.optimized_execution(False):
@@ -139,12 +143,59 @@ def profile_replay(model, batch: int, new: int, reps: int = 50) -> dict:
     return out
 
 
+def loop_overhead(model, batch: int, new: int, sample: bool, reps: int = 4) -> dict:
+    """generate()'s time outside the decode step: per step, what the loop does between two steps (logits
+    processors, the choice, eos bookkeeping, Python), timed around the recorded step's calls, unprofiled."""
+    import statistics
+
+    from gpt2kit.generation import search
+
+    x = torch.randint(0, 50000, (batch, 32), generator=torch.Generator().manual_seed(0))
+    kw = dict(do_sample=sample, max_new_tokens=new, min_new_tokens=new, pad_token_id=50256)
+    if sample:
+        kw.update(top_k=50, top_p=0.95, temperature=0.8)
+    inside: list[float] = []
+    real = search._traced_step
+
+    def timed(*a, **k):
+        step = real(*a, **k)
+
+        def run(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = step(*args, **kwargs)
+            inside.append(time.perf_counter() - t0)
+            return out
+
+        return run
+
+    search._traced_step = timed
+    try:
+        rows = []
+        with torch.inference_mode():
+            for i in range(reps + 1):
+                inside.clear()
+                t0 = time.perf_counter()
+                model.generate(x, **kw)
+                wall = time.perf_counter() - t0
+                if i:  # the first call pays for the recording
+                    rows.append((wall / new, sum(inside) / len(inside), (wall - sum(inside)) / new))
+    finally:
+        search._traced_step = real
+    total, step, outside = (1e3 * statistics.median(r[k] for r in rows) for k in range(3))
+    return {"ms_per_token": total, "step_ms": step, "outside_step_ms_per_token": outside}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--formats", default="float,packed,int8")
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--replay", action="store_true", help="also profile the recorded decode step alone")
+    ap.add_argument(
+        "--loop",
+        action="store_true",
+        help="also time generate() outside the decode step, greedy and sampling (top-k 50, top-p 0.95, T 0.8)",
+    )
     args = ap.parse_args()
     ckpt = make_checkpoint()
     print(kernels.hardware().describe())
@@ -167,6 +218,13 @@ def main() -> None:
             )
             for key, us, calls in rp["per_op_kind"][:16]:
                 print(f"           {us:8.1f} us {calls:6.1f}x  {key}")
+        if args.loop:
+            for mode in ("greedy", "sample"):
+                lp = r[f"loop_{mode}"] = loop_overhead(model, args.batch, args.new, mode == "sample")
+                print(
+                    f"         {mode}: {lp['ms_per_token']:.2f} ms a token, the step {lp['step_ms']:.2f} ms, "
+                    f"outside it {1e3 * lp['outside_step_ms_per_token']:.0f} us a token (prefill included)"
+                )
     print(json.dumps({"machine": kernels.hardware().describe(), "batch": args.batch, "results": results}))
 
 

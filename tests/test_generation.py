@@ -208,12 +208,24 @@ def test_multinomial_one_is_torch_multinomial():
 def test_multinomial_one_falls_back_where_the_draws_differ(monkeypatch):
     from gpt2kit.generation import search
 
+    fast = search._same_draws()  # its check calls torch.multinomial: before the spy
     calls = []
     real = torch.multinomial
     monkeypatch.setattr(torch, "multinomial", lambda *a, **k: calls.append(1) or real(*a, **k))
     w = torch.rand(2, 100)
     search.multinomial_one(w)
-    assert not calls or not search._same_draws()  # the fast draw, where it draws the same
+    assert bool(calls) != fast  # the fast draw, where it draws the same
+    calls.clear()
+    transposed = torch.rand(100, 2).t()  # (2, 100), not contiguous: torch draws in memory order
+    torch.manual_seed(3)
+    want = real(transposed, 1).squeeze(1)
+    torch.manual_seed(3)
+    assert torch.equal(search.multinomial_one(transposed), want) and calls == [1]
+    for refused in (torch.tensor([[0.0, 0.0], [0.5, 0.5]]), torch.tensor([[-0.1, 1.1]])):
+        calls.clear()
+        with pytest.raises(RuntimeError):  # torch.multinomial's own error
+            search.multinomial_one(refused)
+        assert calls == [1]
     calls.clear()
     monkeypatch.setattr(search, "_same_draws", lambda: False)
     search.multinomial_one(w)

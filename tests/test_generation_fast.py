@@ -93,6 +93,21 @@ def test_traced_step_gives_the_eager_tokens(model, kw):
     assert torch.equal(a, b), (a, b)
 
 
+def test_new_lengths_in_one_cache_bucket_reuse_the_compiled_step(model):
+    """Calls whose lengths share a cache bucket run one compiled graph: the step's inputs keep their shapes
+    and strides from call to call (dynamo guards on both; a new graph costs a full compile)."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()  # other tests' graphs of the same step count against dynamo's cache limit
+    counter = CompileCounter()
+    x, mask = prompts()
+    for new in (5, 9, 12):
+        model.generate(
+            x, attention_mask=mask, pad_token_id=0, max_new_tokens=new, compile={"backend": counter}
+        )
+    assert counter.frame_count == 1
+
+
 @pytest.mark.slow
 def test_compiled_step_gives_the_eager_tokens(model):
     """inductor (compile=True): ~10-40 s of compilation on a 2-core CPU."""

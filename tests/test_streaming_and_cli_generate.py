@@ -76,6 +76,29 @@ def test_stop_strings_match_transformers(lm, folder):
     assert streamed == cont[: cont.index(stop)]
 
 
+@pytest.mark.parametrize("pad", [0, None])
+def test_a_stop_string_without_eos_pads_nothing_as_transformers(lm, folder, pad):
+    """transformers pads the rows that have finished only when an eos is set: a row a stop string ended
+    goes on until every row has stopped (and without a pad token nothing needs one)."""
+    import transformers
+
+    model, tok = lm
+    rows = [tok.encode(p) for p in ("The quick brown fox", "Once upon a time there was")]
+    T = max(len(r) for r in rows)
+    x = torch.tensor([[0] * (T - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in rows])
+    kw = dict(attention_mask=mask, max_new_tokens=16, eos_token_id=None, pad_token_id=pad)
+    free = model.generate(x, **kw)
+    text = tok.decode(free[0, T:])
+    stop = text[len(text) // 3 : len(text) // 3 + 3]  # in row 0's continuation, early
+    hf = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(folder)
+    want = hf.generate(x, stop_strings=[stop], tokenizer=hf_tok, **kw)
+    got = model.generate(x, stop_strings=[stop], tokenizer=tok, **kw)
+    assert torch.equal(got, want)
+    assert stop not in tok.decode(got[1, T:]) and got.shape[1] == T + 16, "row 1 did not run to the end"
+
+
 def test_text_streamers(lm):
     model, tok = lm
     x = tok("Once upon a time", return_tensors="pt")

@@ -405,12 +405,21 @@ def multinomial_one(probs: torch.Tensor, generator: torch.Generator | None = Non
     ~790 us for GPT-2's 50257 ids at batch 1 and ~6.1 ms at batch 8 (2-core EPYC), more than a decode step.
     torch.rand(float64) draws the same uniforms and a vectorized log1p gives the same q: ~270 us and ~2.8 ms.
     That rests on how torch's kernels draw, so it is checked against torch.multinomial once per process
-    (_same_draws), and torch.multinomial runs where it differs, for other dtypes and devices, and for rows
-    it would refuse (nan, so that its error is the one raised)."""
-    if probs.device.type != "cpu" or probs.dtype != torch.float32 or probs.dim() != 2 or not _same_draws():
+    (_same_draws), and torch.multinomial runs where it differs, for other dtypes, devices and layouts, and
+    for rows it would refuse (nan, negative, all zero), so that its error is the one raised. (The float64
+    logarithms may differ from torch's scalar ones in the last bit; rounded to float32 they were equal for 2M
+    draws, and a difference could only move a draw at a near-tie of probs / q.)"""
+    if (
+        probs.device.type != "cpu"
+        or probs.dtype != torch.float32
+        or probs.dim() != 2
+        or not probs.is_contiguous()  # torch draws in memory order, torch.rand in index order
+        or not _same_draws()
+    ):
         return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
-    if not bool(torch.isfinite(probs.sum())):
-        return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+    totals = probs.sum(-1)
+    if not bool(((totals > 0) & torch.isfinite(totals)).all() & (probs.amin() >= 0)):
+        return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)  # its error
     return _exponential_race(probs, generator)
 
 
@@ -1150,12 +1159,12 @@ def decode(
     with torch.inference_mode():
         logits = _start(model, plan, position_ids, cache, record)
     # Every step's positions (B, 1) made at once: an op per step between two replays costs 10-20 us cold.
-    positions = (
-        position_ids[:, -1:] + advance * torch.arange(1, plan.max_length - T + 1, device=device)
-    ).split(1, 1)
+    # Each is contiguous, as a sum made per step was: a compiled step guards on its inputs' strides.
+    steps_ahead = torch.arange(1, plan.max_length - T + 1, device=device)[:, None, None]  # (n, 1, 1)
+    positions = (position_ids[:, -1:] + advance * steps_ahead).unbind(0)  # n x (B, 1)
     cur = T
     picked = None  # the next tokens, when the step chose them (pick)
-    finished = False  # whether a row has finished: until then every row is running and nothing is padded
+    finished = False  # whether a row may have finished: until then every row runs and nothing is padded
     while True:
         if picked is not None:
             nxt = picked
@@ -1169,12 +1178,10 @@ def decode(
                 scores = plan.processors(tokens[:, :cur], logits)
             if scores_out is not None:
                 scores_out.append(scores)
-            if (
-                logits_out is not None
-            ):  # DoLa's head keeps the final layer's logits, which are what it returns
+            if logits_out is not None:  # DoLa's head keeps the final layer's logits, which it returns
                 logits_out.append(plan.head.raw if plan.head is not None else logits)
             nxt = choose(scores, cfg.do_sample, generator)
-        if finished:
+        if finished and plan.eos is not None:  # as transformers: stop strings alone pad nothing
             nxt = torch.where(unfinished, nxt, torch.full_like(nxt, plan.pad_token_id))
         tokens[:, cur] = nxt
         cur += 1
