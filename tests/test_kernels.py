@@ -464,6 +464,21 @@ def test_quantize_int8_auto_keeps_the_measured_winner_per_layer(table, monkeypat
 
 
 @needs_dynamic
+@needs_dynamic
+@pytest.mark.parametrize("engine", dynamic_engines() or ["none"])
+def test_the_cold_copies_of_an_int8_layer_multiply_as_it_does(engine):
+    """quantize_int8 times an int8 layer on copies packed from its int8 weight (DynamicInt8Linear.copier):
+    each its own packed weight and handle, the same products bit for bit."""
+    layer = Linear(96, 80)
+    q = DynamicInt8Linear.from_float(layer, engine)
+    make = q.copier()
+    copies = [make() for _ in range(3)]
+    x = torch.randn(5, 96)
+    for c in copies:
+        assert c._packed is not q._packed and c.handle != q.handle
+        assert torch.equal(c(x), q(x)) and c.engine == engine and c.reduce_range == q.reduce_range
+
+
 def test_int8_kernels_are_timed_on_weights_read_from_memory(table, monkeypatch):
     """As for float32 (above): each int8 candidate, and the float layer it must beat, cycles through copies
     of its weights, so a decision is not taken on weights that sit in the cache (a 768 x 3072 int8 weight
