@@ -469,7 +469,7 @@ def test_quantize_int8_auto_keeps_the_measured_winner_per_layer(table, monkeypat
 def test_the_cold_copies_of_an_int8_layer_multiply_as_it_does(engine):
     """quantize_int8 times an int8 layer on copies packed from its int8 weight (DynamicInt8Linear.copier):
     each its own packed weight and handle, the same products bit for bit."""
-    layer = Linear(96, 80)
+    layer = torch.nn.Linear(96, 80)  # initialized (gpt2kit's Linear leaves its weight to the loader)
     q = DynamicInt8Linear.from_float(layer, engine)
     make = q.copier()
     copies = [make() for _ in range(3)]
@@ -477,6 +477,35 @@ def test_the_cold_copies_of_an_int8_layer_multiply_as_it_does(engine):
     for c in copies:
         assert c._packed is not q._packed and c.handle != q.handle
         assert torch.equal(c(x), q(x)) and c.engine == engine and c.reduce_range == q.reduce_range
+
+
+@needs_dynamic
+def test_an_int8_layer_called_from_python_skips_torch_functions_question_to_its_weight(monkeypatch):
+    """An eager int8 call names the op's overload and does not ask the packed weight for __torch_function__
+    (a ScriptObject answers by raising a C++ exception: ~10 us a call); a tensor subclass input still gets its
+    __torch_function__, and the products are the same."""
+    q = DynamicInt8Linear.from_float(torch.nn.Linear(96, 80), dynamic_engines()[0])
+    x = torch.randn(3, 96)
+    asked = []
+    real_getattr = torch.ScriptObject.__getattr__
+    monkeypatch.setattr(
+        torch.ScriptObject, "__getattr__", lambda self, name: asked.append(name) or real_getattr(self, name)
+    )
+    want = torch.ops.quantized.linear_dynamic(x, q._packed, q.reduce_range)
+    assert asked == ["__torch_function__"]  # what the plain call does (the spy sees it)
+    asked.clear()
+    assert torch.equal(q(x), want)
+    assert asked == []
+    seen = []
+
+    class Watched(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    y = q(x.as_subclass(Watched))
+    assert seen and torch.equal(y.as_subclass(torch.Tensor), want)
 
 
 def test_int8_kernels_are_timed_on_weights_read_from_memory(table, monkeypatch):
