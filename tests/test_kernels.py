@@ -427,6 +427,7 @@ def test_an_engine_right_only_at_its_first_row_count_is_not_used(table, monkeypa
         with monkeypatch.context() as patch:
             patch.setattr(torch.ops.quantized, "linear_prepack", prepack)
             patch.setattr(torch.ops.quantized, "linear_dynamic", linear)
+            patch.setattr(quant, "_LINEAR_DYNAMIC", linear)  # the overload eager layers call
             assert "onednn" not in dynamic_engines() and "fbgemm" in dynamic_engines()
             patch.setattr(quant, "_engine_runs", lambda engine: True)  # a fault the engine check missed
             fake_timings(monkeypatch, seconds)
