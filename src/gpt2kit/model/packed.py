@@ -79,9 +79,9 @@ class PackedLinear(nn.Module):
         return cls(out_in_weight(module, "pack"), module.bias, batch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, self.in_features)
-        y = _lp(x2, self.packed_weight, self.bias)
-        return y.view(*x.shape[:-1], self.out_features)
+        if x.dim() >= 2:  # oneDNN takes (..., K) of any strides: no reshape and view (2 ops a layer, recorded)
+            return _lp(x, self.packed_weight, self.bias)
+        return _lp(x.reshape(1, -1), self.packed_weight, self.bias).view(self.out_features)
 
     def extra_repr(self) -> str:
         return (
