@@ -79,7 +79,8 @@ class PackedLinear(nn.Module):
         return cls(out_in_weight(module, "pack"), module.bias, batch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() >= 2:  # oneDNN takes (..., K) of any strides: no reshape and view (2 ops a layer, recorded)
+        # oneDNN takes (..., K) of any strides: no reshape and view around it (5 recorded ops a layer)
+        if x.dim() >= 2:
             return _lp(x, self.packed_weight, self.bias)
         return _lp(x.reshape(1, -1), self.packed_weight, self.bias).view(self.out_features)
 
