@@ -465,7 +465,6 @@ def test_quantize_int8_auto_keeps_the_measured_winner_per_layer(table, monkeypat
 
 
 @needs_dynamic
-@needs_dynamic
 @pytest.mark.parametrize("engine", dynamic_engines() or ["none"])
 def test_the_cold_copies_of_an_int8_layer_multiply_as_it_does(engine):
     """quantize_int8 times an int8 layer on copies packed from its int8 weight (DynamicInt8Linear.copier):
