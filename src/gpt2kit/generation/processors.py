@@ -48,15 +48,16 @@ class _Forbid:
         self.key: tuple | None = None
         self.ids: torch.Tensor | None = None
 
-    def __call__(self, ids: torch.Tensor, scores: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+    def __call__(self, ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         key = (scores.shape[-1], scores.device, id(ids))
         if self.key != key or self.ids is None:
-            vocab = scores.shape[-1]
-            kept = ids.to(scores.device)
-            self.ids, self.key = kept[(kept >= 0) & (kept < vocab)], key
-        if in_place:
-            return scores.index_fill_(-1, self.ids, NEG_INF)
+            self.ids, self.key = in_vocabulary(ids.to(scores.device), scores.shape[-1]), key
         return scores.index_fill(-1, self.ids, NEG_INF)
+
+
+def in_vocabulary(ids: torch.Tensor, vocab: int) -> torch.Tensor:
+    """The ids a vocabulary of `vocab` tokens has (transformers ignores the others)."""
+    return ids[(ids >= 0) & (ids < vocab)]
 
 
 def _check_min_tokens_to_keep(min_tokens_to_keep: int) -> None:
@@ -405,18 +406,13 @@ class MinLengthLogitsProcessor(LogitsProcessor):
         self._forbid = _Forbid()
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        return self.mask_(input_ids.shape[-1], scores, in_place=False)
+        if not self.active(input_ids.shape[-1]):
+            return scores
+        return self._forbid(self.eos_token_id, scores)
 
     def active(self, length: int) -> bool:
-        """Whether eos is forbidden for a sequence of `length` tokens."""
+        """Whether eos is forbidden for a sequence of `length` tokens (search.decode reads it too)."""
         return length < self.min_length
-
-    def mask_(self, length: int, scores: torch.Tensor, in_place: bool = True) -> torch.Tensor:
-        """What __call__ does for sequences of `length` tokens; in_place writes into scores (decoding that
-        keeps no scores: search.decode)."""
-        if not self.active(length):
-            return scores
-        return self._forbid(self.eos_token_id, scores, in_place)
 
 
 class MinNewTokensLengthLogitsProcessor(LogitsProcessor):
@@ -440,18 +436,13 @@ class MinNewTokensLengthLogitsProcessor(LogitsProcessor):
         self._forbid = _Forbid()
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        return self.mask_(input_ids.shape[-1], scores, in_place=False)
+        if not self.active(input_ids.shape[-1]):
+            return scores
+        return self._forbid(self.eos_token_id, scores)
 
     def active(self, length: int) -> bool:
         """Whether eos is forbidden for a sequence of `length` tokens (prompt included)."""
         return length - self.prompt_length_to_skip < self.min_new_tokens
-
-    def mask_(self, length: int, scores: torch.Tensor, in_place: bool = True) -> torch.Tensor:
-        """What __call__ does for sequences of `length` tokens; in_place writes into scores (decoding that
-        keeps no scores: search.decode)."""
-        if not self.active(length):
-            return scores
-        return self._forbid(self.eos_token_id, scores, in_place)
 
 
 class ForcedEOSTokenLogitsProcessor(LogitsProcessor):

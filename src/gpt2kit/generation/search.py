@@ -27,10 +27,12 @@ import torch
 from gpt2kit.generation import traced
 from gpt2kit.generation.config import GenerationConfig
 from gpt2kit.generation.processors import (
+    NEG_INF,
     LogitsProcessorList,
     MinLengthLogitsProcessor,
     MinNewTokensLengthLogitsProcessor,
     build_processors,
+    in_vocabulary,
 )
 from gpt2kit.model.attention import AttentionMask
 from gpt2kit.model.cache import Cache, DynamicCache, StaticCache, as_cache
@@ -371,7 +373,7 @@ def _drop_frozen_weights(modules: list) -> None:
                 delattr(module, name)
 
 
-# Processors whose effect decode() may apply in place (mask_): they forbid eos up to a length.
+# Processors whose effect decode() may apply in place (_forbidden_ids): they forbid eos up to a length.
 _EOS_MASKS = (MinLengthLogitsProcessor, MinNewTokensLengthLogitsProcessor)
 
 
@@ -1018,8 +1020,8 @@ def _step_function(
     position cur - 1: the eager decode_one_token, the compiled fixed-shape decode_one_token_static, or
     without a cache a forward pass over the whole history. trace: the eager step may be recorded and
     replayed without Python (traced.py; the same logits), for loops that feed it one position after another.
-    pick: greedy decoding's eos masks (_in_place_masks); a recorded step then also applies them and takes the
-    argmax, and returns (scores, next tokens (B,)) instead of the logits."""
+    pick: greedy decoding's ids to forbid per length (_forbidden_ids); a recorded step then also applies
+    them and takes the argmax, and returns (scores, next tokens (B,)) instead of the logits."""
     if cache is None:
         return _recompute_step(model, plan, mask, record)
     inputs = _step_inputs(plan)
@@ -1077,23 +1079,20 @@ def _step_function(
     return step
 
 
-def _traced_step(model, plan: _Plan, cache: StaticCache, mask: torch.Tensor | None, pick: list | None = None):
+def _traced_step(model, plan: _Plan, cache: StaticCache, mask: torch.Tensor | None, pick=None):
     """_step_function's eager step, recorded by traced.TracedDecode once the call is long enough; with pick,
     the step that also makes greedy decoding's choice (traced._PickStep)."""
     B, T = plan.input_ids.shape
     padded = mask is not None and not bool(mask[:, :T].all())  # an all-ones mask is no mask (GPT2Model)
     run = traced.TracedDecode(model, B, padded, steps=plan.max_length - T, pick=pick is not None)
     probe = torch.empty(cache.max_length, device=plan.input_ids.device)
-    forbidden = (
-        _forbidden_ids(pick, model.config.vocab_size, plan.input_ids.device) if pick is not None else None
-    )
 
     def step(tokens, cur, position_ids, history=None):
         keys_mask = mask[:, :cur] if padded else None
-        if forbidden is None:
+        if pick is None:
             out = run(tokens, position_ids, cache.k, cache.v, probe[:cur], keys_mask)
         else:  # the logits are for a sequence of cur tokens: the masks in force at that length
-            out = run(tokens, position_ids, cache.k, cache.v, probe[:cur], forbidden(cur), keys_mask)
+            out = run(tokens, position_ids, cache.k, cache.v, probe[:cur], pick(cur), keys_mask)
         cache.lengths = [cur] * len(cache.lengths)
         return out
 
@@ -1111,7 +1110,7 @@ def _forbidden_ids(masks: list, vocab: int, device: torch.device):
         if ids is None:
             parts = [p.eos_token_id for p, active in zip(masks, on, strict=True) if active]
             ids = torch.cat(parts).unique() if parts else torch.empty(0, dtype=torch.long)
-            ids = kept[on] = ids[(ids >= 0) & (ids < vocab)].to(device)
+            ids = kept[on] = in_vocabulary(ids, vocab).to(device)
         return ids
 
     return forbidden
@@ -1151,7 +1150,8 @@ def decode(
     if state is not None:
         state["cache"] = cache
     masks = _in_place_masks(plan, scores_out, logits_out)
-    pick = masks if masks is not None and not cfg.do_sample else None
+    forbidden = _forbidden_ids(masks, model.config.vocab_size, device) if masks is not None else None
+    pick = forbidden if not cfg.do_sample else None
     step = _step_function(model, plan, cache, mask, record, trace=True, pick=pick)
     unfinished = torch.ones(B, dtype=torch.bool, device=device)
 
@@ -1169,10 +1169,11 @@ def decode(
         if picked is not None:
             nxt = picked
         else:
-            if masks is not None:
-                with torch.inference_mode():  # the step's logits are inference tensors
-                    for p in masks:
-                        p.mask_(cur, logits)
+            if forbidden is not None:
+                ids = forbidden(cur)
+                if ids.numel():
+                    with torch.inference_mode():  # the step's logits are inference tensors
+                        logits.index_fill_(-1, ids, NEG_INF)
                 scores = logits
             else:
                 scores = plan.processors(tokens[:, :cur], logits)
