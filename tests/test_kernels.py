@@ -39,7 +39,7 @@ def fake_timings(monkeypatch, seconds: dict[str, float]) -> list[str]:
     """time_candidates returns these seconds; the list records which candidates were offered."""
     offered: list[str] = []
 
-    def fake(calls):
+    def fake(calls, cold=False):
         offered.extend(calls)
         for call in calls.values():
             call()  # every candidate must at least run
@@ -138,7 +138,9 @@ def test_the_timer_ranks_candidates_that_differ():
 def test_unsteady_timings_are_used_but_not_cached(table, tmp_path, monkeypatch):
     """A busy CPU (units spread beyond NOISE) decides for this process only; the next one measures again."""
     assert kernels.steady({"a": [1.0, 1.1, 1.2]}) and not kernels.steady({"a": [1.0, 3.0, 3.0]})
-    monkeypatch.setattr(kernels, "time_candidates", lambda calls: {"torch": [1, 3, 3], "onednn": [0.5] * 3})
+    monkeypatch.setattr(
+        kernels, "time_candidates", lambda calls, cold: {"torch": [1, 3, 3], "onednn": [0.5] * 3}
+    )
     d = table.decide("f", 64, 64, 1, two)
     assert d.choice == "onednn" and not d.steady
     assert table.get("f:64x64:1") is d  # used by this process
@@ -255,23 +257,54 @@ def test_split_k_is_the_same_product_in_either_layout(threads, rows, layout):
 
 def test_few_rows_are_timed_on_weights_read_from_memory(monkeypatch):
     """A decode step reads each weight from DRAM; a weight timed over and over sits in the cache and ran
-    2x faster than in a decode step, reordering the kernels. Few-row candidates cycle through copies."""
+    2x faster than in a decode step, reordering the kernels. Few-row candidates cycle through up to
+    COLD_COPIES copies, and the timer reads an eviction buffer between calls for the rest."""
     assert kernels.working_set_bytes() >= 2 << 20  # twice the last-level cache, 32 MiB where unknown
-    monkeypatch.setattr(kernels, "working_set_bytes", lambda: 10_000)
+    monkeypatch.setattr(kernels, "last_level_cache_bytes", lambda: 10_000)
     made = []
     copies = kernels.cold_copies("w", lambda: made.append(1) or "copy", 1_000, rows=1)
-    assert copies[0] == "w" and len(copies) == 10 and len(made) == 9
+    assert copies[0] == "w" and len(copies) == kernels.COLD_COPIES and len(made) == kernels.COLD_COPIES - 1
     assert kernels.cold_copies("w", lambda: "copy", 1_000, rows=64) == ["w"]  # many rows: cache-friendly
-    assert kernels.cold_copies("w", lambda: "copy", 50_000, rows=1) == ["w"]  # already bigger than the cache
+    assert kernels.cold_copies("w", lambda: "copy", 10_000, rows=1) == ["w"]  # pushes itself out of the cache
+    assert len(kernels.cold_copies("w", lambda: "copy", 4_000, rows=1)) == 3  # 3 fill the cache
+    # Timed without eviction between calls, copies alone fill twice the cache
+    assert len(kernels.cold_copies("w", lambda: "copy", 1_000, rows=1, evicted=False)) == 20
     w = torch.randn(384, 256).t()  # a projection's (in, out) storage seen as (out, in)
-    monkeypatch.setattr(kernels, "working_set_bytes", lambda: 10 * w.numel() * 4)
+    monkeypatch.setattr(kernels, "last_level_cache_bytes", lambda: 10 * w.numel() * 4)
     seen = []
     calls = matmul._candidates(1, w)
     monkeypatch.setattr(matmul, "_lp", lambda x, weight, b: seen.append(weight) or x)
     for _ in range(12):
         calls["onednn"]()
-    assert len({t.data_ptr() for t in seen}) == 10 and all(t.stride() == w.stride() for t in seen)
+    assert len({t.data_ptr() for t in seen}) == kernels.COLD_COPIES and all(
+        t.stride() == w.stride() for t in seen
+    )
     assert all(torch.equal(t, w) for t in seen)
+
+
+def test_the_cold_timer_evicts_before_every_timed_call(monkeypatch):
+    """time_candidates(cold=True) reads a slice of the eviction buffer before each call, one call per unit
+    slot (up to COLD_COPIES), and frees the buffer when done; hot timing reads none."""
+    events: list[str] = []
+    real_evict = kernels._Evictor.evict
+    monkeypatch.setattr(kernels._Evictor, "evict", lambda self: events.append("evict") or real_evict(self))
+    monkeypatch.setattr(kernels, "working_set_bytes", lambda: 1 << 20)
+    units = kernels.time_candidates(
+        {"a": lambda: events.append("a"), "b": lambda: events.append("b")}, cold=True
+    )
+    timed = events[2:]  # after the two warm-up calls
+    assert timed and all(timed[i] == "evict" and timed[i + 1] in "ab" for i in range(0, len(timed), 2)), (
+        timed[:12]
+    )
+    assert len(units["a"]) == kernels.ROUNDS and timed.count("a") == kernels.ROUNDS * kernels.COLD_COPIES
+    assert kernels.EVICTOR._slices == []  # freed
+    events.clear()
+    kernels.time_candidates({"a": lambda: events.append("a")})
+    assert "evict" not in events
+    with kernels.EVICTOR.held():  # held across several measurements (quantize_int8, pack_weights)
+        kernels.time_candidates({"a": lambda: None}, cold=True)
+        assert len(kernels.EVICTOR._slices) == kernels.SLICES
+    assert kernels.EVICTOR._slices == []
 
 
 # --- packing --------------------------------------------------------------------------------------------
@@ -465,6 +498,31 @@ def test_quantize_int8_auto_keeps_the_measured_winner_per_layer(table, monkeypat
 
 
 @needs_dynamic
+def test_timing_the_float_lm_head_leaves_no_copy_behind(table, monkeypatch):
+    """quantize_int8 times the float LM head, whose own kernel decision may be split-K on an (in, out) copy
+    of its weight (matmul.io_copy: 154 MB for GPT-2). A tied head's weight is the embedding, which the int8
+    model keeps: the copy must not stay alive with it (a first quantize_int8 of 124M kept 154 MB)."""
+    before, threads = matmul.cpu_matmul(), torch.get_num_threads()
+    matmul.set_cpu_matmul("auto")
+    torch.set_num_threads(2)
+    try:
+        model = lm(vocab=1200)  # 256 x 1200 at one row: above MIN_MACS, so the float head decides
+        fake_timings(
+            monkeypatch,
+            {"torch": 4, "onednn": 4, "splitk": 4, "splitk-io": 1, "float": 2}
+            | {f"dynamic-{e}": 1 for e in dynamic_engines()},
+        )
+        quantize_int8(model)
+        assert table.get("fp32-oi:256x1200:1").choice == "splitk-io"  # the float head's copy was made
+        assert isinstance(model.lm_head, DynamicInt8Linear)
+        wte = model.transformer.wte.weight
+        assert [c for w, *_, c in matmul._io_copies.values() if w() is wte] in ([], [None])
+    finally:
+        matmul.set_cpu_matmul(before)
+        torch.set_num_threads(threads)
+
+
+@needs_dynamic
 @pytest.mark.parametrize("engine", dynamic_engines() or ["none"])
 def test_the_cold_copies_of_an_int8_layer_multiply_as_it_does(engine):
     """quantize_int8 times an int8 layer on copies packed from its int8 weight (DynamicInt8Linear.copier):
@@ -513,8 +571,10 @@ def test_int8_kernels_are_timed_on_weights_read_from_memory(table, monkeypatch):
     of its weights, so a decision is not taken on weights that sit in the cache (a 768 x 3072 int8 weight
     timed over and over multiplied 2.4x faster than read from memory, on a Zen 5 EPYC)."""
     model = lm()  # 256 wide, vocabulary 512: the first int8 decision is the LM head's, 512 x 256
-    monkeypatch.setattr(kernels, "working_set_bytes", lambda: 8 * 512 * 256)  # 8 int8 copies, 2 float ones
-    monkeypatch.setattr(kernels, "last_level_cache_bytes", lambda: 4096)  # the model does not fit in it
+    monkeypatch.setattr(kernels, "working_set_bytes", lambda: 8 * 512 * 256)
+    # The model does not fit in this cache: timed cold, 4 copies of an int8 weight fill it, 1 of a float one
+    monkeypatch.setattr(kernels, "last_level_cache_bytes", lambda: 4 * 512 * 256)
+    colds = []
     used: dict[str, set[int]] = {}
     current = [""]
     for cls in (DynamicInt8Linear, type(model.lm_head)):
@@ -527,7 +587,8 @@ def test_int8_kernels_are_timed_on_weights_read_from_memory(table, monkeypatch):
 
         monkeypatch.setattr(cls, "forward", spy)
 
-    def fake(calls):
+    def fake(calls, cold):
+        colds.append(cold)
         if not used and any(name.startswith("dynamic-") for name in calls):  # the first int8 decision
             for name, call in calls.items():
                 current[0] = name
@@ -538,8 +599,9 @@ def test_int8_kernels_are_timed_on_weights_read_from_memory(table, monkeypatch):
 
     monkeypatch.setattr(kernels, "time_candidates", fake)
     quantize_int8(model)
-    assert len(used.pop("float")) == 2 and len(used) == len(dynamic_engines())
-    assert all(len(ids) == 8 for ids in used.values()), {k: len(v) for k, v in used.items()}
+    assert len(used.pop("float")) == 1 and len(used) == len(dynamic_engines())
+    assert all(len(ids) == kernels.COLD_COPIES for ids in used.values()), {k: len(v) for k, v in used.items()}
+    assert colds[0] is True  # the timer evicts between the calls
     assert all("in-cache" not in key for key in table.decisions())
     # A model whose weights fit in the last-level cache is read from there: timed there, no copies, and a
     # decision of its own (the same shape in a bigger model is timed cold). Its int8 weights may fit where its
@@ -550,7 +612,9 @@ def test_int8_kernels_are_timed_on_weights_read_from_memory(table, monkeypatch):
     ):
         monkeypatch.setattr(kernels, "last_level_cache_bytes", lambda llc=llc: llc)
         used.clear()
+        colds.clear()
         quantize_int8(lm())
+        assert colds[0] is False  # read from the cache: no eviction (the float copies fill twice the cache)
         assert len(used.pop("float")) == float_copies and all(
             len(ids) == int8_copies for ids in used.values()
         )

@@ -28,6 +28,7 @@ than there are is used but not cached; a load that /proc/stat does not show can 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -62,8 +63,9 @@ NOISE = 1.5
 # Part of every cache key: bump it when the candidates or the way they are timed change, so decisions
 # taken without a new candidate are measured again (2: split-K for float32; cold weights for few rows;
 # 3: split-K on an (in, out) copy of an (out, in) weight, the LM head; 4: oneDNN's blocked layout for one-row
-# packed products, and the CPU's family / model / stepping in the key; 5: int8 kernels timed on cold weights).
-CANDIDATES_VERSION = 5
+# packed products, and the CPU's family / model / stepping in the key; 5: int8 kernels timed on cold weights;
+# 6: cold timing reads an eviction buffer between calls on up to COLD_COPIES copies).
+CANDIDATES_VERSION = 6
 
 _ISA_FLAGS = (
     "avx2",
@@ -314,42 +316,112 @@ def last_level_cache_bytes() -> int:
 
 
 def working_set_bytes() -> int:
-    """Bytes of weights to cycle through when timing few-row products: twice the last-level cache, so each
-    call reads its weight from memory as a decode step does."""
+    """Bytes that pass through the caches between two calls on the same weight when timing few-row products:
+    twice the last-level cache, so each call reads its weight from memory as a decode step does."""
     return min(2 * last_level_cache_bytes(), 512 << 20)
 
 
-def cold_copies(first: object, make: Callable[[], object], nbytes: int, rows: int) -> list:
-    """A weight (first, of nbytes) and copies of it (make() builds one) to cycle through while timing a product of `rows`
-    rows: at most 16 rows a product is bound by reading its weight, and a decode step reads each weight from
-    memory, not from the cache where a weight timed over and over would sit (on the dev VM a 768x3072
-    layer timed that way ran 2x faster than in a decode step, and the ranking of kernels changed). More
-    rows reuse each weight row enough that the cache matters little: one copy."""
-    count = 1 if rows > 16 else max(1, -(-working_set_bytes() // max(nbytes, 1)))
+# Few-row candidates cycle through at most this many copies of their weight; reads of an eviction buffer
+# between the calls make up the rest of the working set.
+COLD_COPIES = 4
+
+
+def cold_copies(
+    first: object, make: Callable[[], object], nbytes: int, rows: int, evicted: bool = True
+) -> list:
+    """A weight (first, of nbytes) and copies of it (make() builds one) to cycle through while timing a product
+    of `rows` rows: at most 16 rows a product is bound by reading its weight, and a decode step reads each
+    weight from memory, not from the cache where a weight timed over and over would sit (on the dev VM a 768 x
+    3072 layer timed that way ran 2x faster than in a decode step, and the ranking of kernels changed). Few
+    copies where time_candidates(cold=True) reads an eviction buffer between the calls (copies filling the
+    whole working set, up to 109 of a small int8 weight, cost ~1.7 of the 3.9 s a 124M model's first
+    quantize_int8 took, prepacking them); enough to fill it where it does not (evicted=False). More rows
+    reuse each weight row enough that the cache matters little: one copy."""
+    if rows > 16:
+        return [first]
+    # evicted: the slices read between calls pass the cache's size; a weight at least that big pushes itself
+    # out (the int8 LM head, 38.6 MB) and needs no copy
+    fill = last_level_cache_bytes() if evicted else working_set_bytes()
+    count = max(1, -(-fill // max(nbytes, 1)))
+    count = min(count, COLD_COPIES) if evicted else count
     return [first] + [make() for _ in range(count - 1)]
 
 
-def time_candidates(calls: dict[str, Callable[[], object]]) -> dict[str, list[float]]:
+# The eviction buffer is read in slices of this fraction of it: with COLD_COPIES copies in the cycle, at least
+# the last-level cache's size, plus the other copies, passes between two calls on one copy. (Bigger slices
+# slowed the next call beyond what it takes in a decode step: 16 MB ones made a small int8 product ~1.5x
+# slower on the dev VM, 8 MB ones matched.)
+SLICES = 2 * COLD_COPIES
+
+
+class _Evictor:
+    """A buffer of working_set_bytes(), read a slice at a time between cold timed calls. Held while
+    measurements run (held() is re-entrant) and freed after: allocating and touching 64 MB costs ~15 ms,
+    reading a slice ~0.2-0.4 ms on the dev VM."""
+
+    def __init__(self) -> None:
+        self._depth = 0
+        self._slices: list[torch.Tensor] = []
+        self._next = 0
+
+    @contextlib.contextmanager
+    def held(self):
+        self._depth += 1
+        try:
+            yield self
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self._slices = []
+
+    def evict(self) -> None:
+        if not self._slices:
+            buf = torch.ones(max(working_set_bytes() // 4, SLICES))  # touched: not the shared zero page
+            self._slices = list(buf.chunk(SLICES))
+        self._slices[self._next % len(self._slices)].sum()
+        self._next += 1
+
+
+EVICTOR = _Evictor()
+
+
+def time_candidates(calls: dict[str, Callable[[], object]], cold: bool = False) -> dict[str, list[float]]:
     """Seconds per call of each candidate, one figure per timed unit, taken in rounds A B C, A B C, ...
     (interleaving spreads the machine's drift over all candidates). A unit repeats a fast call until it
     lasts ~UNIT_S, so one scheduler hiccup cannot decide a 50-microsecond product; a candidate stops once it
-    has used BUDGET_S and has 2 units."""
+    has used BUDGET_S and has 2 units.
+
+    cold: the calls cycle through copies of their weights (cold_copies) and each must find its weight in
+    memory; a unit is then up to COLD_COPIES calls, each timed alone after reading a slice of the eviction buffer
+    (on the dev VM this matched each product's time in a decode step within ~10%: a call right after
+    flushing the whole cache ran up to 2.5x slower, and calls back to back on copies alone needed up to 109
+    copies)."""
     units: dict[str, list[float]] = {name: [] for name in calls}
     spent = dict.fromkeys(calls, 0.0)
     repeats = {}
-    with torch.no_grad():
+    with torch.no_grad(), EVICTOR.held():
         for name, call in calls.items():  # warm-up, and the repeats for a unit
             t0 = time.perf_counter()
             call()
-            repeats[name] = max(1, min(200, int(UNIT_S / max(time.perf_counter() - t0, 1e-7))))
+            fit = int(UNIT_S / max(time.perf_counter() - t0, 1e-7))
+            # cold: a call of 2 ms is a unit of its own; shorter ones a pass over their copies
+            repeats[name] = max(1, min(COLD_COPIES if cold else 200, fit))
         for round_ in range(ROUNDS):
             for name, call in calls.items():
                 if round_ >= 2 and spent[name] >= BUDGET_S:
                     continue
-                t0 = time.perf_counter()
-                for _ in range(repeats[name]):
-                    call()
-                dt = time.perf_counter() - t0
+                dt = 0.0
+                if cold:
+                    for _ in range(repeats[name]):
+                        EVICTOR.evict()
+                        t0 = time.perf_counter()
+                        call()
+                        dt += time.perf_counter() - t0
+                else:
+                    t0 = time.perf_counter()
+                    for _ in range(repeats[name]):
+                        call()
+                    dt = time.perf_counter() - t0
                 spent[name] += dt
                 units[name].append(dt / repeats[name])
                 running = runnable_tasks()
@@ -474,11 +546,14 @@ class KernelTable:
         rows: int,
         candidates: Callable[[int], dict[str, Callable]],
         floor: str = "torch",
+        cold: bool | None = None,
     ) -> Decision:
         """The decision for (family, K, N, rows' bucket), measured now if this machine has none yet.
 
         candidates(rows) returns {name: zero-argument call} for the rows to time; `floor` (when present:
-        torch's kernel, or the layer as it is) is the one the others must beat by MARGIN.
+        torch's kernel, or the layer as it is) is the one the others must beat by MARGIN. cold: whether the
+        calls must find their weights in memory (time_candidates); by default where at most 16 rows are timed
+        (cold_copies gives them copies to cycle through).
         """
         bucket = row_bucket(rows)
         key = decision_key(family, k, n, rows)
@@ -493,7 +568,7 @@ class KernelTable:
             else:
                 t0 = time.perf_counter()
                 _running.clear()
-                units = time_candidates(calls)
+                units = time_candidates(calls, cold=m <= 16 if cold is None else cold)
                 seconds = {name: min(u) for name, u in units.items()}
                 persist = steady(units) and not crowded(_running)
                 gflops = {name: round(2 * m * k * n / s / 1e9, 1) for name, s in seconds.items()}

@@ -132,7 +132,7 @@ def pack_weights(
         count += 1
         return PackedLinear.from_float(layer, layout_rows)
 
-    with torch.no_grad():
+    with torch.no_grad(), kernels.EVICTOR.held():  # one eviction buffer for all the decisions
         replace_projections(model, make, lm_head)
     model.packed = count
     return model

@@ -44,7 +44,7 @@ from torch import nn
 
 from gpt2kit.model import kernels
 from gpt2kit.model.linear import layout, out_in_weight, replace_projections
-from gpt2kit.model.matmul import is_compiling
+from gpt2kit.model.matmul import drop_io_copy, is_compiling
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +58,10 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     Symmetric, per output channel: a row's largest magnitude maps to 127.
     """
     w = weight.detach().float()
-    scales = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-    q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
+    # the largest magnitude without an abs() copy, and one temporary for the rest (in place): a 124M model's
+    # 124M weights took 0.5 s to quantize with a new tensor per step, most of it faulting in fresh memory
+    scales = torch.linalg.vector_norm(w, ord=float("inf"), dim=1).clamp(min=1e-12) / 127.0
+    q = torch.div(w, scales[:, None]).round_().clamp_(-127, 127).to(torch.int8)
     return q.contiguous(), scales
 
 
@@ -203,8 +205,8 @@ class DynamicInt8Linear(nn.Module):
         self.out_features, self.in_features = weight.shape
         self.engine = engine
         self.reduce_range = _reduce_range()
-        w = weight.detach().float().contiguous()
-        q, scales = quantize_weight(w)
+        # any strides: a projection's (in, out) storage seen as (out, in) quantizes without a float copy
+        q, scales = quantize_weight(weight)
         with warnings.catch_warnings():  # torch deprecates quantized tensors; its dynamic kernels need one
             warnings.simplefilter("ignore")
             zeros = torch.zeros(scales.shape, dtype=torch.long, device=q.device)
@@ -340,13 +342,20 @@ def _choose(
         if known.choice == "float" and method == "auto":
             return layer
     built: dict[str, nn.Module] = {}
+    weight, bias = out_in_weight(layer, "quantize"), layer.bias
+
+    def reference(x: torch.Tensor) -> torch.Tensor:
+        # torch's product, not layer(x): at four rows the layer would take (and time) a float32 kernel
+        # decision for 2-16 rows that an int8 model never uses (~0.4 s of a first quantize_int8)
+        return torch.nn.functional.linear(x, weight, bias)
+
     for name, build in builders.items():
         try:
             candidate = build(layer)  # type: ignore[operator]
             # An inexact engine is no candidate; one row, then four, as decoding follows a prompt (a kernel
             # right only at its first call's row count fails here: see _engine_runs).
             probes = [kernels.random_input(rows, k, dtype=dtype) for rows in (1, 4)]
-            if max(_relative_error(candidate(p), layer(p)) for p in probes) < 0.04:
+            if max(_relative_error(candidate(p), reference(p)) for p in probes) < 0.04:
                 built[name] = candidate
         except (RuntimeError, NotImplementedError) as e:
             logger.debug("int8 kernel %s cannot run here: %s", name, e)
@@ -365,7 +374,11 @@ def _choose(
         x = kernels.random_input(m, k, dtype=dtype)
 
         def cycle(first: nn.Module, make, nbytes: int, hot: bool):
-            return itertools.cycle([first] if hot else kernels.cold_copies(first, make, nbytes, m))
+            # timed cold (nothing fits in the cache), the timer evicts between calls: a few copies; else the
+            # float layer's copies alone must push each other out of the cache
+            return itertools.cycle(
+                [first] if hot else kernels.cold_copies(first, make, nbytes, m, not cached)
+            )
 
         calls = {}
         for name, c in built.items():
@@ -378,7 +391,7 @@ def _choose(
         return calls
 
     floor = "float" if method == "auto" else ""
-    choice = kernels.TABLE.decide(family, k, n, 1, candidates, floor=floor).choice
+    choice = kernels.TABLE.decide(family, k, n, 1, candidates, floor=floor, cold=not cached).choice
     return built.get(choice, layer)
 
 
@@ -437,6 +450,10 @@ def quantize_int8(model: nn.Module, lm_head: bool = True, method: str = "auto") 
 
     def make(layer: nn.Module) -> nn.Module:
         new = _choose(layer, dtype, method, cached) if on_cpu else Int8Linear.from_float(layer, dtype)
+        if new is not layer and isinstance(getattr(layer, "weight", None), torch.Tensor):
+            # Timing the float layer may have made its LM head an (in, out) copy (matmul.io_copy, 154 MB for
+            # GPT-2), which a tied head's weight, the embedding, would keep alive: the int8 layer replaces it.
+            drop_io_copy(layer.weight)
         if new is layer:
             kind = "float"
         elif isinstance(new, DynamicInt8Linear):
@@ -446,7 +463,7 @@ def quantize_int8(model: nn.Module, lm_head: bool = True, method: str = "auto") 
         used[kind] = used.get(kind, 0) + 1
         return new
 
-    with torch.no_grad():
+    with torch.no_grad(), kernels.EVICTOR.held():  # one eviction buffer for all the decisions
         replace_projections(model, make, lm_head)
     model.quantized = "int8 (" + ", ".join(f"{k} x{n}" for k, n in sorted(used.items())) + ")"
     return model
