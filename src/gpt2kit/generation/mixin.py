@@ -82,9 +82,7 @@ class GenerationMixin:
         >>> out = model.generate(**tok(["Hello"], return_tensors="pt"), max_new_tokens=20)  # doctest: +SKIP
         """
         from gpt2kit.generation.search import generate
-        from gpt2kit.model import hugepages
 
-        hugepages.adopt(self)  # once: decoding streams every weight a step (model/hugepages.py)
         return generate(self, input_ids, attention_mask, generation_config, streamer, **kwargs)
 
     def compute_transition_scores(

@@ -34,6 +34,7 @@ from gpt2kit.generation.processors import (
     build_processors,
     in_vocabulary,
 )
+from gpt2kit.model import hugepages
 from gpt2kit.model.attention import AttentionMask
 from gpt2kit.model.cache import Cache, DynamicCache, StaticCache, as_cache
 from gpt2kit.model.outputs import ModelOutput
@@ -1647,6 +1648,10 @@ def generate(
     plan = plan_generation(
         model, input_ids, attention_mask, generation_config, logits_processor, tokenizer, **kwargs
     )
+    if model.device.type == "cpu" and hugepages.adopt_when_due(
+        model, plan.max_length - plan.input_ids.shape[-1]
+    ):
+        traced.forget(model)  # a long-running model's weights moved into huge pages; recordings hold the old
     cfg = plan.config
     want_dict = cfg.return_dict_in_generate
     scores = [] if want_dict and cfg.output_scores else None

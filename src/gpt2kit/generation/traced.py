@@ -53,6 +53,12 @@ _eager_steps: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictio
 _refused: weakref.WeakKeyDictionary[nn.Module, set] = weakref.WeakKeyDictionary()
 
 
+def forget(model: nn.Module) -> None:
+    """Drop model's recordings and step counts (its weights moved: a recording holds the old ones)."""
+    _recordings.pop(model, None)
+    _eager_steps.pop(model, None)
+
+
 def enabled() -> bool:
     """GPT2KIT_TRACE_DECODE: 1 (default) records decode steps where it can, 0 never does."""
     return os.environ.get("GPT2KIT_TRACE_DECODE", "1").strip() not in ("0", "false", "no", "off")

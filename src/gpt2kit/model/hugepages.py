@@ -8,13 +8,18 @@ loaded side by side in one process and timed interleaved: 20.6 ms a step from th
 anonymous memory, 18.6 in huge pages (lower in 5 of 5 reps).
 
 `adopt(model)` does this for float parameters of at least one huge page (2 MB on x86-64), and gives the
-smaller ones plain copies, so that no tensor keeps the file mapped; generate() and the server's engine call
-it (generate() at batch 1: 19.2 -> 17.7 ms a step, same comparison; batch 8: 44.2 -> 42.9). Parameters that
-share their storage (with another Parameter, a flat buffer, or other processes through share_memory) are
-left as they are. Where the OS has no transparent huge pages (not Linux, or THP "never") nothing is copied;
-`GPT2KIT_HUGEPAGES=0` turns it off. The memory the weights take stays the same after the copy (the file's
-pages become reclaimable page cache); while copying, both are resident. Workers that load the same file no
-longer share its pages.
+smaller ones plain copies, so that no tensor keeps the file mapped (generate() at batch 1: 19.2 -> 17.7 ms a
+step, same comparison; batch 8: 44.2 -> 42.9). Parameters that share their storage (with another Parameter, a
+flat buffer, or other processes through share_memory) are left as they are. Where the OS has no transparent
+huge pages (not Linux, or THP "never") nothing is copied; `GPT2KIT_HUGEPAGES=0` turns it off. The memory the
+weights take stays the same after the copy (the file's pages become reclaimable page cache); while copying,
+both are resident. Workers that load the same file no longer share its pages.
+
+The copy is not free: fresh huge pages must be faulted in, and on a later dev VM (a Firecracker guest, AMD
+EPYC Zen 5) the 124M model's 500 MB took 1.5-1.9 s, a plain copy ~0.1 s, for 3% a step measured there. So
+the server's engine adopts at once (it decodes for hours), and generate() once the model has decoded
+ADOPT_AFTER_STEPS steps in this process (adopt_when_due): a one-off call of a few hundred tokens never pays
+it; `GPT2KIT_HUGEPAGES=1` adopts at the first call.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import mmap
 import os
 import threading
+import weakref
 
 import torch
 from torch import nn
@@ -107,6 +113,26 @@ def _movable(p: torch.Tensor, owners: dict[int, int]) -> bool:
         and not p.is_shared()
         and not p.is_inference()
     )
+
+
+# Steps a model decodes in generate() before its weights move into huge pages (counting the call about to run).
+ADOPT_AFTER_STEPS = 1024
+_decoded: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
+
+
+def adopt_when_due(model: nn.Module, steps: int) -> bool:
+    """generate()'s call before it decodes `steps` steps: adopt(model) once this process has decoded
+    ADOPT_AFTER_STEPS steps with it, these included (at once with GPT2KIT_HUGEPAGES=1). Returns whether
+    any parameter moved (recordings of the model's decode step then hold the old weights)."""
+    if not enabled():
+        return False
+    done = _decoded.get(model, 0) + max(steps, 0)
+    _decoded[model] = done
+    if done < ADOPT_AFTER_STEPS and os.environ.get("GPT2KIT_HUGEPAGES", "").strip() != "1":
+        return False
+    before = getattr(model, "_gpt2kit_hugepages", None)
+    adopt(model)
+    return getattr(model, "_gpt2kit_hugepages", None) != before
 
 
 def adopt(model: nn.Module) -> int:
