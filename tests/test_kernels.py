@@ -791,3 +791,25 @@ def test_deciding_does_not_move_the_global_rng(table):
         assert torch.equal(torch.get_rng_state(), state)
     finally:
         matmul.set_cpu_matmul(before)
+
+
+def test_importing_the_model_does_not_import_dynamo_and_marks_constants_as_it_would():
+    """constant_under_compile marks machine facts for dynamo without importing it (1.3 s of every one-off
+    command's start); the mark is the one torch.compiler.assume_constant_result gives in this torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, gpt2kit.model, gpt2kit.model.kernels as k, gpt2kit.model.matmul as m\n"
+        "assert 'torch._dynamo' not in sys.modules, 'dynamo imported'\n"
+        "print(sorted(n for n in vars(k.native_bf16) if 'dynamo' in n), m._first_policy._dynamo_marked_constant)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["['_dynamo_marked_constant']", "True"]
+
+    def fact() -> bool:
+        return True
+
+    marked = torch.compiler.assume_constant_result(fact)
+    assert {n: v for n, v in vars(marked).items() if "dynamo" in n} == {"_dynamo_marked_constant": True}

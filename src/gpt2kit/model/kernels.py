@@ -37,6 +37,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -215,9 +216,16 @@ class Hardware:
 def constant_under_compile(fn: Callable[[], bool]) -> Callable[[], bool]:
     """fn's answer, a fact of the machine, taken as a constant when torch.compile traces a caller: hardware()
     reads /proc/cpuinfo and torch.get_num_threads(), which dynamo cannot trace, and a graph break there split
-    a compiled training step at every layer's attention (then recompiled per layer, past dynamo's limit)."""
-    assume = getattr(getattr(torch, "compiler", None), "assume_constant_result", None)
-    return assume(fn) if assume is not None else fn
+    a compiled training step at every layer's attention (then recompiled per layer, past dynamo's limit).
+
+    torch.compiler.assume_constant_result imports dynamo, 1.3 of the 4.5 s a one-off `gpt2kit generate` took:
+    until something else imports it (torch.compile does), fn gets the mark that function gives (checked
+    against it in tests/test_kernels.py)."""
+    if "torch._dynamo" in sys.modules:
+        assume = getattr(getattr(torch, "compiler", None), "assume_constant_result", None)
+        return assume(fn) if assume is not None else fn
+    fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
+    return fn
 
 
 @constant_under_compile
