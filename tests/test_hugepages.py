@@ -4,6 +4,8 @@ saves afterwards."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import pytest
 import torch
 
@@ -71,13 +73,26 @@ def test_generate_moves_the_weights_once_the_model_has_decoded_enough(monkeypatc
     ids = torch.randint(0, 8192, (1, 5), generator=torch.Generator().manual_seed(2))
     kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
     wte = model.transformer.wte.weight
+    traced._recordings[model] = OrderedDict()  # a model's recordings: kept until its weights move
     first = model.generate(ids, **kw)
-    assert not hugepages.in_huge_pages(wte)  # 6 steps: not yet
-    traced._recordings[model] = "a recording"  # what forget() must drop
+    assert not hugepages.in_huge_pages(wte) and model in traced._recordings  # 6 steps: not yet
     second = model.generate(ids, **kw)  # 12 with this call's
     assert hugepages.in_huge_pages(wte) and model not in traced._recordings
     monkeypatch.setenv("GPT2KIT_HUGEPAGES", "0")
     assert torch.equal(first, second) and torch.equal(second, reference.generate(ids, **kw))
+
+
+def test_a_compiled_step_moves_the_weights_at_the_first_call(monkeypatch):
+    """A compiled decode step (max-autotune on a CPU) freezes the weights it is compiled with: moving them
+    later would compile it again, so a compiling call adopts at once."""
+    monkeypatch.delenv("GPT2KIT_HUGEPAGES", raising=False)
+    model = lm()
+    assert hugepages.adopt_when_due(model, 6, at_once=True)
+    assert hugepages.in_huge_pages(model.transformer.wte.weight)
+    assert not hugepages.adopt_when_due(model, 6, at_once=True)  # nothing left to move
+    for value, want in (("off", False), ("no", False), (" 0 ", False), ("on", True), ("", True)):
+        monkeypatch.setenv("GPT2KIT_HUGEPAGES", value)
+        assert hugepages.enabled() is (want and hugepages.available())
 
 
 def test_turned_off_by_the_environment(monkeypatch):

@@ -66,10 +66,10 @@ def test_a_decision_timed_while_the_cpus_were_crowded_is_not_kept(table, monkeyp
         return set(json.loads(path.read_text())[kernels.hardware().key()]["decisions"])
 
     monkeypatch.setattr(kernels, "runnable_tasks", lambda: cpus + 2)
-    crowded = table.decide("f", 64, 64, 1, two)
+    crowded = table.decide("f", 64, 64, 1, two, cold=False)
     assert not crowded.steady and kernels.decision_key("f", 64, 64, 1) not in saved()
     monkeypatch.setattr(kernels, "runnable_tasks", lambda: cpus)
-    quiet = table.decide("f", 64, 64, 8, two)
+    quiet = table.decide("f", 64, 64, 8, two, cold=False)  # hot: units of ~2 ms (two's calls take ~2 us)
     assert quiet.steady and kernels.decision_key("f", 64, 64, 8) in saved()
     assert kernels.crowded([cpus + 1, cpus + 3, cpus]) and not kernels.crowded([cpus + 1, cpus, cpus])
     assert not kernels.crowded([])  # no /proc/stat (macOS, Windows): steady() alone decides

@@ -1648,9 +1648,8 @@ def generate(
     plan = plan_generation(
         model, input_ids, attention_mask, generation_config, logits_processor, tokenizer, **kwargs
     )
-    if model.device.type == "cpu" and hugepages.adopt_when_due(
-        model, plan.max_length - plan.input_ids.shape[-1]
-    ):
+    planned = plan.max_length - plan.input_ids.shape[-1]
+    if model.device.type == "cpu" and hugepages.adopt_when_due(model, planned, plan.compile is not None):
         traced.forget(model)  # a long-running model's weights moved into huge pages; recordings hold the old
     cfg = plan.config
     want_dict = cfg.return_dict_in_generate

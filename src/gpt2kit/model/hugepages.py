@@ -67,8 +67,14 @@ def available() -> bool:
     return _available
 
 
+def _setting() -> str:
+    """GPT2KIT_HUGEPAGES: "0" (also false/no/off), "1" (also true/yes/on) or "" (unset: when due)."""
+    value = os.environ.get("GPT2KIT_HUGEPAGES", "").strip().lower()
+    return "0" if value in ("0", "false", "no", "off") else "1" if value in ("1", "true", "yes", "on") else ""
+
+
 def enabled() -> bool:
-    return os.environ.get("GPT2KIT_HUGEPAGES", "1") != "0" and available()
+    return _setting() != "0" and available()
 
 
 def copy(t: torch.Tensor) -> torch.Tensor:
@@ -120,19 +126,20 @@ ADOPT_AFTER_STEPS = 1024
 _decoded: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
 
 
-def adopt_when_due(model: nn.Module, steps: int) -> bool:
-    """generate()'s call before it decodes `steps` steps: adopt(model) once this process has decoded
-    ADOPT_AFTER_STEPS steps with it, these included (at once with GPT2KIT_HUGEPAGES=1). Returns whether
-    any parameter moved (recordings of the model's decode step then hold the old weights)."""
+def adopt_when_due(model: nn.Module, steps: int, at_once: bool = False) -> bool:
+    """generate()'s call before it plans to decode `steps` steps: adopt(model) once this process has planned
+    ADOPT_AFTER_STEPS steps with it, these included; at once with GPT2KIT_HUGEPAGES=1 or at_once (a compiled
+    step, which freezes the weights it was compiled with: moving them later would compile it again).
+    Returns whether any parameter moved (recordings of the model's decode step then hold the old weights)."""
     if not enabled():
         return False
     done = _decoded.get(model, 0) + max(steps, 0)
     _decoded[model] = done
-    if done < ADOPT_AFTER_STEPS and os.environ.get("GPT2KIT_HUGEPAGES", "").strip() != "1":
+    if done < ADOPT_AFTER_STEPS and not at_once and _setting() != "1":
         return False
-    before = getattr(model, "_gpt2kit_hugepages", None)
+    before = [p.data_ptr() for p in model.parameters()]
     adopt(model)
-    return getattr(model, "_gpt2kit_hugepages", None) != before
+    return before != [p.data_ptr() for p in model.parameters()]
 
 
 def adopt(model: nn.Module) -> int:

@@ -87,7 +87,7 @@ def measure_kernels(config, rows: tuple[int, ...] = (1, 8, 64), remeasure: bool 
     layers.append(head)
     cached = in_cache(config, torch.float32)  # as quantize_int8 decides: weights in the cache are timed there
     keys = []
-    with torch.no_grad():
+    with torch.no_grad(), kernels.EVICTOR.held():  # one eviction buffer for all the decisions
         for layer in layers:
             w = out_in_weight(layer)
             n, k = w.shape

@@ -342,8 +342,8 @@ def cold_copies(
     weight from memory, not from the cache where a weight timed over and over would sit (on the dev VM a 768 x
     3072 layer timed that way ran 2x faster than in a decode step, and the ranking of kernels changed). Few
     copies where time_candidates(cold=True) reads an eviction buffer between the calls (copies filling the
-    whole working set, up to 109 of a small int8 weight, cost ~1.7 of the 3.9 s a 124M model's first
-    quantize_int8 took, prepacking them); enough to fill it where it does not (evicted=False). More rows
+    whole working set, up to 109 of a small int8 weight, were most of a 124M model's first quantize_int8:
+    5.6-6.3 s on the dev VM, 2.3-3.0 s without them); enough to fill it where it does not (evicted=False). More rows
     reuse each weight row enough that the cache matters little: one copy."""
     if rows > 16:
         return [first]
@@ -355,39 +355,46 @@ def cold_copies(
     return [first] + [make() for _ in range(count - 1)]
 
 
-# The eviction buffer is read in slices of this fraction of it: with COLD_COPIES copies in the cycle, at least
-# the last-level cache's size, plus the other copies, passes between two calls on one copy. (Bigger slices
-# slowed the next call beyond what it takes in a decode step: 16 MB ones made a small int8 product ~1.5x
-# slower on the dev VM, 8 MB ones matched.)
+# The eviction buffer, twice the last-level cache, is read in slices of a quarter of the cache: with
+# COLD_COPIES copies in the cycle, at least the cache's size (plus the other copies, and the other candidates'
+# weights, interleaved) passes between two calls on one copy, and a slice is read again only after the whole
+# buffer. (Bigger slices slowed the next call beyond what it takes in a decode step: on the dev VM, 32 MB
+# cache, 16 MB slices made a small int8 product ~1.5x slower, 8 MB ones matched.)
 SLICES = 2 * COLD_COPIES
 
 
 class _Evictor:
-    """A buffer of working_set_bytes(), read a slice at a time between cold timed calls. Held while
-    measurements run (held() is re-entrant) and freed after: allocating and touching 64 MB costs ~15 ms,
+    """The eviction buffer, read a slice at a time between cold timed calls. Held while measurements run
+    (held() is re-entrant and thread-safe) and freed after: allocating and touching 64 MB costs ~15 ms,
     reading a slice ~0.2-0.4 ms on the dev VM."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self._depth = 0
         self._slices: list[torch.Tensor] = []
         self._next = 0
 
     @contextlib.contextmanager
     def held(self):
-        self._depth += 1
+        with self._lock:
+            self._depth += 1
         try:
             yield self
         finally:
-            self._depth -= 1
-            if self._depth == 0:
-                self._slices = []
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._slices = []
 
     def evict(self) -> None:
-        if not self._slices:
-            buf = torch.ones(max(working_set_bytes() // 4, SLICES))  # touched: not the shared zero page
-            self._slices = list(buf.chunk(SLICES))
-        self._slices[self._next % len(self._slices)].sum()
-        self._next += 1
+        with self._lock:
+            if not self._slices:
+                piece = max(last_level_cache_bytes() // COLD_COPIES // 4, 1)  # float32 elements
+                buf = torch.ones(piece * SLICES)  # touched: not the shared zero page
+                self._slices = list(buf.chunk(SLICES))
+            slices, i = self._slices, self._next
+            self._next += 1
+        slices[i % len(slices)].sum()
 
 
 EVICTOR = _Evictor()
