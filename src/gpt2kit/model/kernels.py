@@ -389,7 +389,8 @@ class _Evictor:
     def evict(self) -> None:
         with self._lock:
             if not self._slices:
-                piece = max(last_level_cache_bytes() // COLD_COPIES // 4, 1)  # float32 elements
+                # float32 elements a slice; the buffer at most 1 GB, whatever sysfs claims of the cache
+                piece = max(min(last_level_cache_bytes(), 512 << 20) // COLD_COPIES // 4, 1)
                 buf = torch.ones(piece * SLICES)  # touched: not the shared zero page
                 self._slices = list(buf.chunk(SLICES))
             slices, i = self._slices, self._next
