@@ -24,6 +24,7 @@ import atexit
 import contextlib
 import datetime
 import gc
+import importlib
 import json
 import logging
 import math
@@ -164,6 +165,12 @@ def _setup_dist(device: str | torch.device | None) -> _Dist:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     d = _Dist(rank=rank, world=world, local_rank=local_rank, device=device)
+    if world > 1:
+        # torch._dynamo imported for the first time after the group exists (DDP's first forward imports it)
+        # kept a reference to the group: destroy_process_group at exit then left gloo's threads running into
+        # the interpreter's shutdown (tests/test_trainer.py's DDP test saw them), the abort _Dist.close
+        # prevents. Imported before the group, it keeps none.
+        importlib.import_module("torch._dynamo")
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
