@@ -121,7 +121,8 @@ def _movable(p: torch.Tensor, owners: dict[int, int]) -> bool:
     )
 
 
-# Steps a model decodes in generate() before its weights move into huge pages (counting the call about to run).
+# Steps a model decodes in generate() before its weights move into huge pages
+# (the call about to run counted).
 ADOPT_AFTER_STEPS = 1024
 _decoded: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
 

@@ -337,14 +337,14 @@ COLD_COPIES = 4
 def cold_copies(
     first: object, make: Callable[[], object], nbytes: int, rows: int, evicted: bool = True
 ) -> list:
-    """A weight (first, of nbytes) and copies of it (make() builds one) to cycle through while timing a product
-    of `rows` rows: at most 16 rows a product is bound by reading its weight, and a decode step reads each
-    weight from memory, not from the cache where a weight timed over and over would sit (on the dev VM a 768 x
-    3072 layer timed that way ran 2x faster than in a decode step, and the ranking of kernels changed). Few
-    copies where time_candidates(cold=True) reads an eviction buffer between the calls (copies filling the
-    whole working set, up to 109 of a small int8 weight, were most of a 124M model's first quantize_int8:
-    5.6-6.3 s on the dev VM, 2.3-3.0 s without them); enough to fill it where it does not (evicted=False). More rows
-    reuse each weight row enough that the cache matters little: one copy."""
+    """A weight (first, of nbytes) and copies of it (make() builds one) to cycle through while timing a
+    product of `rows` rows: at most 16 rows a product is bound by reading its weight, and a decode step reads
+    each weight from memory, not from the cache where a weight timed over and over would sit (on the dev VM a
+    768 x 3072 layer timed that way ran 2x faster than in a decode step, and the ranking of kernels changed).
+    Few copies where time_candidates(cold=True) reads an eviction buffer between the calls (copies filling
+    the whole working set, up to 109 of a small int8 weight, were most of a 124M model's first
+    quantize_int8: 5.6-6.3 s on the dev VM, 2.3-3.0 s without them); enough to fill it where it does not
+    (evicted=False). More rows reuse each weight row enough that the cache matters little: one copy."""
     if rows > 16:
         return [first]
     # evicted: the slices read between calls pass the cache's size; a weight at least that big pushes itself
@@ -408,8 +408,8 @@ def time_candidates(calls: dict[str, Callable[[], object]], cold: bool = False) 
     has used BUDGET_S and has 2 units.
 
     cold: the calls cycle through copies of their weights (cold_copies) and each must find its weight in
-    memory; a unit is then up to COLD_COPIES calls, each timed alone after reading a slice of the eviction buffer
-    (on the dev VM this matched each product's time in a decode step within ~10%: a call right after
+    memory; a unit is then up to COLD_COPIES calls, each timed alone after reading a slice of the eviction
+    buffer (on the dev VM this matched each product's time in a decode step within ~10%: a call right after
     flushing the whole cache ran up to 2.5x slower, and calls back to back on copies alone needed up to 109
     copies)."""
     units: dict[str, list[float]] = {name: [] for name in calls}

@@ -377,7 +377,7 @@ def _choose(
             # timed cold (nothing fits in the cache), the timer evicts between calls: a few copies; else the
             # float layer's copies alone must push each other out of the cache
             return itertools.cycle(
-                [first] if hot else kernels.cold_copies(first, make, nbytes, m, not cached)
+                [first] if hot else kernels.cold_copies(first, make, nbytes, m, evicted=not cached)
             )
 
         calls = {}
