@@ -45,7 +45,19 @@ PRODUCTS = {
     "aten::bmm",
     "aten::sum",
 }
-ATTENTION = {"aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math"}
+ATTENTION = {
+    "aten::_scaled_dot_product_flash_attention_for_cpu",
+    "aten::_scaled_dot_product_attention_math",
+    "aten::_softmax",  # the matmul form of a decode step's attention (attention.decode_kernel)
+}
+
+
+def kind(key: str, shapes: list, batch_heads: int) -> str:
+    """'products', 'attention' or 'other' for an op and its input shapes: a bmm over batch x heads
+    matrices is the matmul form of the attention, any other bmm split-K's."""
+    if key == "aten::bmm" and shapes and len(shapes[0]) == 3 and shapes[0][0] == batch_heads:
+        return "attention"
+    return "products" if key in PRODUCTS else ("attention" if key in ATTENTION else "other")
 
 
 def load(fmt: str, ckpt, batch: int) -> torch.nn.Module:
@@ -68,14 +80,14 @@ def profile(model, batch: int, new: int) -> dict:
         t0 = time.perf_counter()
         model.generate(x, **kw)
         wall = time.perf_counter() - t0
-        with torch.profiler.profile() as prof:
+        with torch.profiler.profile(record_shapes=True) as prof:
             model.generate(x, **kw)
-    self_us = {}
-    for e in prof.key_averages():
+    self_us, share = {}, {"products": 0.0, "attention": 0.0, "other": 0.0}
+    for e in prof.key_averages(group_by_input_shape=True):
         self_us[e.key] = self_us.get(e.key, 0.0) + e.self_cpu_time_total
+        share[kind(e.key, e.input_shapes, batch * model.config.n_head)] += e.self_cpu_time_total
     total = sum(self_us.values())
-    products = sum(v for k, v in self_us.items() if k in PRODUCTS)
-    attention = sum(v for k, v in self_us.items() if k in ATTENTION)
+    products, attention = share["products"], share["attention"]
     top = sorted(((v, k) for k, v in self_us.items() if k not in PRODUCTS), reverse=True)[:8]
     return {
         "ms_per_step_unprofiled": 1e3 * wall / new,

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import gpt2kit
-from gpt2kit.model import kernels, matmul
+from gpt2kit.model import attention, kernels, matmul
 from gpt2kit.model import packed as pack_module
 from gpt2kit.model.linear import Linear
 from gpt2kit.model.packed import PackedLinear, pack_weights, packing_available
@@ -30,6 +30,7 @@ def table(tmp_path, monkeypatch):
     monkeypatch.setenv("GPT2KIT_KERNEL_CACHE", str(tmp_path / "kernels.json"))
     fresh = kernels.KernelTable()
     monkeypatch.setattr(kernels, "TABLE", fresh)
+    monkeypatch.setattr(attention, "_decode_fast", {})
     matmul._fast.clear()
     yield fresh
     matmul._fast.clear()
@@ -744,6 +745,8 @@ def test_info_hardware_prints_the_isa_and_the_chosen_kernels(tmp_path, table, ca
     hw = kernels.hardware()
     assert info["isa"] == hw.isa and info["threads"] == torch.get_num_threads()
     assert "fp32-oi:128x1024:8" in info["kernels"] or not matmul.onednn_linear_available()
+    # a decode step's attention at 8 rows (2 heads of 64): 8 x 2 query rows; at 1 row too small to time
+    assert "attn1-float32:64x16:1" in info["kernels"] and "attn1-float32:64x2:1" not in info["kernels"]
     for d in info["kernels"].values():
         assert d["choice"] in d["gflops"] or not d["gflops"]
     assert main(["info", "--hardware", "--model", str(tmp_path / "m")]) == 0
@@ -820,3 +823,64 @@ def test_importing_the_model_does_not_import_dynamo_and_marks_constants_as_it_wo
 
     marked = torch.compiler.assume_constant_result(fact)
     assert {n: v for n, v in vars(marked).items() if "dynamo" in n} == {"_dynamo_marked_constant": True}
+
+
+class Seconds(dict):
+    """Fake seconds for the named candidates; 1.0 for any other (the float32 products' candidates)."""
+
+    def __missing__(self, name):
+        return 1.0
+
+
+def attention_offers(offered: list[str]) -> list[str]:
+    return [name for name in offered if name in ("sdpa", "matmul")]
+
+
+def decode_once(model, ids):
+    """(logits of the last position after a cached prefill of the rest, the same from one uncached forward)."""
+    with torch.no_grad():
+        past = model(ids[:, :-1], use_cache=True).past_key_values
+        step = model(ids[:, -1:], past_key_values=past).logits[:, -1]
+        return step, model(ids).logits[:, -1]
+
+
+@pytest.mark.parametrize("winner", ["sdpa", "matmul"])
+def test_a_decode_steps_attention_runs_the_measured_winner(table, monkeypatch, winner):
+    """One query per row attending to a cache (a decode step) runs SDPA or two matmuls around a softmax,
+    whichever measured faster for its batch x heads; both give the uncached forward's logits."""
+    monkeypatch.setattr(attention, "DECODE_MIN_MACS", 0)
+    offered = fake_timings(monkeypatch, Seconds(sdpa=1.0, matmul=0.5 if winner == "matmul" else 2.0))
+    ran = []  # the batch x heads of each matmul attention (the timed calls have 1 head a row)
+    real = attention._attend_matmul
+    monkeypatch.setattr(attention, "_attend_matmul", lambda q, *a: ran.append(q.shape[:2]) or real(q, *a))
+    config = gpt2kit.GPT2Config(vocab_size=128, n_positions=32, n_layer=2, n_embd=32, n_head=4)
+    torch.manual_seed(0)
+    model = gpt2kit.GPT2LMHeadModel(config).eval()
+    step, full = decode_once(model, torch.randint(0, 128, (3, 9)))
+    torch.testing.assert_close(step, full, atol=1e-5, rtol=1e-5)
+    assert attention_offers(offered) == ["sdpa", "matmul"]  # one shape, decided once for both layers
+    assert ran.count((3, 4)) == (config.n_layer if winner == "matmul" else 0)
+    d = table.decisions()[kernels.decision_key("attn1-float32", 8, 12, 1)]
+    assert d.choice == winner and set(d.gflops) == {"sdpa", "matmul"}
+
+
+def test_a_decode_steps_attention_stays_sdpa_where_nothing_is_measured(table, monkeypatch):
+    """Attention too small to time (tiny models) and torch's kernels everywhere (GPT2KIT_CPU_MATMUL=torch,
+    the floor) keep SDPA without a measurement."""
+    offered = fake_timings(monkeypatch, Seconds(sdpa=1.0, matmul=0.1))
+    ran = []
+    real = attention._attend_matmul
+    monkeypatch.setattr(attention, "_attend_matmul", lambda *a: ran.append(1) or real(*a))
+    config = gpt2kit.GPT2Config(vocab_size=128, n_positions=32, n_layer=1, n_embd=32, n_head=4)
+    model = gpt2kit.GPT2LMHeadModel(config).eval()
+    ids = torch.randint(0, 128, (3, 9))
+    decode_once(model, ids)  # 2 x 128 positions x 8 x 12 multiply-adds: under DECODE_MIN_MACS
+    assert attention_offers(offered) == [] and ran == []
+    monkeypatch.setattr(attention, "DECODE_MIN_MACS", 0)
+    attention._decode_fast.clear()
+    monkeypatch.setattr(matmul, "_choice", "torch")
+    decode_once(model, ids)
+    assert attention_offers(offered) == [] and ran == []
+    monkeypatch.setattr(matmul, "_choice", "auto")
+    decode_once(model, ids)
+    assert attention_offers(offered) == ["sdpa", "matmul"] and ran == [1] * 2  # one timing call, one layer

@@ -209,6 +209,22 @@ def test_the_trace_holds_this_machines_kernel_choice(folder, record_now, monkeyp
     assert "torch.addmm(" in code(exported)
 
 
+def test_the_trace_holds_the_measured_attention_kernel(folder, record_now, monkeypatch):
+    """A decode step whose attention runs as matmuls (measured faster for its batch x heads, here forced)
+    records them, and the replay gives the eager step's logits bit for bit."""
+    from gpt2kit.model import attention
+
+    monkeypatch.setattr(attention, "decode_kernel", lambda batch_heads, head_dim: "matmul")
+    monkeypatch.setattr(matmul, "_choice", "auto")
+    model = gpt2kit.GPT2LMHeadModel.from_pretrained(folder).eval()
+    x, mask = prompts(False)
+    want_ids, want_logits = run(model, x, mask, monkeypatch, trace=False)
+    got_ids, got_logits = run(model, x, mask, monkeypatch, trace=True)
+    (recording,) = traced._recordings[model].values()
+    assert "scaled_dot_product_attention" not in code(recording) and "softmax" in code(recording)
+    assert torch.equal(got_ids, want_ids) and torch.equal(got_logits, want_logits)
+
+
 def test_a_recording_is_reused_and_renewed_when_the_model_changes(folder, record_now, monkeypatch):
     model = gpt2kit.GPT2LMHeadModel.from_pretrained(folder).eval()
     made = []

@@ -5,7 +5,9 @@ C n_embd, nh n_head, hs head_dim = C // nh. After head pruning a layer keeps nh'
 so its queries, keys and values are nh' * hs wide, which is then no longer C.
 
 Two paths compute the same thing:
-- fast (the default): torch's scaled_dot_product_attention, with `is_causal` or a boolean mask;
+- fast (the default): torch's scaled_dot_product_attention, with `is_causal` or a boolean mask; for one
+  query per row (a decode step) on the CPU, SDPA or two matmuls around a softmax, whichever this machine
+  measured faster for the batch x heads (decode_kernel);
 - exact: the explicit softmax(QK^T)V of transformers' eager attention, step for step, used when the
   caller asks for the attention probabilities (`output_attentions`) or masks heads (`head_mask`), since
   those need the probability matrix that SDPA never materialises, and for attn_implementation="eager".
@@ -13,6 +15,7 @@ Two paths compute the same thing:
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -21,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpt2kit.config import GPT2Config
-from gpt2kit.model import dropout
+from gpt2kit.model import dropout, kernels, matmul
 from gpt2kit.model.cache import Cache
 from gpt2kit.model.linear import Linear
 
@@ -193,6 +196,9 @@ class Attention(nn.Module):
         if self.reorder_and_upcast and dtype in (torch.float16, torch.bfloat16):
             q, k, v = q.float(), k.float(), v.float()  # the config asks for fp32 scores
         p = self.attn_dropout.p if self.training else 0.0
+        if p == 0.0 and _one_query_by_matmul(q, mask):
+            y = _attend_matmul(q, k, v, self.scale)
+            return y if y.dtype == dtype else y.to(dtype)
         if p > 0.0 and not (self.is_cross_attention and mask.sdpa is not None):
             # CPU SDPA has no kernel with dropout (its math path is 2x slower than this): see model/dropout.py.
             # Not for masked cross-attention, where a query may see no key at all (SDPA gives it zeros).
@@ -248,6 +254,89 @@ class Attention(nn.Module):
         if head_mask is not None:
             probs = probs * head_mask
         return torch.matmul(probs, v), probs
+
+
+# --- one query per row: a decode step's attention ----------------------------------------------------------
+
+# A decode step's query attends to the whole cache: per row and head a matrix-vector product with the keys,
+# a softmax, another with the values, each reading its keys and values from memory (the weights streamed
+# between two steps push them out of the cache). torch's fused SDPA kernel and two batched matmuls around a
+# softmax compute it; which is faster depends on the CPU and on batch x heads (on a 2-core AMD EPYC Zen 5:
+# SDPA ~1.3x faster at batch 1, the matmuls 1.1-1.3x faster at batch 8, 5-7% of an int8 or float32 batch-8
+# step), so it is measured, like the products' kernels, at this many cached positions:
+DECODE_TIMED_LENGTH = 128
+# Smaller attention (multiply-adds of one timed call) is not timed: SDPA. Tiny test models stay there.
+DECODE_MIN_MACS = 1 << 16
+# (batch x heads, head_dim, threads) -> "sdpa" or "matmul": the hot path's copy of kernels.TABLE's decisions.
+_decode_fast: dict[tuple[int, int, int], str] = {}
+
+
+def _one_query_by_matmul(q: torch.Tensor, mask: AttentionMask) -> bool:
+    """Whether this attention is one unmasked query per row (a decode step) that the matmuls compute faster
+    here: float32 on the CPU, in eager code or in a decode step recorded for replay here (an exported trace
+    or a compiled graph keeps SDPA, which runs anywhere and which inductor compiles itself), and not under
+    GPT2KIT_CPU_MATMUL=torch (torch's kernels everywhere: the floor the measured choices are compared with)."""
+    return (
+        q.shape[-2] == 1
+        and mask.sdpa is None
+        and not mask.is_causal
+        and q.dtype is torch.float32
+        and q.device.type == "cpu"
+        and not matmul.is_compiling()
+        and not (torch.jit.is_tracing() and not getattr(matmul._recording, "on", False))
+        and matmul.cpu_matmul() != "torch"
+        and decode_kernel(q.shape[0] * q.shape[1], q.shape[-1]) == "matmul"
+    )
+
+
+def decode_kernel(batch_heads: int, head_dim: int) -> str:
+    """ "sdpa" or "matmul": the faster kernel here for one float32 query per row and head attending to a cache,
+    for batch_heads (batch x heads) of head_dim, measured once per machine (kernels.TABLE, family
+    "attn1-float32") and kept."""
+    key = (batch_heads, head_dim, torch.get_num_threads())
+    hit = _decode_fast.get(key)
+    if hit is None:
+        macs = 2 * DECODE_TIMED_LENGTH * head_dim * batch_heads
+        if macs < DECODE_MIN_MACS:
+            hit = "sdpa"
+        else:
+            hit = kernels.TABLE.decide(
+                "attn1-float32",
+                head_dim,
+                batch_heads,
+                1,
+                lambda rows: _decode_candidates(batch_heads, head_dim),
+                floor="sdpa",
+                cold=True,
+                macs=macs,
+            ).choice
+        _decode_fast[key] = hit
+    return hit
+
+
+def _decode_candidates(batch_heads: int, head_dim: int) -> dict[str, object]:
+    """SDPA and the matmuls on random queries and caches of DECODE_TIMED_LENGTH positions, cycled through
+    copies (kernels.cold_copies) so that each call reads its keys and values from memory."""
+    shape = (batch_heads, 1, DECODE_TIMED_LENGTH, head_dim)
+
+    def kv() -> tuple[torch.Tensor, torch.Tensor]:
+        return kernels.random_input(*shape), kernels.random_input(*shape)
+
+    nbytes = 2 * math.prod(shape) * 4
+    caches = itertools.cycle(kernels.cold_copies(kv(), kv, nbytes, 1))
+    q = kernels.random_input(batch_heads, 1, 1, head_dim)
+    scale = 1.0 / math.sqrt(head_dim)
+    return {
+        "sdpa": lambda: F.scaled_dot_product_attention(q, *next(caches), scale=scale),
+        "matmul": lambda: _attend_matmul(q, *next(caches), scale),
+    }
+
+
+def _attend_matmul(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale) v for one query per row and head: q (B, nh, 1, hs), k and v (B, nh, S, hs).
+    The scale multiplies the query (hs numbers), not the scores (S)."""
+    scores = torch.matmul(q * scale, k.transpose(-1, -2))
+    return torch.matmul(scores.softmax(-1), v)
 
 
 def _slice_linear(layer: Linear, index: torch.Tensor, dim: int) -> Linear:

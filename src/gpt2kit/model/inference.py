@@ -60,12 +60,13 @@ def convert_weights(model: nn.Module, weights: str, batch_size: int = 8) -> nn.M
 
 def measure_kernels(config, rows: tuple[int, ...] = (1, 8, 64), remeasure: bool = False) -> dict[str, dict]:
     """Decide (time, where this machine has no decision yet) the kernels for every linear shape of a model
-    with this GPT2Config: the float32 route at each row count, packing at the decode rows, int8 at one row.
+    with this GPT2Config: the float32 route at each row count, packing at the decode rows, int8 at one row,
+    and a decode step's attention (one query per row) at the decode rows.
     Returns {decision key: {"choice": name, "gflops": {candidate: GFLOP/s}}} for those shapes.
 
     Random weights of the right shapes stand in for the model's: a kernel's speed depends on the shape, not
     the values. remeasure forgets this machine's earlier decisions first."""
-    from gpt2kit.model import kernels, matmul
+    from gpt2kit.model import attention, kernels, matmul
     from gpt2kit.model.linear import Linear, layout, out_in_weight
     from gpt2kit.model.packed import _packed_rows, packing_available
     from gpt2kit.model.quant import _choose, dynamic_engines, in_cache, int8_family
@@ -73,6 +74,7 @@ def measure_kernels(config, rows: tuple[int, ...] = (1, 8, 64), remeasure: bool 
     if remeasure:
         kernels.TABLE.clear()
         matmul._fast.clear()
+        attention._decode_fast.clear()
     c, inner = config.n_embd, config.inner_dim
     shapes = [(c, 3 * c), (c, c), (c, inner), (inner, c)]
     layers: list[nn.Module] = []
@@ -104,5 +106,9 @@ def measure_kernels(config, rows: tuple[int, ...] = (1, 8, 64), remeasure: bool 
                 _choose(layer, torch.float32, "auto", cached)
                 family = int8_family("auto", torch.float32, lay, cached)
                 keys.append(kernels.decision_key(family, k, n, 1))
+        if matmul.cpu_matmul() != "torch":
+            for m in (r for r in rows if r <= 16):
+                attention.decode_kernel(m * config.n_head, config.head_dim)
+                keys.append(kernels.decision_key("attn1-float32", config.head_dim, m * config.n_head, 1))
     found = kernels.TABLE.decisions()
     return {key: vars(found[key]) for key in keys if key in found}

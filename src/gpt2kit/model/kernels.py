@@ -563,13 +563,15 @@ class KernelTable:
         candidates: Callable[[int], dict[str, Callable]],
         floor: str = "torch",
         cold: bool | None = None,
+        macs: int | None = None,
     ) -> Decision:
         """The decision for (family, K, N, rows' bucket), measured now if this machine has none yet.
 
         candidates(rows) returns {name: zero-argument call} for the rows to time; `floor` (when present:
         torch's kernel, or the layer as it is) is the one the others must beat by MARGIN. cold: whether the
         calls must find their weights in memory (time_candidates); by default where at most 16 rows are timed
-        (cold_copies gives them copies to cycle through).
+        (cold_copies gives them copies to cycle through). macs: multiply-adds of one timed call, for the
+        GFLOP/s figures, where it is not rows x K x N (attention).
         """
         bucket = row_bucket(rows)
         key = decision_key(family, k, n, rows)
@@ -587,7 +589,8 @@ class KernelTable:
                 units = time_candidates(calls, cold=m <= 16 if cold is None else cold)
                 seconds = {name: min(u) for name, u in units.items()}
                 persist = steady(units) and not crowded(_running)
-                gflops = {name: round(2 * m * k * n / s / 1e9, 1) for name, s in seconds.items()}
+                work = m * k * n if macs is None else macs
+                gflops = {name: round(2 * work / s / 1e9, 1) for name, s in seconds.items()}
                 base = seconds.get(floor)
                 best = min(seconds, key=seconds.__getitem__)
                 if base is not None and best != floor and seconds[best] * MARGIN > base:
