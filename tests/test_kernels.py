@@ -477,6 +477,22 @@ def test_an_engine_right_only_at_its_first_row_count_is_not_used(table, monkeypa
         quant._engine_runs.cache_clear()
 
 
+@pytest.mark.skipif(len(dynamic_engines()) < 2, reason="one quantized engine here: nothing to share")
+def test_each_engines_candidate_packs_one_quantization_of_the_weight(table, monkeypatch):
+    """Deciding between engines quantizes a layer's weight once, not once per engine (the 124M LM head:
+    ~0.13 s each on the dev VM)."""
+    from gpt2kit.model import quant
+
+    calls = []
+    real = quant.quantize_weight
+    monkeypatch.setattr(quant, "quantize_weight", lambda w: calls.append(w.shape) or real(w))
+    fake_timings(monkeypatch, Seconds({f"dynamic-{e}": 0.5 for e in dynamic_engines()}))
+    with torch.no_grad():  # as quantize_int8 calls it
+        chosen = quant._choose(Linear(256, 512), torch.float32, "dynamic")
+    assert isinstance(chosen, DynamicInt8Linear)
+    assert calls.count(torch.Size([512, 256])) == 1
+
+
 @needs_dynamic
 def test_quantize_int8_auto_keeps_the_measured_winner_per_layer(table, monkeypatch):
     engine = dynamic_engines()[0]
