@@ -487,8 +487,10 @@ def test_each_engines_candidate_packs_one_quantization_of_the_weight(table, monk
     real = quant.quantize_weight
     monkeypatch.setattr(quant, "quantize_weight", lambda w: calls.append(w.shape) or real(w))
     fake_timings(monkeypatch, Seconds({f"dynamic-{e}": 0.5 for e in dynamic_engines()}))
+    layer = Linear(256, 512)  # its weight is torch.empty: the model's init fills it
+    torch.nn.init.normal_(layer.weight, std=0.02)
     with torch.no_grad():  # as quantize_int8 calls it
-        chosen = quant._choose(Linear(256, 512), torch.float32, "dynamic")
+        chosen = quant._choose(layer, torch.float32, "dynamic")
     assert isinstance(chosen, DynamicInt8Linear)
     assert calls.count(torch.Size([512, 256])) == 1
 
