@@ -129,8 +129,8 @@ def profile_replay(model, batch: int, new: int, reps: int = 50) -> dict:
     rows = [torch.randn(batch, 1, m.in_features) for m in layers]
 
     def products():
-        for m, x in zip(layers, rows):
-            torch.ops.quantized.linear_dynamic(x, m._packed, m.reduce_range)
+        for m, x in zip(layers, rows):  # each on the weight its row bucket runs on
+            torch.ops.quantized.linear_dynamic(x, m._for_rows(batch), m.reduce_range)
 
     def median_ms(fn, n=reps * 4):
         times = []

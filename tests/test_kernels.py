@@ -495,6 +495,47 @@ def test_each_engines_candidate_packs_one_quantization_of_the_weight(table, monk
     assert calls.count(torch.Size([512, 256])) == 1
 
 
+@pytest.mark.skipif(len(dynamic_engines()) < 2, reason="one quantized engine here: nothing to choose")
+@pytest.mark.parametrize("bucket_winner", ["own", "other"])
+def test_each_row_bucket_runs_on_the_engine_measured_fastest_for_it(table, monkeypatch, bucket_winner):
+    """An int8 layer packed for the engine that won at one row multiplies 2-16 rows and more than 16 on the
+    engines measured fastest for those buckets (the LM head at 8-16 rows: 1.2-1.5x faster on oneDNN's engine
+    than on fbgemm on the dev VM, which wins at one row), each decided at its first call; a copy decides
+    again."""
+    from gpt2kit.model import quant
+
+    own, other = dynamic_engines()[:2]
+    monkeypatch.setattr(kernels, "MIN_MACS", 0)
+    offered = fake_timings(monkeypatch, Seconds({own: 1.0, other: 0.5 if bucket_winner == "other" else 2.0}))
+    torch.manual_seed(0)
+    w = torch.randn(96, 64) * 0.02
+    layer = DynamicInt8Linear(w, torch.zeros(96), own)
+    one, few, many = torch.randn(1, 1, 64), torch.randn(2, 3, 64), torch.randn(5, 4, 64)  # 1, 6, 20 rows
+    assert quant._relative_error(layer(one), one @ w.T) < 0.04 and offered == [] and layer._buckets == {}
+    with torch.no_grad():
+        for x in (few, many, few.double(), many.double()):
+            assert quant._relative_error(layer(x).double(), x.double() @ w.T.double()) < 0.04
+    assert offered == [own, other] * 2 and set(layer._buckets) == {"8", "many"}
+    for bucket, rows in (("8", 8), ("many", 17)):
+        d = table.decisions()[kernels.decision_key("int8-dynamic-rows", 64, 96, rows)]
+        assert d.choice == (other if bucket_winner == "other" else own)
+        assert (layer._buckets[bucket] is layer._packed) == (bucket_winner == "own")
+    twin = copy.deepcopy(layer)
+    assert twin._buckets == {}
+    torch.testing.assert_close(twin(many), layer(many))
+
+
+@needs_dynamic
+def test_a_trace_does_not_decide_a_row_buckets_engine(table, monkeypatch):
+    monkeypatch.setattr(kernels, "MIN_MACS", 0)
+    offered = fake_timings(monkeypatch, Seconds())
+    layer = DynamicInt8Linear(torch.randn(32, 16), None, dynamic_engines()[0])
+    traced = torch.jit.trace(layer, torch.randn(40, 16), check_trace=False)
+    assert offered == [] and layer._buckets == {}
+    x = torch.randn(40, 16)
+    torch.testing.assert_close(traced(x), layer(x))
+
+
 @needs_dynamic
 def test_quantize_int8_auto_keeps_the_measured_winner_per_layer(table, monkeypatch):
     engine = dynamic_engines()[0]
@@ -508,7 +549,7 @@ def test_quantize_int8_auto_keeps_the_measured_winner_per_layer(table, monkeypat
         "splitk-io": 1,
     }
     seconds[f"dynamic-{engine}"] = 0.5
-    fake_timings(monkeypatch, seconds)
+    fake_timings(monkeypatch, Seconds(seconds))  # (the engines at many rows: 1.0 each, the layer's kept)
     q = quantize_int8(copy.deepcopy(model))
     assert q.quantized == f"int8 (dynamic-{engine} x9)"
     assert isinstance(q.lm_head, DynamicInt8Linear) and q.lm_head.engine == engine

@@ -133,7 +133,7 @@ def _engine_runs(engine: str) -> bool:
             layer = DynamicInt8Linear(weight, None, engine)
             for rows in (1, 5, 1):
                 x = torch.randn(rows, 64, generator=gen, device="cpu")
-                if _relative_error(layer(x), x @ weight.T) > 0.05:
+                if _relative_error(_own_engine(layer, x), x @ weight.T) > 0.05:
                     logger.info("quantized engine %s multiplies wrongly here; not used", engine)
                     return False
     except (RuntimeError, NotImplementedError) as e:
@@ -197,7 +197,9 @@ class DynamicInt8Linear(nn.Module):
     quantized per call (per tensor), on a torch quantized engine (fbgemm, oneDNN or QNNPACK).
 
     The weight lives in the engine's prepacked form; activations of any float dtype are computed in float32
-    and returned in their own dtype.
+    and returned in their own dtype. The engine is the one measured fastest at one row (a batch-1 decode
+    step); products of 2-16 rows (batched decoding) and of more (a prompt, scoring a text) run on the engine
+    measured fastest for their row bucket, decided at the first such call (_bucket_packed).
     """
 
     def __init__(
@@ -213,6 +215,7 @@ class DynamicInt8Linear(nn.Module):
         self.out_features, self.in_features = weight.shape
         self.engine = engine
         self.reduce_range = _reduce_range()
+        self._buckets: dict[str, object] = {}  # row bucket "8" / "many" -> its packed weight, once decided
         # any strides: a projection's (in, out) storage seen as (out, in) quantizes without a float copy
         q, scales = quantize_weight(weight) if quantized is None else quantized
         with warnings.catch_warnings():  # torch deprecates quantized tensors; its dynamic kernels need one
@@ -235,6 +238,7 @@ class DynamicInt8Linear(nn.Module):
         # A copy (copy.deepcopy, unpickling) gets its own handle: it shared the original's, and compiled code
         # of a copy whose original was gone raised KeyError.
         super().__setstate__(state)
+        self._buckets = {}  # packed on other engines: decided again (cached) and packed from this one
         self._register()
 
     def __deepcopy__(self, memo: dict) -> DynamicInt8Linear:
@@ -242,8 +246,8 @@ class DynamicInt8Linear(nn.Module):
         # default engine is not the one it was packed on (fbgemm's prepack raises there), so copy on its own.
         new = type(self).__new__(type(self))
         memo[id(self)] = new
-        with _engine(self.engine):
-            state = copy.deepcopy(self.__dict__, memo)
+        with _engine(self.engine):  # not the many-row weight, packed for another engine: decided again
+            state = copy.deepcopy({**self.__dict__, "_buckets": {}}, memo)
         new.__setstate__(state)
         return new
 
@@ -264,7 +268,7 @@ class DynamicInt8Linear(nn.Module):
             new = type(self).__new__(type(self))
             nn.Module.__init__(new)
             new.out_features, new.in_features = self.out_features, self.in_features
-            new.engine, new.reduce_range = self.engine, self.reduce_range
+            new.engine, new.reduce_range, new._buckets = self.engine, self.reduce_range, {}
             with _engine(self.engine):
                 new._packed = torch.ops.quantized.linear_prepack(wq, b)
             new._register()
@@ -274,6 +278,11 @@ class DynamicInt8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32 and x.dim() >= 2 and not is_compiling():
+            packed = (
+                self._packed
+                if x.numel() == self.in_features
+                else self._for_rows(x.numel() // self.in_features)
+            )
             # The engines take (..., K) of any strides and return (..., N): one op, where the general path
             # below adds a reshape, contiguous, to and view (5 ops in a recorded decode step, x 49 layers).
             if type(x) is torch.Tensor and _LINEAR_DYNAMIC is not None:
@@ -281,20 +290,87 @@ class DynamicInt8Linear(nn.Module):
                 # ScriptObject) answers by raising and catching a C++ exception: 10-12 us of a call, 4 without
                 # that question (no tensor subclass to ask here) and the overload named. 49 calls a 124M step.
                 with torch._C.DisableTorchFunctionSubclass():
-                    return _LINEAR_DYNAMIC(x, self._packed, self.reduce_range)
-            return torch.ops.quantized.linear_dynamic(x, self._packed, self.reduce_range)
+                    return _LINEAR_DYNAMIC(x, packed, self.reduce_range)
+            return torch.ops.quantized.linear_dynamic(x, packed, self.reduce_range)
         x2 = x.reshape(-1, self.in_features)
         x32 = x2 if x2.dtype == torch.float32 else x2.float()
-        if is_compiling():
+        if is_compiling():  # compiled code reaches the one-row engine's weight (by its handle)
             y = dynamic_int8_linear(x32.contiguous(), self.handle, self.out_features, self.reduce_range)
         else:
-            y = torch.ops.quantized.linear_dynamic(x32.contiguous(), self._packed, self.reduce_range)
+            packed = self._packed if x2.shape[0] <= 1 else self._for_rows(x2.shape[0])
+            y = torch.ops.quantized.linear_dynamic(x32.contiguous(), packed, self.reduce_range)
         return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+
+    def _for_rows(self, rows: int) -> object:
+        """The packed weight for a product of this many rows (see _bucket_packed), its bucket decided at the
+        first call (not inside a trace: a recording keeps the one-row engine's weight until eager code has
+        decided)."""
+        bucket = kernels.row_bucket(rows)
+        packed = self._buckets.get(bucket)
+        if packed is None:
+            if bucket == "1" or torch.jit.is_tracing():
+                return self._packed
+            packed = self._buckets[bucket] = _bucket_packed(self, bucket)
+        return packed
+
+    def repacked(self, engine: str) -> object:
+        """This layer's int8 weight and bias packed for another engine (unpacked from its own)."""
+        with _engine(self.engine):
+            wq, b = torch.ops.quantized.linear_unpack(self._packed)
+        with _engine(engine):
+            return torch.ops.quantized.linear_prepack(wq, b)
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, dynamic int8 ({self.engine})"
         )
+
+
+def _bucket_packed(layer: DynamicInt8Linear, bucket: str) -> object:
+    """The packed weight layer multiplies a row bucket's products with ("8": 2-16 rows, "many": more): its
+    own, or its int8 weight packed for another engine where that measured at least kernels.MARGIN faster for
+    the bucket (family "int8-dynamic-rows", timed once per machine, shape and bucket, cold for few rows as in
+    quantize_int8, and cached; the layer's engine is the floor). Another engine's copy costs the weight's size
+    again, so it is kept only where it won. On the dev VM (Zen 5, 2 threads) fbgemm multiplies the 124M
+    model's layers 1.6-2x faster than oneDNN's engine at 1-16 rows and the LM head about as fast at one row,
+    but the head 1.2-1.5x slower at 8-16 rows: on oneDNN's engine a batch-8 decode step took 7% less time, a
+    batch-16 one 11%."""
+    n, k = layer.out_features, layer.in_features
+    rows = {"8": 8, "many": 17}[bucket]  # a row count in the bucket: decide() times it at its timing_rows
+    if n * k * kernels.timing_rows(bucket, k, n) < kernels.MIN_MACS:
+        return layer._packed  # too small to be worth timing
+    others = [e for e in dynamic_engines() if e != layer.engine]
+    if not others:
+        return layer._packed
+    built: dict[str, object] = {layer.engine: layer._packed}
+
+    def candidates(m: int) -> dict[str, object]:
+        x = kernels.random_input(m, k)
+        calls = {}
+        for engine in [layer.engine, *others]:
+            try:
+                first = built[engine] if engine in built else layer.repacked(engine)
+            except (RuntimeError, NotImplementedError) as e:  # an engine that cannot unpack or pack it
+                logger.debug("int8 weight not repacked for %s: %s", engine, e)
+                continue
+            built[engine] = first
+            copies = itertools.cycle(kernels.cold_copies(first, lambda e=engine: layer.repacked(e), n * k, m))
+            calls[engine] = lambda p=copies: torch.ops.quantized.linear_dynamic(
+                x, next(p), layer.reduce_range
+            )
+        return calls
+
+    with torch.no_grad(), kernels.EVICTOR.held():
+        decision = kernels.TABLE.decide("int8-dynamic-rows", k, n, rows, candidates, floor=layer.engine)
+    choice = decision.choice
+    if choice == layer.engine:
+        return layer._packed
+    if choice not in built:  # decided by an earlier layer or process: pack it now
+        try:
+            built[choice] = layer.repacked(choice)
+        except (RuntimeError, NotImplementedError):
+            return layer._packed
+    return built[choice]
 
 
 def _builders(dtype: torch.dtype, method: str) -> dict[str, object]:
@@ -374,7 +450,7 @@ def _choose(
             # An inexact engine is no candidate; one row, then four, as decoding follows a prompt (a kernel
             # right only at its first call's row count fails here: see _engine_runs).
             probes = [kernels.random_input(rows, k, dtype=dtype) for rows in (1, 4)]
-            if max(_relative_error(candidate(p), reference(p)) for p in probes) < 0.04:
+            if max(_relative_error(_own_engine(candidate, p), reference(p)) for p in probes) < 0.04:
                 built[name] = candidate
         except (RuntimeError, NotImplementedError) as e:
             logger.debug("int8 kernel %s cannot run here: %s", name, e)
@@ -412,6 +488,14 @@ def _choose(
     floor = "float" if method == "auto" else ""
     choice = kernels.TABLE.decide(family, k, n, 1, candidates, floor=floor, cold=not cached).choice
     return built.get(choice, layer)
+
+
+def _own_engine(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """layer(x), on a dynamic int8 layer's own engine at any row count: probing a candidate must not take
+    (and time) the decisions of its other row buckets."""
+    if isinstance(layer, DynamicInt8Linear) and x.dtype == torch.float32:
+        return torch.ops.quantized.linear_dynamic(x, layer._packed, layer.reduce_range)
+    return layer(x)
 
 
 def _copier(layer: nn.Module, build: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
