@@ -198,8 +198,8 @@ class DynamicInt8Linear(nn.Module):
 
     The weight lives in the engine's prepacked form; activations of any float dtype are computed in float32
     and returned in their own dtype. The engine is the one measured fastest at one row (a batch-1 decode
-    step); products of 2-16 rows (batched decoding) and of more (a prompt, scoring a text) run on the engine
-    measured fastest for their row bucket, decided at the first such call (_bucket_packed).
+    step); products of 2-16 rows (batched decoding) run on the engine measured fastest for those, decided
+    at the first such call (_few_rows_packed).
     """
 
     def __init__(
@@ -215,7 +215,7 @@ class DynamicInt8Linear(nn.Module):
         self.out_features, self.in_features = weight.shape
         self.engine = engine
         self.reduce_range = _reduce_range()
-        self._buckets: dict[str, object] = {}  # row bucket "8" / "many" -> its packed weight, once decided
+        self._few: object | None = None  # the packed weight for 2-16 rows, once decided
         # any strides: a projection's (in, out) storage seen as (out, in) quantizes without a float copy
         q, scales = quantize_weight(weight) if quantized is None else quantized
         with warnings.catch_warnings():  # torch deprecates quantized tensors; its dynamic kernels need one
@@ -238,7 +238,7 @@ class DynamicInt8Linear(nn.Module):
         # A copy (copy.deepcopy, unpickling) gets its own handle: it shared the original's, and compiled code
         # of a copy whose original was gone raised KeyError.
         super().__setstate__(state)
-        self._buckets = {}  # packed on other engines: decided again (cached) and packed from this one
+        self._few = None  # maybe packed on another engine: decided again (cached) and packed from this one
         self._register()
 
     def __deepcopy__(self, memo: dict) -> DynamicInt8Linear:
@@ -246,8 +246,8 @@ class DynamicInt8Linear(nn.Module):
         # default engine is not the one it was packed on (fbgemm's prepack raises there), so copy on its own.
         new = type(self).__new__(type(self))
         memo[id(self)] = new
-        with _engine(self.engine):  # not the many-row weight, packed for another engine: decided again
-            state = copy.deepcopy({**self.__dict__, "_buckets": {}}, memo)
+        with _engine(self.engine):  # not the few-row weight, maybe packed for another engine: decided again
+            state = copy.deepcopy({**self.__dict__, "_few": None}, memo)
         new.__setstate__(state)
         return new
 
@@ -268,7 +268,7 @@ class DynamicInt8Linear(nn.Module):
             new = type(self).__new__(type(self))
             nn.Module.__init__(new)
             new.out_features, new.in_features = self.out_features, self.in_features
-            new.engine, new.reduce_range, new._buckets = self.engine, self.reduce_range, {}
+            new.engine, new.reduce_range, new._few = self.engine, self.reduce_range, None
             with _engine(self.engine):
                 new._packed = torch.ops.quantized.linear_prepack(wq, b)
             new._register()
@@ -302,16 +302,16 @@ class DynamicInt8Linear(nn.Module):
         return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
 
     def _for_rows(self, rows: int) -> object:
-        """The packed weight for a product of this many rows (see _bucket_packed), its bucket decided at the
-        first call (not inside a trace: a recording keeps the one-row engine's weight until eager code has
-        decided)."""
-        bucket = kernels.row_bucket(rows)
-        packed = self._buckets.get(bucket)
-        if packed is None:
-            if bucket == "1" or torch.jit.is_tracing():
+        """The packed weight for a product of this many rows: for 2-16 rows the one _few_rows_packed chose,
+        decided at the first such call (not inside a trace: a recording keeps the one-row engine's weight
+        until eager code has decided); else the layer's own."""
+        if rows <= 1 or rows > FEW_ROWS:
+            return self._packed
+        if self._few is None:
+            if torch.jit.is_tracing():
                 return self._packed
-            packed = self._buckets[bucket] = _bucket_packed(self, bucket)
-        return packed
+            self._few = _few_rows_packed(self)
+        return self._few
 
     def repacked(self, engine: str) -> object:
         """This layer's int8 weight and bias packed for another engine (unpacked from its own)."""
@@ -326,18 +326,23 @@ class DynamicInt8Linear(nn.Module):
         )
 
 
-def _bucket_packed(layer: DynamicInt8Linear, bucket: str) -> object:
-    """The packed weight layer multiplies a row bucket's products with ("8": 2-16 rows, "many": more): its
-    own, or its int8 weight packed for another engine where that measured at least kernels.MARGIN faster for
-    the bucket (family "int8-dynamic-rows", timed once per machine, shape and bucket, cold for few rows as in
-    quantize_int8, and cached; the layer's engine is the floor). Another engine's copy costs the weight's size
-    again, so it is kept only where it won. On the dev VM (Zen 5, 2 threads) fbgemm multiplies the 124M
-    model's layers 1.6-2x faster than oneDNN's engine at 1-16 rows and the LM head about as fast at one row,
-    but the head 1.2-1.5x slower at 8-16 rows: on oneDNN's engine a batch-8 decode step took 7% less time, a
-    batch-16 one 11%."""
+# Batched decoding's products (2 to this many rows, kernels' "8" bucket) have an engine of their own.
+FEW_ROWS = 16
+
+
+def _few_rows_packed(layer: DynamicInt8Linear) -> object:
+    """The packed weight layer multiplies 2-16 rows with: its own, or its int8 weight packed for another
+    engine where that measured at least kernels.MARGIN faster at 8 rows (family "int8-dynamic-rows", timed
+    cold like quantize_int8's one-row decisions, once per machine and shape, and cached; the layer's engine
+    is the floor). Another engine's copy costs the weight's size again (and packing it ~0.26 s for the 124M LM head
+    on the dev VM), so it is made only where it won. There fbgemm multiplies the layers 1.6-2x faster than
+    oneDNN's engine at 1-16 rows and the LM head about as fast at one row, but the head 1.2-1.8x slower at
+    8-16 rows: on oneDNN's engine a batch-8 decode step took 7% less time, a batch-16 one 11%. (More rows, a
+    prompt or a scored text, keep the layer's engine: the two were even there once allocation noise was
+    out of the way, 0.92-1.17x.)"""
     n, k = layer.out_features, layer.in_features
-    rows = {"8": 8, "many": 17}[bucket]  # a row count in the bucket: decide() times it at its timing_rows
-    if n * k * kernels.timing_rows(bucket, k, n) < kernels.MIN_MACS:
+    rows = 8
+    if n * k * rows < kernels.MIN_MACS:
         return layer._packed  # too small to be worth timing
     others = [e for e in dynamic_engines() if e != layer.engine]
     if not others:
@@ -492,7 +497,7 @@ def _choose(
 
 def _own_engine(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """layer(x), on a dynamic int8 layer's own engine at any row count: probing a candidate must not take
-    (and time) the decisions of its other row buckets."""
+    (and time) the decision for its few-row products."""
     if isinstance(layer, DynamicInt8Linear) and x.dtype == torch.float32:
         return torch.ops.quantized.linear_dynamic(x, layer._packed, layer.reduce_range)
     return layer(x)
