@@ -31,7 +31,7 @@ os.environ.setdefault("GPT2KIT_HUGEPAGES", "1")
 from bench_model import make_checkpoint
 
 import gpt2kit
-from gpt2kit.model import kernels
+from gpt2kit.model import kernels, quant
 
 # The ops that multiply by a weight matrix, whichever kernel runs them.
 PRODUCTS = {
@@ -66,6 +66,7 @@ def load(fmt: str, ckpt, batch: int) -> torch.nn.Module:
         gpt2kit.pack_weights(model, batch_size=batch)  # the layout for the rows each product has
     elif fmt == "int8":
         gpt2kit.quantize_int8(model)
+        quant.few_rows_engines_when_due(model, 0, at_once=True)  # as a long-running process has it
     return model
 
 

@@ -512,6 +512,9 @@ def test_few_rows_run_on_the_engine_measured_fastest_for_them(table, monkeypatch
     torch.manual_seed(0)
     w = torch.randn(96, 64) * 0.02
     layer = DynamicInt8Linear(w, torch.zeros(96), own)
+    layer(torch.randn(4, 64))
+    assert offered == [] and layer._few is None  # a short-lived process: its own engine, nothing measured
+    layer.few_rows_engine = True  # as few_rows_engines_when_due sets it in a long-running one
     one, few, many = torch.randn(1, 1, 64), torch.randn(2, 3, 64), torch.randn(5, 4, 64)  # 1, 6, 20 rows
     with torch.no_grad():
         for x in (one, many):
@@ -530,10 +533,36 @@ def test_few_rows_run_on_the_engine_measured_fastest_for_them(table, monkeypatch
 
 
 @needs_dynamic
+def test_batched_steps_get_their_own_engine_once_the_process_runs_long(table, monkeypatch):
+    """generate() lets an int8 model's layers multiply 2-16 rows on their own engine once the process has
+    planned FEW_ROWS_AFTER_STEPS decode steps with it (packing a second engine's weight costs a new process
+    ~0.35 s for 124M's LM head): the switch drops the recordings that hold the one-row engine's weights."""
+    from gpt2kit.generation import traced
+    from gpt2kit.model import quant
+
+    monkeypatch.setattr(quant, "FEW_ROWS_AFTER_STEPS", 10)
+    monkeypatch.setattr(traced, "TRACE_AFTER_STEPS", 1)
+    monkeypatch.delenv("GPT2KIT_TRACE_DECODE", raising=False)
+    model = quantize_int8(lm(), method="dynamic")
+    int8 = [m for m in model.modules() if isinstance(m, DynamicInt8Linear)]
+    ids = torch.randint(0, 512, (2, 4))
+    first = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert not any(m.few_rows_engine for m in int8)
+    recorded = list(traced._recordings.get(model, {}).values())
+    second = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)  # 12 steps planned
+    assert all(m.few_rows_engine for m in int8)
+    again = list(traced._recordings.get(model, {}).values())
+    assert len(recorded) == 1 and len(again) == 1 and again[0] is not recorded[0]  # made again after it
+    assert second.shape == first.shape
+    assert not quant.few_rows_engines_when_due(model, 100)  # nothing left to switch
+
+
+@needs_dynamic
 def test_a_trace_does_not_decide_the_few_rows_engine(table, monkeypatch):
     monkeypatch.setattr(kernels, "MIN_MACS", 0)
     offered = fake_timings(monkeypatch, Seconds())
     layer = DynamicInt8Linear(torch.randn(32, 16), None, dynamic_engines()[0])
+    layer.few_rows_engine = True
     traced = torch.jit.trace(layer, torch.randn(8, 16), check_trace=False)
     assert offered == [] and layer._few is None
     x = torch.randn(8, 16)

@@ -191,6 +191,10 @@ def test_packed_and_int8_weights_serve(folder, lm):
         s.stop()
     s = Running(folder, max_batch=4, weights="int8")
     try:
+        from gpt2kit.model.quant import DynamicInt8Linear
+
+        int8 = [m for m in s.engine.model.modules() if isinstance(m, DynamicInt8Linear)]
+        assert all(m.few_rows_engine for m in int8)  # a server runs long: batched steps on their own engine
         client = s.client()
         resp = client.completions.create(model=NAME, prompt=PROMPTS[0], max_tokens=6, temperature=0)
         assert resp.usage.completion_tokens >= 1 and resp.choices[0].finish_reason in ("stop", "length")

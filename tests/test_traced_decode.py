@@ -225,6 +225,35 @@ def test_the_trace_holds_the_measured_attention_kernel(folder, record_now, monke
     assert torch.equal(got_ids, want_ids) and torch.equal(got_logits, want_logits)
 
 
+def test_a_recording_made_at_the_first_step_holds_the_decisions_that_step_takes(
+    folder, record_now, monkeypatch, tmp_path
+):
+    """Kernel decisions taken at a first use (here the attention's, timed to pick the matmuls) are taken by
+    an eager step before the trace: timed inside it they would be recorded, and taken after it they made
+    the check step differ from the replay, which refused the recording for good."""
+    from gpt2kit.model import attention, kernels
+
+    monkeypatch.setenv("GPT2KIT_KERNEL_CACHE", str(tmp_path / "kernels.json"))
+    monkeypatch.setattr(kernels, "TABLE", kernels.KernelTable())
+    monkeypatch.setattr(matmul, "_fast", {})
+    monkeypatch.setattr(attention, "_decode_fast", {})
+    monkeypatch.setattr(attention, "DECODE_MIN_MACS", 0)
+
+    def timings(calls, cold=False):
+        for call in calls.values():
+            call()
+        return {name: [0.5 if name == "matmul" else 1.0] * 3 for name in calls}
+
+    monkeypatch.setattr(kernels, "time_candidates", timings)
+    model = gpt2kit.GPT2LMHeadModel.from_pretrained(folder).eval()
+    x, mask = prompts(False)
+    got_ids, got_logits = run(model, x, mask, monkeypatch, trace=True)
+    (recording,) = traced._recordings[model].values()  # made and kept, not refused
+    assert "scaled_dot_product_attention" not in code(recording) and "softmax" in code(recording)
+    want_ids, want_logits = run(model, x, mask, monkeypatch, trace=False)
+    assert torch.equal(got_ids, want_ids) and torch.equal(got_logits, want_logits)
+
+
 def test_a_recording_is_reused_and_renewed_when_the_model_changes(folder, record_now, monkeypatch):
     model = gpt2kit.GPT2LMHeadModel.from_pretrained(folder).eval()
     made = []

@@ -34,7 +34,7 @@ from gpt2kit.generation.processors import (
     build_processors,
     in_vocabulary,
 )
-from gpt2kit.model import hugepages
+from gpt2kit.model import hugepages, quant
 from gpt2kit.model.attention import AttentionMask
 from gpt2kit.model.cache import Cache, DynamicCache, StaticCache, as_cache
 from gpt2kit.model.outputs import ModelOutput
@@ -1651,6 +1651,8 @@ def generate(
     planned = plan.max_length - plan.input_ids.shape[-1]
     if model.device.type == "cpu" and hugepages.adopt_when_due(model, planned, plan.compile is not None):
         traced.forget(model)  # a long-running model's weights moved into huge pages; recordings hold the old
+    if quant.few_rows_engines_when_due(model, planned):
+        traced.forget(model)  # batched steps of a long-running int8 model: their own engine (model/quant.py)
     cfg = plan.config
     want_dict = cfg.return_dict_in_generate
     scores = [] if want_dict and cfg.output_scores else None

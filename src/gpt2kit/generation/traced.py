@@ -231,6 +231,11 @@ class TracedDecode:
 
     def _make(self, inputs: tuple) -> torch.Tensor | tuple:
         t0 = time.perf_counter()
+        # The eager step once first, outside the tracer (it is idempotent, see below): kernel decisions
+        # taken at a first use (a decode step's attention, an int8 layer's engine for 2-16 rows) time their
+        # candidates, which no trace may record, and one taken only after the trace would make the check
+        # step differ from the replay, which refuses the recording for good.
+        self.eager(*inputs)
         try:
             with warnings.catch_warnings(), matmul.recording_decode():
                 warnings.simplefilter("ignore")  # TracerWarnings about checks frozen at this step's values

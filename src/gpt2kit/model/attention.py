@@ -285,20 +285,23 @@ def _one_query_by_matmul(q: torch.Tensor, mask: AttentionMask) -> bool:
         and not matmul.is_compiling()
         and not (torch.jit.is_tracing() and not getattr(matmul._recording, "on", False))
         and matmul.cpu_matmul() != "torch"
-        and decode_kernel(q.shape[0] * q.shape[1], q.shape[-1]) == "matmul"
+        # ints: a trace sees traced sizes, and a recording is made per batch size anyway
+        and decode_kernel(int(q.shape[0]) * int(q.shape[1]), int(q.shape[-1])) == "matmul"
     )
 
 
 def decode_kernel(batch_heads: int, head_dim: int) -> str:
     """ "sdpa" or "matmul": the faster kernel here for one float32 query per row and head attending to a cache,
     for batch_heads (batch x heads) of head_dim, measured once per machine (kernels.TABLE, family
-    "attn1-float32") and kept."""
+    "attn1-float32") and kept; SDPA inside a trace until eager code has decided."""
     key = (batch_heads, head_dim, torch.get_num_threads())
     hit = _decode_fast.get(key)
     if hit is None:
         macs = 2 * DECODE_TIMED_LENGTH * head_dim * batch_heads
         if macs < DECODE_MIN_MACS:
             hit = "sdpa"
+        elif torch.jit.is_tracing():  # a step recorded before any eager one: no timing inside the trace
+            return "sdpa"
         else:
             hit = kernels.TABLE.decide(
                 "attn1-float32",

@@ -198,8 +198,8 @@ class DynamicInt8Linear(nn.Module):
 
     The weight lives in the engine's prepacked form; activations of any float dtype are computed in float32
     and returned in their own dtype. The engine is the one measured fastest at one row (a batch-1 decode
-    step); products of 2-16 rows (batched decoding) run on the engine measured fastest for those, decided
-    at the first such call (_few_rows_packed).
+    step); in a long-running process (few_rows_engines_when_due) products of 2-16 rows (batched decoding)
+    run on the engine measured fastest for those, decided at the first such call (_few_rows_packed).
     """
 
     def __init__(
@@ -216,6 +216,9 @@ class DynamicInt8Linear(nn.Module):
         self.engine = engine
         self.reduce_range = _reduce_range()
         self._few: object | None = None  # the packed weight for 2-16 rows, once decided
+        self.few_rows_engine = (
+            False  # whether 2-16 rows may run on their own engine (few_rows_engines_when_due)
+        )
         # any strides: a projection's (in, out) storage seen as (out, in) quantizes without a float copy
         q, scales = quantize_weight(weight) if quantized is None else quantized
         with warnings.catch_warnings():  # torch deprecates quantized tensors; its dynamic kernels need one
@@ -268,7 +271,12 @@ class DynamicInt8Linear(nn.Module):
             new = type(self).__new__(type(self))
             nn.Module.__init__(new)
             new.out_features, new.in_features = self.out_features, self.in_features
-            new.engine, new.reduce_range, new._few = self.engine, self.reduce_range, None
+            new.engine, new.reduce_range, new._few, new.few_rows_engine = (
+                self.engine,
+                self.reduce_range,
+                None,
+                False,
+            )
             with _engine(self.engine):
                 new._packed = torch.ops.quantized.linear_prepack(wq, b)
             new._register()
@@ -305,7 +313,7 @@ class DynamicInt8Linear(nn.Module):
         """The packed weight for a product of this many rows: for 2-16 rows the one _few_rows_packed chose,
         decided at the first such call (not inside a trace: a recording keeps the one-row engine's weight
         until eager code has decided); else the layer's own."""
-        if rows <= 1 or rows > FEW_ROWS:
+        if rows <= 1 or rows > FEW_ROWS or not self.few_rows_engine:
             return self._packed
         if self._few is None:
             if torch.jit.is_tracing():
@@ -326,8 +334,30 @@ class DynamicInt8Linear(nn.Module):
         )
 
 
-# Batched decoding's products (2 to this many rows, kernels' "8" bucket) have an engine of their own.
+# Batched decoding's products (2 to this many rows, kernels' "8" bucket) have an engine of their own, once
+# a process has planned this many decode steps with the model (generate() calls add up; the server: at
+# load). Packing a weight for a second engine costs a new process ~0.35 s at its first batched call (the
+# 124M LM head, dev VM) and saves ~0.3-0.8 ms a batch-8 step: a one-off call never pays it back.
 FEW_ROWS = 16
+FEW_ROWS_AFTER_STEPS = 1024
+_planned: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
+
+
+def few_rows_engines_when_due(model: nn.Module, steps: int, at_once: bool = False) -> bool:
+    """generate()'s call before it decodes `steps` steps: let model's dynamic int8 layers multiply 2-16 rows
+    on the engine measured fastest for those (_few_rows_packed) once this process has planned
+    FEW_ROWS_AFTER_STEPS steps with it, these included, or at once. Returns whether that changed now (a
+    recording of the model's decode step holds the one-row engine's weights: the caller drops it)."""
+    waiting = [m for m in model.modules() if isinstance(m, DynamicInt8Linear) and not m.few_rows_engine]
+    if not waiting:
+        return False
+    done = _planned.get(model, 0) + max(steps, 0)
+    _planned[model] = done
+    if done < FEW_ROWS_AFTER_STEPS and not at_once:
+        return False
+    for m in waiting:
+        m.few_rows_engine = True
+    return True
 
 
 def _few_rows_packed(layer: DynamicInt8Linear) -> object:

@@ -786,6 +786,10 @@ def load_engine(
     tok = AutoTokenizer.from_pretrained(folder if has_tok else "gpt2")
     engine = Engine(lm, tok, **engine_options)  # checks its options before the (slower) conversion
     convert_weights(lm.eval(), weights, batch_size=engine.max_batch)  # in place: the engine sees it
+    if weights == "int8":
+        from gpt2kit.model import quant
+
+        quant.few_rows_engines_when_due(lm, 0, at_once=True)  # a server runs long (as Engine() does)
     return engine
 
 

@@ -48,7 +48,7 @@ import torch
 from gpt2kit.generation.config import GenerationConfig
 from gpt2kit.generation.processors import LogitsProcessor
 from gpt2kit.generation.streaming import IncrementalDecoder
-from gpt2kit.model import hugepages
+from gpt2kit.model import hugepages, quant
 from gpt2kit.model.cache import Cache, DynamicCache
 from gpt2kit.serve.protocol import SamplingParams
 
@@ -308,6 +308,7 @@ class Engine:
                 raise ValueError(f"{name} ({flag}) must be a positive integer, got {value!r}")
         self.model = model.eval()
         hugepages.adopt(model)  # decoding streams every weight a step (model/hugepages.py)
+        quant.few_rows_engines_when_due(model, 0, at_once=True)  # batched int8 steps: their own engine
         self.tokenizer = tokenizer
         self.config = model.config
         self.max_batch = max_batch
