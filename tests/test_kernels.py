@@ -528,32 +528,63 @@ def test_few_rows_run_on_the_engine_measured_fastest_for_them(table, monkeypatch
     assert (layer._few is layer._packed) == (few_rows_winner == "own")
     assert layer._for_rows(1) is layer._packed and layer._for_rows(17) is layer._packed
     twin = copy.deepcopy(layer)
-    assert twin._few is None
+    assert twin._few is None and twin.few_rows_engine
     torch.testing.assert_close(twin(few), layer(few))
+    assert layer.__getstate__()["_few"] is None and layer._few is not None  # pickles without the copy
 
 
-@needs_dynamic
+@pytest.mark.skipif(len(dynamic_engines()) < 2, reason="one quantized engine here: nothing to choose")
 def test_batched_steps_get_their_own_engine_once_the_process_runs_long(table, monkeypatch):
     """generate() lets an int8 model's layers multiply 2-16 rows on their own engine once the process has
     planned FEW_ROWS_AFTER_STEPS decode steps with it (packing a second engine's weight costs a new process
-    ~0.35 s for 124M's LM head): the switch drops the recordings that hold the one-row engine's weights."""
+    ~0.35 s for 124M's LM head). The switch is part of a recording's key: batched steps record again, with
+    the other engine's weights, and the replay matches the eager step; batch 1 keeps its recording."""
     from gpt2kit.generation import traced
     from gpt2kit.model import quant
 
-    monkeypatch.setattr(quant, "FEW_ROWS_AFTER_STEPS", 10)
+    own, other = dynamic_engines()[:2]
+    monkeypatch.setattr(kernels, "MIN_MACS", 0)
+    fake_timings(monkeypatch, Seconds({f"dynamic-{own}": 0.5, own: 1.0, other: 0.5}))
+    monkeypatch.setattr(quant, "FEW_ROWS_AFTER_STEPS", 13)
     monkeypatch.setattr(traced, "TRACE_AFTER_STEPS", 1)
     monkeypatch.delenv("GPT2KIT_TRACE_DECODE", raising=False)
     model = quantize_int8(lm(), method="dynamic")
     int8 = [m for m in model.modules() if isinstance(m, DynamicInt8Linear)]
-    ids = torch.randint(0, 512, (2, 4))
-    first = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
-    assert not any(m.few_rows_engine for m in int8)
-    recorded = list(traced._recordings.get(model, {}).values())
-    second = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)  # 12 steps planned
+    assert {m.engine for m in int8} == {own}
+
+    def run(ids):
+        out = model.generate(
+            ids,
+            max_new_tokens=6,
+            do_sample=False,
+            pad_token_id=0,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+        return out.sequences, torch.stack(out.logits)
+
+    one, two = torch.randint(0, 512, (1, 4)), torch.randint(0, 512, (2, 4))
+    run(one)
+    run(two)  # 12 steps planned: due at the next call
+    assert not any(m.few_rows_engine for m in int8) and all(m._few is None for m in int8)
+    before = dict(traced._recordings[model])
+    got = run(two)
     assert all(m.few_rows_engine for m in int8)
-    again = list(traced._recordings.get(model, {}).values())
-    assert len(recorded) == 1 and len(again) == 1 and again[0] is not recorded[0]  # made again after it
-    assert second.shape == first.shape
+    assert all(m._few is not None and m._few is not m._packed for m in int8)  # the other engine's weights
+    after = traced._recordings[model]
+    batched = [key for key in after if key[0] == 2 and key not in before]
+    assert len(batched) == 1  # recorded again for the switch, kept (not refused)
+    assert any(key[0] == 1 for key in before) and all(key in after for key in before if key[0] == 1)
+    monkeypatch.setenv("GPT2KIT_TRACE_DECODE", "0")
+    want = model.generate(
+        two,
+        max_new_tokens=6,
+        do_sample=False,
+        pad_token_id=0,
+        return_dict_in_generate=True,
+        output_logits=True,
+    )
+    assert torch.equal(got[0], want.sequences) and torch.equal(got[1], torch.stack(want.logits))
     assert not quant.few_rows_engines_when_due(model, 100)  # nothing left to switch
 
 

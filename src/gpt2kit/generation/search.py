@@ -1651,8 +1651,8 @@ def generate(
     planned = plan.max_length - plan.input_ids.shape[-1]
     if model.device.type == "cpu" and hugepages.adopt_when_due(model, planned, plan.compile is not None):
         traced.forget(model)  # a long-running model's weights moved into huge pages; recordings hold the old
-    if quant.few_rows_engines_when_due(model, planned):
-        traced.forget(model)  # batched steps of a long-running int8 model: their own engine (model/quant.py)
+    # batched steps of a long-running int8 model: their own engine (a new recording key, model/quant.py)
+    quant.few_rows_engines_when_due(model, planned)
     cfg = plan.config
     want_dict = cfg.return_dict_in_generate
     scores = [] if want_dict and cfg.output_scores else None

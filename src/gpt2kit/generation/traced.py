@@ -34,7 +34,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from gpt2kit.model import matmul
+from gpt2kit.model import matmul, quant
 from gpt2kit.model.cache import Cache
 
 logger = logging.getLogger(__name__)
@@ -154,7 +154,9 @@ def _signature(model: nn.Module, batch_size: int, padded: bool) -> tuple:
     tensors = tuple((_storage(t), t.dtype, matmul._version(t)) for t in model.parameters())
     tensors += tuple((_storage(t), t.dtype) for t in model.buffers())
     modules = tuple(id(m) for m in model.modules())
-    return (batch_size, padded, torch.get_num_threads(), matmul.cpu_matmul(), modules, tensors)
+    # batched steps of int8 layers switch engines when a process runs long (quant.few_rows_engines_when_due)
+    few = quant.few_rows_engines(model) if 2 <= batch_size <= quant.FEW_ROWS else ()
+    return (batch_size, padded, torch.get_num_threads(), matmul.cpu_matmul(), modules, tensors, few)
 
 
 def _inlined(recording: torch.jit.ScriptModule) -> torch.jit.ScriptModule:

@@ -262,8 +262,8 @@ class Attention(nn.Module):
 # a softmax, another with the values, each reading its keys and values from memory (the weights streamed
 # between two steps push them out of the cache). torch's fused SDPA kernel and two batched matmuls around a
 # softmax compute it; which is faster depends on the CPU and on batch x heads (on a 2-core AMD EPYC Zen 5:
-# SDPA ~1.3x faster at batch 1, the matmuls 1.1-1.3x faster at batch 8, 5-7% of an int8 or float32 batch-8
-# step), so it is measured, like the products' kernels, at this many cached positions:
+# SDPA ~1.3x faster at batch 1, the matmuls 1.1-1.5x faster from batch 2, 1-7% of an int8 or float32
+# batch-8 step), so it is measured, like the products' kernels, at this many cached positions:
 DECODE_TIMED_LENGTH = 128
 # Smaller attention (multiply-adds of one timed call) is not timed: SDPA. Tiny test models stay there.
 DECODE_MIN_MACS = 1 << 16

@@ -242,7 +242,11 @@ class DynamicInt8Linear(nn.Module):
         # of a copy whose original was gone raised KeyError.
         super().__setstate__(state)
         self._few = None  # maybe packed on another engine: decided again (cached) and packed from this one
+        self.__dict__.setdefault("few_rows_engine", False)
         self._register()
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_few": None}  # another engine's copy is made again where due
 
     def __deepcopy__(self, memo: dict) -> DynamicInt8Linear:
         # The packed weight packs itself again when copied, on the current engine: on aarch64 torch's
@@ -318,7 +322,11 @@ class DynamicInt8Linear(nn.Module):
         if self._few is None:
             if torch.jit.is_tracing():
                 return self._packed
-            self._few = _few_rows_packed(self)
+            try:
+                self._few = _few_rows_packed(self)
+            except (RuntimeError, NotImplementedError) as e:  # an engine failing mid-measurement: its own
+                logger.debug("few-row engine not chosen (%s); the layer's own runs", e)
+                self._few = self._packed
         return self._few
 
     def repacked(self, engine: str) -> object:
@@ -343,11 +351,16 @@ FEW_ROWS_AFTER_STEPS = 1024
 _planned: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
 
 
+def few_rows_engines(model: nn.Module) -> tuple[bool, ...]:
+    """Whether each dynamic int8 layer of model may multiply 2-16 rows on its own engine (part of a recorded
+    decode step's key: a recording made before the switch holds the one-row engine's weights)."""
+    return tuple(m.few_rows_engine for m in model.modules() if isinstance(m, DynamicInt8Linear))
+
+
 def few_rows_engines_when_due(model: nn.Module, steps: int, at_once: bool = False) -> bool:
     """generate()'s call before it decodes `steps` steps: let model's dynamic int8 layers multiply 2-16 rows
     on the engine measured fastest for those (_few_rows_packed) once this process has planned
-    FEW_ROWS_AFTER_STEPS steps with it, these included, or at once. Returns whether that changed now (a
-    recording of the model's decode step holds the one-row engine's weights: the caller drops it)."""
+    FEW_ROWS_AFTER_STEPS steps with it, these included, or at once. Returns whether that changed now."""
     waiting = [m for m in model.modules() if isinstance(m, DynamicInt8Linear) and not m.few_rows_engine]
     if not waiting:
         return False
@@ -387,6 +400,16 @@ def _few_rows_packed(layer: DynamicInt8Linear) -> object:
                 first = built[engine] if engine in built else layer.repacked(engine)
             except (RuntimeError, NotImplementedError) as e:  # an engine that cannot unpack or pack it
                 logger.debug("int8 weight not repacked for %s: %s", engine, e)
+                continue
+            if (
+                engine != layer.engine
+                and _relative_error(
+                    torch.ops.quantized.linear_dynamic(x, first, layer.reduce_range),
+                    torch.ops.quantized.linear_dynamic(x, layer._packed, layer.reduce_range),
+                )
+                > 0.04
+            ):  # the same int8 weight: only an engine wrong at this row count differs
+                logger.info("quantized engine %s multiplies %d rows wrongly here; not used", engine, m)
                 continue
             built[engine] = first
             copies = itertools.cycle(kernels.cold_copies(first, lambda e=engine: layer.repacked(e), n * k, m))
