@@ -863,6 +863,11 @@ def test_info_hardware_prints_the_isa_and_the_chosen_kernels(tmp_path, table, ca
     assert "fp32-oi:128x1024:8" in info["kernels"] or not matmul.onednn_linear_available()
     # a decode step's attention at 8 rows (2 heads of 64): 8 x 2 query rows; at 1 row too small to time
     assert "attn1-float32:64x16:1" in info["kernels"] and "attn1-float32:64x2:1" not in info["kernels"]
+    head = [
+        d["choice"] for key, d in info["kernels"].items() if key.startswith("int8-") and "128x1024:1" in key
+    ]
+    if len(dynamic_engines()) >= 2 and head and head[0].startswith("dynamic-"):
+        assert "int8-dynamic-rows:128x1024:8" in info["kernels"]  # the int8 head's engine for 2-16 rows
     for d in info["kernels"].values():
         assert d["choice"] in d["gflops"] or not d["gflops"]
     assert main(["info", "--hardware", "--model", str(tmp_path / "m")]) == 0

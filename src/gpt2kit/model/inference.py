@@ -60,8 +60,8 @@ def convert_weights(model: nn.Module, weights: str, batch_size: int = 8) -> nn.M
 
 def measure_kernels(config, rows: tuple[int, ...] = (1, 8, 64), remeasure: bool = False) -> dict[str, dict]:
     """Decide (time, where this machine has no decision yet) the kernels for every linear shape of a model
-    with this GPT2Config: the float32 route at each row count, packing at the decode rows, int8 at one row,
-    and a decode step's attention (one query per row) at the decode rows.
+    with this GPT2Config: the float32 route at each row count, packing at the decode rows, int8 at one row
+    and its engine for 2-16 rows, and a decode step's attention (one query per row) at the decode rows.
     Returns {decision key: {"choice": name, "gflops": {candidate: GFLOP/s}}} for those shapes.
 
     Random weights of the right shapes stand in for the model's: a kernel's speed depends on the shape, not
@@ -69,7 +69,14 @@ def measure_kernels(config, rows: tuple[int, ...] = (1, 8, 64), remeasure: bool 
     from gpt2kit.model import attention, kernels, matmul
     from gpt2kit.model.linear import Linear, layout, out_in_weight
     from gpt2kit.model.packed import _packed_rows, packing_available
-    from gpt2kit.model.quant import _choose, dynamic_engines, in_cache, int8_family
+    from gpt2kit.model.quant import (
+        DynamicInt8Linear,
+        _choose,
+        _few_rows_packed,
+        dynamic_engines,
+        in_cache,
+        int8_family,
+    )
 
     if remeasure:
         kernels.TABLE.clear()
@@ -103,9 +110,12 @@ def measure_kernels(config, rows: tuple[int, ...] = (1, 8, 64), remeasure: bool 
                     _packed_rows(layer, m)
                     keys.append(kernels.decision_key(f"pack-float32-{lay}", k, n, m))
             if dynamic_engines():
-                _choose(layer, torch.float32, "auto", cached)
+                chosen = _choose(layer, torch.float32, "auto", cached)
                 family = int8_family("auto", torch.float32, lay, cached)
                 keys.append(kernels.decision_key(family, k, n, 1))
+                if isinstance(chosen, DynamicInt8Linear):  # and its engine for batched decoding
+                    _few_rows_packed(chosen)
+                    keys.append(kernels.decision_key("int8-dynamic-rows", k, n, 8))
         if matmul.cpu_matmul() != "torch":
             for m in (r for r in rows if r <= 16):
                 attention.decode_kernel(m * config.n_head, config.head_dim)
