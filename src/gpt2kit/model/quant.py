@@ -380,7 +380,8 @@ def _few_rows_packed(layer: DynamicInt8Linear) -> object:
     is the floor). Another engine's copy costs the weight's size again (and packing it ~0.26 s for the 124M LM head
     on the dev VM), so it is made only where it won. There fbgemm multiplies the layers 1.6-2x faster than
     oneDNN's engine at 1-16 rows and the LM head about as fast at one row, but the head 1.2-1.8x slower at
-    8-16 rows: on oneDNN's engine a batch-8 decode step took 7% less time, a batch-16 one 11%. (More rows, a
+    8-16 rows, timed alone; whole batch-8 / batch-16 steps with the head on oneDNN's engine took 7% / 11% less
+    time in one A/B and 1% / 3% more in another, within that VM's noise. (More rows, a
     prompt or a scored text, keep the layer's engine: the two were even there once allocation noise was
     out of the way, 0.92-1.17x.)"""
     n, k = layer.out_features, layer.in_features
