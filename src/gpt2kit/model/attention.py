@@ -283,7 +283,7 @@ def _one_query_by_matmul(q: torch.Tensor, mask: AttentionMask) -> bool:
         and q.dtype is torch.float32
         and q.device.type == "cpu"
         and not matmul.is_compiling()
-        and not (torch.jit.is_tracing() and not getattr(matmul._recording, "on", False))
+        and not matmul.exporting_trace()
         and matmul.cpu_matmul() != "torch"
         # ints: a trace sees traced sizes, and a recording is made per batch size anyway
         and decode_kernel(int(q.shape[0]) * int(q.shape[1]), int(q.shape[-1])) == "matmul"

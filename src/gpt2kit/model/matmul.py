@@ -58,6 +58,12 @@ def recording_decode():
         _recording.on = before
 
 
+def exporting_trace() -> bool:
+    """Whether a torch.jit trace made for export runs (not a decode step recorded here): it keeps torch's own
+    kernels (see recording_decode)."""
+    return torch.jit.is_tracing() and not getattr(_recording, "on", False)
+
+
 def onednn_linear_available() -> bool:
     """Whether this torch build has oneDNN's linear op (CPU builds on x86 and ARM do)."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
@@ -246,7 +252,7 @@ def fp32_linear(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         return _compiled_linear(x2, weight, bias)
     if (
         # an exported trace must run anywhere: torch's kernels (see recording_decode for the exception)
-        (torch.jit.is_tracing() and not getattr(_recording, "on", False))
+        exporting_trace()
         or not _float32_cpu(x2, weight)
         or x2.shape[0] == 0
         or not torch.backends.mkldnn.enabled

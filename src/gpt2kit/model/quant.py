@@ -216,9 +216,8 @@ class DynamicInt8Linear(nn.Module):
         self.engine = engine
         self.reduce_range = _reduce_range()
         self._few: object | None = None  # the packed weight for 2-16 rows, once decided
-        self.few_rows_engine = (
-            False  # whether 2-16 rows may run on their own engine (few_rows_engines_when_due)
-        )
+        # whether 2-16 rows may run on their own engine (few_rows_engines_when_due)
+        self.few_rows_engine = False
         # any strides: a projection's (in, out) storage seen as (out, in) quantizes without a float copy
         q, scales = quantize_weight(weight) if quantized is None else quantized
         with warnings.catch_warnings():  # torch deprecates quantized tensors; its dynamic kernels need one
@@ -275,12 +274,8 @@ class DynamicInt8Linear(nn.Module):
             new = type(self).__new__(type(self))
             nn.Module.__init__(new)
             new.out_features, new.in_features = self.out_features, self.in_features
-            new.engine, new.reduce_range, new._few, new.few_rows_engine = (
-                self.engine,
-                self.reduce_range,
-                None,
-                False,
-            )
+            new.engine, new.reduce_range = self.engine, self.reduce_range
+            new._few, new.few_rows_engine = None, False
             with _engine(self.engine):
                 new._packed = torch.ops.quantized.linear_prepack(wq, b)
             new._register()
@@ -290,11 +285,7 @@ class DynamicInt8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32 and x.dim() >= 2 and not is_compiling():
-            packed = (
-                self._packed
-                if x.numel() == self.in_features
-                else self._for_rows(x.numel() // self.in_features)
-            )
+            packed = self._for_rows(x.numel() // self.in_features)
             # The engines take (..., K) of any strides and return (..., N): one op, where the general path
             # below adds a reshape, contiguous, to and view (5 ops in a recorded decode step, x 49 layers).
             if type(x) is torch.Tensor and _LINEAR_DYNAMIC is not None:
@@ -309,7 +300,7 @@ class DynamicInt8Linear(nn.Module):
         if is_compiling():  # compiled code reaches the one-row engine's weight (by its handle)
             y = dynamic_int8_linear(x32.contiguous(), self.handle, self.out_features, self.reduce_range)
         else:
-            packed = self._packed if x2.shape[0] <= 1 else self._for_rows(x2.shape[0])
+            packed = self._for_rows(x2.shape[0])
             y = torch.ops.quantized.linear_dynamic(x32.contiguous(), packed, self.reduce_range)
         return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
 
@@ -377,13 +368,13 @@ def _few_rows_packed(layer: DynamicInt8Linear) -> object:
     """The packed weight layer multiplies 2-16 rows with: its own, or its int8 weight packed for another
     engine where that measured at least kernels.MARGIN faster at 8 rows (family "int8-dynamic-rows", timed
     cold like quantize_int8's one-row decisions, once per machine and shape, and cached; the layer's engine
-    is the floor). Another engine's copy costs the weight's size again (and packing it ~0.26 s for the 124M LM head
-    on the dev VM), so it is made only where it won. There fbgemm multiplies the layers 1.6-2x faster than
-    oneDNN's engine at 1-16 rows and the LM head about as fast at one row, but the head 1.2-1.8x slower at
-    8-16 rows, timed alone; whole batch-8 / batch-16 steps with the head on oneDNN's engine took 7% / 11% less
-    time in one A/B and 1% / 3% more in another, within that VM's noise. (More rows, a
-    prompt or a scored text, keep the layer's engine: the two were even there once allocation noise was
-    out of the way, 0.92-1.17x.)"""
+    is the floor). Another engine's copy costs the weight's size again (and packing it ~0.26 s for the 124M
+    LM head on the dev VM), so it is made only where it won. There fbgemm multiplies the layers 1.6-2x faster
+    than oneDNN's engine at 1-16 rows and the LM head about as fast at one row, but the head 1.2-1.8x slower
+    at 8-16 rows, timed alone; whole batch-8 / batch-16 steps with the head on oneDNN's engine took 7% / 11%
+    less time in one A/B and 1% / 3% more in another, within that VM's noise. (More rows, a prompt or a
+    scored text, keep the layer's engine: the two were even there once allocation noise was out of the way,
+    0.92-1.17x.)"""
     n, k = layer.out_features, layer.in_features
     rows = 8
     if n * k * rows < kernels.MIN_MACS:

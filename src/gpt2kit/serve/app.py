@@ -36,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from gpt2kit.model import quant
 from gpt2kit.serve import metrics as prom
 from gpt2kit.serve.chat import load_chat_template
 from gpt2kit.serve.connections import HEAD_TIMEOUT_S, guarded_h11
@@ -786,10 +787,8 @@ def load_engine(
     tok = AutoTokenizer.from_pretrained(folder if has_tok else "gpt2")
     engine = Engine(lm, tok, **engine_options)  # checks its options before the (slower) conversion
     convert_weights(lm.eval(), weights, batch_size=engine.max_batch)  # in place: the engine sees it
-    if weights == "int8":
-        from gpt2kit.model import quant
-
-        quant.few_rows_engines_when_due(lm, 0, at_once=True)  # a server runs long (as Engine() does)
+    # a server runs long: batched int8 steps on their own engine (Engine() did it before the conversion)
+    quant.few_rows_engines_when_due(lm, 0, at_once=True)
     return engine
 
 
